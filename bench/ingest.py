@@ -1,0 +1,827 @@
+#!/usr/bin/env python3
+"""C-STORE ingest benchmark: pacs against dcmtk storescp and Orthanc, measured in the same run.
+
+Usage (from the repository root):
+
+    .venv/bin/python bench/ingest.py [--small N] [--large N] [--runs R]
+                                     [--only storescp,orthanc,pacs] [--nagle] [--out results.json]
+
+Sender: dcmtk ``storescu`` (one process per association, every file of its chunk on one association,
+``TCP_NODELAY=1`` in its environment; with ``--nagle`` everything is measured once more without it).
+Receivers, started fresh for every measurement on free ports of 127.0.0.1 and removed afterwards:
+``storescp --fork +B`` (the practical limit), Orthanc (defaults, ``TCP_NODELAY=1``) and ``pacs serve``.
+See bench/README.md and /work/shared/PERFORMANCE.md. Needs only the standard library and pydicom.
+"""
+from __future__ import annotations
+
+import argparse
+import array
+import json
+import os
+import platform
+import random
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+GENERATOR_VERSION = 1  # bump when the generated files change, to invalidate caches
+HOST = "127.0.0.1"
+CHUNKS = 4  # files are split into this many directories; C=4 sends one per association
+RECEIVERS = ("storescp", "orthanc", "pacs")
+SIZES = {
+    # name: (rows, columns)
+    "small": (64, 64),     # ~9.6 KB per file
+    "large": (512, 512),   # ~526 KB per file
+}
+SERIES_SIZE = {"small": 50, "large": 50}  # instances per series
+SERIES_PER_STUDY = 2
+STUDIES_PER_PATIENT = 2
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def loud(msg: str) -> None:
+    bar = "!" * 78
+    print(f"{bar}\n!!! {msg}\n{bar}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Synthetic study set
+# --------------------------------------------------------------------------------------------
+
+def _pixel_bases(rows: int, cols: int, count: int, rng: random.Random) -> list[bytes]:
+    """A few 12-bit CT-like pixel buffers (uint16 little endian) to derive every image from."""
+    n = rows * cols
+    bases = []
+    cx, cy, r2 = cols / 2, rows / 2, (min(rows, cols) * 0.42) ** 2
+    for _ in range(count):
+        noise = array.array("H", os.urandom(2 * n))
+        px = array.array("H", bytes(2 * n))
+        for y in range(rows):
+            dy2 = (y - cy) ** 2
+            base = y * cols
+            for x in range(cols):
+                # air (~0 = -1024 HU) outside a "body" disc, soft tissue (~1064 = +40 HU) inside, plus noise
+                v = 1064 if (x - cx) ** 2 + dy2 < r2 else 24
+                px[base + x] = (v + (noise[base + x] & 0x7F)) & 0x0FFF
+        if sys.byteorder != "little":
+            px.byteswap()
+        bases.append(px.tobytes())
+    return bases
+
+
+def _write_dataset(path: Path, ds) -> None:
+    import pydicom
+
+    try:
+        pydicom.dcmwrite(str(path), ds, enforce_file_format=True)  # pydicom >= 3
+    except TypeError:
+        ds.is_little_endian = True  # pydicom 2.x
+        ds.is_implicit_VR = False
+        ds.save_as(str(path), write_like_original=False)
+
+
+def generate(kind: str, count: int, cache_root: Path) -> dict:
+    """Generate (or reuse from the cache) `count` CT instances of size `kind`.
+
+    Returns the manifest: {"kind", "count", "bytes", "chunks": [dir, ...]}.
+    """
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    rows, cols = SIZES[kind]
+    root = cache_root / f"v{GENERATOR_VERSION}-{kind}-{count}"
+    manifest_path = root / "manifest.json"
+    if manifest_path.exists():
+        try:
+            manifest = json.loads(manifest_path.read_text())
+            present = sum(len(os.listdir(d)) for d in manifest["chunks"])
+            if present == count and manifest["count"] == count:
+                log(f"[data] reusing {count} {kind} instances from {root}")
+                return manifest
+        except (OSError, ValueError, KeyError):
+            pass
+    log(f"[data] generating {count} {kind} instances ({rows}x{cols}, 16-bit CT) into {root} ...")
+    t0 = time.perf_counter()
+    if root.exists():
+        shutil.rmtree(root)
+    chunk_dirs = [root / f"chunk{i}" for i in range(CHUNKS)]
+    for d in chunk_dirs:
+        d.mkdir(parents=True)
+
+    rng = random.Random(f"{kind}-{count}")
+    bases = _pixel_bases(rows, cols, 4, rng)
+    npix_bytes = rows * cols * 2
+    series_size = SERIES_SIZE[kind]
+    per_study = series_size * SERIES_PER_STUDY
+    per_patient = per_study * STUDIES_PER_PATIENT
+    # contiguous chunks: each association sends whole studies, as a modality would
+    bounds = [round(i * count / CHUNKS) for i in range(CHUNKS + 1)]
+    first_names = ["ANNA", "BERT", "CARLA", "DIRK", "EVA", "FRANZ", "GRETA", "HANS", "IDA", "JONAS"]
+    last_names = ["MUELLER", "SCHMIDT", "SCHNEIDER", "FISCHER", "WEBER", "MEYER", "WAGNER", "BECKER"]
+    total = 0
+    patient = study = series = None
+    for i in range(count):
+        if i % per_patient == 0:
+            p = i // per_patient
+            patient = {
+                "PatientID": f"BENCH{kind[0].upper()}{p:05d}",
+                "PatientName": f"{rng.choice(last_names)}^{rng.choice(first_names)}",
+                "PatientBirthDate": f"{rng.randint(1930, 2010)}{rng.randint(1, 12):02d}{rng.randint(1, 28):02d}",
+                "PatientSex": rng.choice("MF"),
+            }
+        if i % per_study == 0:
+            s = i // per_study
+            day = 1 + s % 28
+            study = {
+                "StudyInstanceUID": generate_uid(),
+                "StudyDate": f"2024{1 + s % 12:02d}{day:02d}",
+                "StudyTime": f"{8 + s % 10:02d}{s % 60:02d}00",
+                "AccessionNumber": f"ACC{kind[0].upper()}{s:07d}",
+                "StudyID": str(s + 1),
+                "FrameOfReferenceUID": generate_uid(),
+                "series_no": 0,
+            }
+        if i % series_size == 0:
+            study["series_no"] += 1
+            series = {
+                "SeriesInstanceUID": generate_uid(),
+                "SeriesNumber": study["series_no"],
+                "SeriesDescription": ["AXIAL 5mm", "AXIAL 1mm BONE", "CORONAL", "SAGITTAL"][
+                    (study["series_no"] - 1) % 4],
+            }
+        inst_no = i % series_size + 1
+        sop_uid = generate_uid()
+
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = sop_uid
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        meta.ImplementationClassUID = pydicom.uid.PYDICOM_IMPLEMENTATION_UID
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SpecificCharacterSet = "ISO_IR 100"
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.InstanceCreationDate = study["StudyDate"]
+        ds.InstanceCreationTime = study["StudyTime"]
+        ds.SOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = sop_uid
+        ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = study["StudyDate"]
+        ds.StudyTime = ds.SeriesTime = ds.AcquisitionTime = ds.ContentTime = study["StudyTime"]
+        ds.AccessionNumber = study["AccessionNumber"]
+        ds.Modality = "CT"
+        ds.Manufacturer = "BENCH"
+        ds.InstitutionName = "Synthetic Hospital"
+        ds.ReferringPhysicianName = "REFERRER^RITA"
+        ds.StationName = "CT01"
+        ds.StudyDescription = "CT THORAX ABDOMEN"
+        ds.SeriesDescription = series["SeriesDescription"]
+        ds.ManufacturerModelName = "SYNTH-CT 64"
+        ds.PatientName = patient["PatientName"]
+        ds.PatientID = patient["PatientID"]
+        ds.PatientBirthDate = patient["PatientBirthDate"]
+        ds.PatientSex = patient["PatientSex"]
+        ds.PatientAge = "050Y"
+        ds.BodyPartExamined = "CHEST"
+        ds.SliceThickness = "5.0"
+        ds.KVP = "120"
+        ds.DataCollectionDiameter = "500.0"
+        ds.SoftwareVersions = "bench-1"
+        ds.ReconstructionDiameter = "360.0"
+        ds.DistanceSourceToDetector = "1085.6"
+        ds.DistanceSourceToPatient = "595.0"
+        ds.GantryDetectorTilt = "0.0"
+        ds.TableHeight = "160.0"
+        ds.RotationDirection = "CW"
+        ds.ExposureTime = "500"
+        ds.XRayTubeCurrent = "300"
+        ds.Exposure = "150"
+        ds.FilterType = "BODY FILTER"
+        ds.ConvolutionKernel = "STANDARD"
+        ds.PatientPosition = "HFS"
+        ds.StudyInstanceUID = study["StudyInstanceUID"]
+        ds.SeriesInstanceUID = series["SeriesInstanceUID"]
+        ds.StudyID = study["StudyID"]
+        ds.SeriesNumber = series["SeriesNumber"]
+        ds.AcquisitionNumber = 1
+        ds.InstanceNumber = inst_no
+        z = -5.0 * inst_no
+        ds.ImagePositionPatient = ["-180.0", "-180.0", f"{z:.1f}"]
+        ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
+        ds.FrameOfReferenceUID = study["FrameOfReferenceUID"]
+        ds.PositionReferenceIndicator = ""
+        ds.SliceLocation = f"{z:.1f}"
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.Rows = rows
+        ds.Columns = cols
+        ds.PixelSpacing = [f"{360.0 / rows:.4f}", f"{360.0 / cols:.4f}"]
+        ds.BitsAllocated = 16
+        ds.BitsStored = 12
+        ds.HighBit = 11
+        ds.PixelRepresentation = 0
+        ds.WindowCenter = "40"
+        ds.WindowWidth = "400"
+        ds.RescaleIntercept = "-1024"
+        ds.RescaleSlope = "1"
+        ds.RescaleType = "HU"
+        base = bases[i % len(bases)]
+        shift = 2 * rng.randrange(npix_bytes // 2)
+        ds.PixelData = base[shift:] + base[:shift]
+        ds["PixelData"].VR = "OW"
+
+        chunk = next(c for c in range(CHUNKS) if bounds[c] <= i < bounds[c + 1])
+        path = chunk_dirs[chunk] / f"{i:06d}.dcm"
+        _write_dataset(path, ds)
+        total += path.stat().st_size
+
+    manifest = {
+        "kind": kind, "count": count, "bytes": total, "rows": rows, "columns": cols,
+        "chunks": [str(d) for d in chunk_dirs],
+        "chunk_counts": [bounds[c + 1] - bounds[c] for c in range(CHUNKS)],
+    }
+    manifest_path.write_text(json.dumps(manifest, indent=1))
+    log(f"[data] {count} files, {total / count / 1000:.1f} KB each, in {time.perf_counter() - t0:.1f} s")
+    return manifest
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def tcp_accepts(port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((HOST, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, b""
+    except (OSError, ValueError):
+        return 0, b""
+
+
+def echo_ok(port: int, aec: str) -> bool:
+    try:
+        r = subprocess.run(["echoscu", "-to", "2", "-ta", "2", "-aec", aec, HOST, str(port)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10)
+        return r.returncode == 0
+    except (subprocess.TimeoutExpired, OSError):
+        return False
+
+
+def stop_process(proc: subprocess.Popen | None, grace: float = 20.0, group: bool = True) -> int | None:
+    """SIGTERM the process we started, wait, then SIGKILL it; then its process group (leftover children)."""
+    if proc is None:
+        return None
+    rc = proc.poll()
+    if rc is None:
+        try:
+            proc.send_signal(signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            rc = proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            loud(f"pid {proc.pid} did not stop within {grace:.0f} s of SIGTERM; killing it")
+            try:
+                proc.kill()
+            except ProcessLookupError:
+                pass
+            rc = proc.wait(timeout=10)
+    if group:  # we started it with start_new_session=True, so its pgid is its pid
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(proc.pid, sig)
+            except (ProcessLookupError, PermissionError):
+                break
+            time.sleep(0.2)
+    return rc
+
+
+def tail(path: Path, n: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+def count_files(d: Path) -> int:
+    n = 0
+    for root, _dirs, files in os.walk(d):
+        n += sum(1 for f in files if not f.startswith("."))
+    return n
+
+
+# --------------------------------------------------------------------------------------------
+# Receivers
+# --------------------------------------------------------------------------------------------
+
+class Receiver:
+    name = "?"
+    aet = "ANY-SCP"
+
+    def __init__(self, workdir: Path, args):
+        self.args = args
+        self.dir = Path(tempfile.mkdtemp(prefix=f"bench-{self.name}-", dir=workdir))
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+        self.startup_s = None
+        self.logfile = self.dir / "receiver.log"
+
+    def _spawn(self, cmd: list[str], env: dict) -> None:
+        self._log = open(self.logfile, "wb")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env,
+                                     cwd=self.dir, start_new_session=True, stdin=subprocess.DEVNULL)
+
+    def _wait_ready(self, check, timeout: float) -> None:
+        t0 = time.perf_counter()
+        deadline = t0 + timeout
+        while time.perf_counter() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode} during start:\n"
+                                   f"{tail(self.logfile)}")
+            if check():
+                self.startup_s = time.perf_counter() - t0
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.name} not ready within {timeout:.0f} s:\n{tail(self.logfile)}")
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stored_count(self) -> int:
+        raise NotImplementedError
+
+    def stop(self) -> int | None:
+        try:
+            return stop_process(self.proc)
+        finally:
+            if getattr(self, "_log", None):
+                self._log.close()
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class StoreSCP(Receiver):
+    name = "storescp"
+
+    def start(self) -> None:
+        self.out = self.dir / "out"
+        self.out.mkdir()
+        self.port = free_port()
+        env = dict(os.environ, TCP_NODELAY="1")
+        self._spawn(["storescp", "--fork", "+B", "-od", str(self.out), str(self.port)], env)
+        self._wait_ready(lambda: echo_ok(self.port, self.aet), 15)
+
+    def stored_count(self) -> int:
+        return count_files(self.out)
+
+
+class Orthanc(Receiver):
+    name = "orthanc"
+    aet = "ORTHANC"
+
+    def start(self) -> None:
+        self.port, self.http = free_port(), free_port()
+        while self.http == self.port:
+            self.http = free_port()
+        config = {
+            "Name": "bench",
+            "StorageDirectory": str(self.dir / "storage"),
+            "IndexDirectory": str(self.dir / "index"),
+            "DicomAet": "ORTHANC",
+            "DicomPort": self.port,
+            "HttpPort": self.http,
+            "DicomCheckCalledAet": False,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "Plugins": [],
+        }
+        cfg = self.dir / "orthanc.json"
+        cfg.write_text(json.dumps(config, indent=1))
+        env = dict(os.environ, TCP_NODELAY="1")
+        self._spawn([self.args.orthanc, str(cfg)], env)
+        base = f"http://{HOST}:{self.http}"
+        self._wait_ready(lambda: http_get(base + "/system")[0] == 200 and echo_ok(self.port, self.aet), 60)
+
+    def stored_count(self) -> int:
+        status, body = http_get(f"http://{HOST}:{self.http}/statistics", timeout=10)
+        if status != 200:
+            raise RuntimeError(f"orthanc GET /statistics answered {status}")
+        return int(json.loads(body)["CountInstances"])
+
+
+class Pacs(Receiver):
+    name = "pacs"
+    aet = "PACS"
+
+    def start(self) -> None:
+        self.port, self.api = free_port(), free_port()
+        while self.api == self.port:
+            self.api = free_port()
+        data = self.dir / "data"
+        cmd = [self.args.pacs, "serve", "--data-dir", str(data), "--dicom-port", str(self.port),
+               "--api-port", str(self.api), "--ae-title", self.aet] + shlex.split(self.args.pacs_args)
+        env = dict(os.environ)
+        env.setdefault("PACS_DICOM_HOST", HOST)  # only loopback (contract: every option has PACS_<NAME>)
+        env.setdefault("PACS_API_HOST", HOST)
+        self._spawn(cmd, env)
+        base = f"http://{HOST}:{self.api}"
+        self._wait_ready(lambda: http_get(base + "/healthz")[0] == 200 and tcp_accepts(self.port), 60)
+        if not echo_ok(self.port, self.aet):
+            loud("pacs: C-ECHO to the DICOM port failed (continuing; C-STORE will tell)")
+
+    def status(self) -> dict | None:
+        code, body = http_get(f"http://{HOST}:{self.api}/api/status", timeout=5)
+        if code != 200:
+            return None
+        try:
+            return json.loads(body)
+        except ValueError:
+            return None
+
+    def stored_count(self) -> int:
+        st = self.status()
+        if st is None:
+            raise RuntimeError("pacs GET /api/status failed")
+        return int(st["counts"]["instances"])
+
+    def wait_indexed(self, expected: int, t_start: float, timeout: float = 120.0) -> tuple[float | None, dict]:
+        """Poll /api/status every 50 ms until counts.instances == expected and queue.pending == 0."""
+        deadline = time.perf_counter() + timeout
+        last: dict = {}
+        while True:
+            st = self.status()
+            now = time.perf_counter()
+            if st is not None:
+                last = st
+                try:
+                    if (int(st["counts"]["instances"]) >= expected
+                            and int(st["queue"]["pending"]) == 0):
+                        return now - t_start, st
+                except (KeyError, TypeError, ValueError):
+                    pass
+            if now >= deadline:
+                return None, last
+            time.sleep(0.05)
+
+
+RECEIVER_CLASSES = {"storescp": StoreSCP, "orthanc": Orthanc, "pacs": Pacs}
+
+
+# --------------------------------------------------------------------------------------------
+# One measurement
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class Result:
+    receiver: str
+    size: str
+    conc: int
+    nodelay: bool
+    run: int
+    sent: int
+    bytes: int
+    ack_s: float | None = None
+    indexed_s: float | None = None
+    sender_ok: int | None = None
+    sender_fail: int | None = None
+    receiver_count: int | None = None
+    storescu_rc: list = field(default_factory=list)
+    startup_s: float | None = None
+    dead_letter: int | None = None
+    error: str | None = None
+    mismatch: bool = False
+
+    @property
+    def key(self) -> tuple:
+        return (self.receiver, self.size, self.conc, self.nodelay)
+
+
+def run_storescu(manifest: dict, conc: int, port: int, aec: str, nodelay: bool, timeout: float,
+                 logdir: Path) -> tuple[float, list[int], int, int]:
+    """Push every file; returns (wall seconds, exit codes, successes, failures) as storescu logged them."""
+    dirs = [d for d, n in zip(manifest["chunks"], manifest["chunk_counts"]) if n > 0]
+    groups = [dirs] if conc == 1 else [[d] for d in dirs]
+    env = dict(os.environ)
+    env.pop("TCP_NODELAY", None)
+    if nodelay:
+        env["TCP_NODELAY"] = "1"
+    procs: list[subprocess.Popen] = []
+    logs = []
+    try:
+        cmds = []
+        for g, group in enumerate(groups):
+            # -v logs one "Received Store Response (<status>)" line per instance: counted below.
+            # -nh: carry on after a failed store so every failure is counted.
+            cmds.append(["storescu", "-v", "-nh", "-aec", aec, "-to", "10", "+sd", HOST, str(port)] + group)
+            logs.append(open(logdir / f"storescu-{g}.log", "wb"))
+        t0 = time.perf_counter()
+        for cmd, lf in zip(cmds, logs):
+            procs.append(subprocess.Popen(cmd, stdout=lf, stderr=subprocess.STDOUT, env=env,
+                                          stdin=subprocess.DEVNULL))
+        deadline = t0 + timeout
+        rcs = []
+        for p in procs:
+            rcs.append(p.wait(timeout=max(0.1, deadline - time.perf_counter())))
+        wall = time.perf_counter() - t0
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"storescu did not finish within {timeout:.0f} s")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=10)
+        for lf in logs:
+            lf.close()
+    ok = fail = 0
+    for g in range(len(groups)):
+        text = (logdir / f"storescu-{g}.log").read_text(errors="replace")
+        for line in text.splitlines():
+            if "Received Store Response" in line:
+                if "(Success)" in line:
+                    ok += 1
+                else:
+                    fail += 1
+    return wall, rcs, ok, fail
+
+
+def measure(receiver: str, manifest: dict, conc: int, nodelay: bool, run: int, args, workdir: Path) -> Result:
+    n, nbytes = manifest["count"], manifest["bytes"]
+    res = Result(receiver, manifest["kind"], conc, nodelay, run, n, nbytes)
+    rx = RECEIVER_CLASSES[receiver](workdir, args)
+    try:
+        rx.start()
+        res.startup_s = rx.startup_s
+        timeout = args.timeout if args.timeout else 60 + 0.1 * n
+        wall, rcs, ok, fail = run_storescu(manifest, conc, rx.port, rx.aet, nodelay, timeout, rx.dir)
+        res.ack_s, res.storescu_rc, res.sender_ok, res.sender_fail = wall, rcs, ok, fail
+        if receiver == "pacs":
+            idx_s, st = rx.wait_indexed(ok if ok < n else n, t_start=time.perf_counter() - wall)
+            res.indexed_s = idx_s
+            try:
+                res.dead_letter = int(st["queue"]["dead_letter"])
+            except (KeyError, TypeError, ValueError):
+                pass
+            if idx_s is None:
+                res.error = f"not indexed within 120 s (last /api/status: {json.dumps(st)[:300]})"
+        res.receiver_count = rx.stored_count()
+    except Exception as e:  # noqa: BLE001 - a failed measurement is reported, the run continues
+        res.error = f"{type(e).__name__}: {e}"
+    finally:
+        rc = rx.stop()
+        if receiver == "pacs" and rc not in (0, None):
+            log(f"[pacs] exit code {rc} after SIGTERM (contract: 0)")
+        if res.error and args.keep_failed:
+            log(f"[{receiver}] kept {rx.dir} for inspection")
+        else:
+            rx.cleanup()
+    problems = []
+    if res.error:
+        problems.append(res.error)
+    if res.storescu_rc and any(res.storescu_rc):
+        problems.append(f"storescu exit codes {res.storescu_rc}")
+    if res.sender_ok is not None and res.sender_ok != n:
+        problems.append(f"storescu logged {res.sender_ok} Success / {res.sender_fail} other of {n} sent")
+    if res.receiver_count is not None and res.receiver_count != n:
+        problems.append(f"receiver holds {res.receiver_count} instances, {n} sent")
+    if res.dead_letter:
+        problems.append(f"dead_letter = {res.dead_letter}")
+    if problems:
+        res.mismatch = True
+        loud(f"{receiver} {res.size} C={conc} {'nodelay' if nodelay else 'NAGLE'} run {run}: "
+             + "; ".join(problems))
+    return res
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
+
+def median_or_none(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def summarize(results: list[Result]) -> dict:
+    """(receiver, size, conc, nodelay) -> {"ack": inst/s, "ack_mbs", "indexed", "indexed_mbs", "runs", "bad"}"""
+    groups: dict[tuple, list[Result]] = {}
+    for r in results:
+        groups.setdefault(r.key, []).append(r)
+    out = {}
+    for key, rs in groups.items():
+        good = [r for r in rs if not r.mismatch]
+        ack = median_or_none([r.sent / r.ack_s for r in good if r.ack_s])
+        idx = median_or_none([r.sent / r.indexed_s for r in good if r.indexed_s])
+        mb = rs[0].bytes / rs[0].sent / 1e6
+        out[key] = {
+            "ack": ack, "ack_mbs": ack * mb if ack else None,
+            "indexed": idx, "indexed_mbs": idx * mb if idx else None,
+            "runs": len(rs), "bad": len(rs) - len(good),
+        }
+    return out
+
+
+def fmt_cell(rate, mbs, bad=0) -> str:
+    if rate is None:
+        return "failed" if bad else "–"
+    s = f"{rate:,.0f} /s · {mbs:,.1f} MB/s"
+    return s + (f" ({bad} bad run{'s' if bad > 1 else ''})" if bad else "")
+
+
+def report(results: list[Result], sizes: list[str], receivers: list[str], nodelays: list[bool]) -> str:
+    summ = summarize(results)
+    cols = [(s, c) for s in sizes for c in (1, 4)]
+    lines = ["| receiver | " + " | ".join(f"{s} C={c}" for s, c in cols) + " |",
+             "|---|" + "---|" * len(cols)]
+    for nd in nodelays:
+        suffix = "" if nd else " (Nagle client)"
+        for rx in receivers:
+            metrics = [("ack", "ack_mbs", "")] if rx != "pacs" else [("ack", "ack_mbs", " ack"),
+                                                                     ("indexed", "indexed_mbs", " indexed")]
+            for m, mm, label in metrics:
+                cells = []
+                for s, c in cols:
+                    v = summ.get((rx, s, c, nd))
+                    cells.append(fmt_cell(v[m], v[mm], v["bad"]) if v else "–")
+                lines.append(f"| {rx}{label}{suffix} | " + " | ".join(cells) + " |")
+
+    def rate(rx, s, c, nd, m="ack"):
+        v = summ.get((rx, s, c, nd))
+        return v[m] if v else None
+
+    ratio_lines = []
+    if "pacs" in receivers:
+        ratio_lines += ["", "Ratios (instances/s, medians of this run; target from PERFORMANCE.md):", "",
+                        "| ratio | " + " | ".join(f"{s} C={c}" for s, c in cols) + " | target |",
+                        "|---|" + "---|" * (len(cols) + 1)]
+        targets = {("ack", "orthanc"): "≥ 1.5", ("indexed", "orthanc"): "≥ 1.0"}
+        for nd in nodelays:
+            suffix = "" if nd else " (Nagle client)"
+            for m in ("ack", "indexed"):
+                for anchor in ("orthanc", "storescp"):
+                    if anchor not in receivers:
+                        continue
+                    cells = []
+                    for s, c in cols:
+                        a, b = rate("pacs", s, c, nd, m), rate(anchor, s, c, nd)
+                        cells.append(f"{a / b:.2f}×" if a and b else "–")
+                    ratio_lines.append(f"| pacs {m} / {anchor}{suffix} | " + " | ".join(cells)
+                                       + f" | {targets.get((m, anchor), '') if nd else ''} |")
+        if False in nodelays and True in nodelays:
+            cells = []
+            for s, c in cols:
+                a, b = rate("pacs", s, c, False), rate("pacs", s, c, True)
+                cells.append(f"{a / b:.2f}×" if a and b else "–")
+            ratio_lines.append("| pacs ack Nagle / TCP_NODELAY client | " + " | ".join(cells) + " | ≥ 0.90 |")
+    return "\n".join(lines + ratio_lines)
+
+
+def tool_versions(args, receivers) -> dict:
+    v = {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count()}
+    try:
+        import pydicom
+        v["pydicom"] = pydicom.__version__
+    except ImportError:
+        pass
+    for key, cmd in (("storescu", ["storescu", "--version"]), ("orthanc", [args.orthanc, "--version"])):
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout
+            v[key] = out.strip().splitlines()[0] if out.strip() else "?"
+        except (OSError, subprocess.TimeoutExpired):
+            v[key] = None
+    if "pacs" in receivers:
+        try:
+            out = subprocess.run([args.pacs, "--version"], capture_output=True, text=True, timeout=30)
+            v["pacs"] = (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr) else "?"
+        except (OSError, subprocess.TimeoutExpired, IndexError):
+            v["pacs"] = None
+    return v
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--small", type=int, default=2000, help="64x64 CT instances (~9.6 KB); 0 skips (default 2000)")
+    ap.add_argument("--large", type=int, default=1000, help="512x512 CT instances (~526 KB); 0 skips (default 1000)")
+    ap.add_argument("--runs", type=int, default=3, help="runs per (receiver, size, C); the median is reported")
+    ap.add_argument("--only", default=",".join(RECEIVERS), help="comma-separated receivers (storescp,orthanc,pacs)")
+    ap.add_argument("--conc", default="1,4", help="parallel associations to measure (default 1,4)")
+    ap.add_argument("--nagle", action="store_true", help="also measure with a Nagle client (no TCP_NODELAY)")
+    ap.add_argument("--out", help="write every raw measurement and the medians to this JSON file")
+    ap.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(), "pacs-bench-cache"),
+                    help="where generated study sets are kept between runs (default /tmp/pacs-bench-cache)")
+    ap.add_argument("--workdir", default=tempfile.gettempdir(),
+                    help="parent of the receivers' temporary storage (default /tmp; same disk as the anchors)")
+    ap.add_argument("--pacs", default=str(REPO / ".venv" / "bin" / "pacs"), help="the pacs executable")
+    ap.add_argument("--pacs-args", default="", help="extra arguments appended to `pacs serve`")
+    ap.add_argument("--orthanc", default=shutil.which("Orthanc") or "/usr/sbin/Orthanc", help="Orthanc executable")
+    ap.add_argument("--timeout", type=float, default=0,
+                    help="seconds allowed for one push (default 60 + 0.1 s per instance)")
+    ap.add_argument("--keep-failed", action="store_true", help="keep the storage dir of a failed measurement")
+    args = ap.parse_args(argv)
+
+    receivers = [r.strip() for r in args.only.split(",") if r.strip()]
+    unknown = set(receivers) - set(RECEIVERS)
+    if unknown or not receivers:
+        ap.error(f"--only: unknown receiver(s) {sorted(unknown)}; choose from {','.join(RECEIVERS)}")
+    concs = [int(c) for c in args.conc.split(",") if c.strip()]
+    if any(c not in (1, CHUNKS) for c in concs):
+        ap.error(f"--conc: only 1 and {CHUNKS} are supported")
+    if args.runs < 1:
+        ap.error("--runs must be at least 1")
+    for tool in ("storescu", "echoscu") + (("storescp",) if "storescp" in receivers else ()):
+        if not shutil.which(tool):
+            ap.error(f"{tool} (dcmtk) not found on PATH")
+    if "orthanc" in receivers and not os.access(args.orthanc, os.X_OK):
+        ap.error(f"Orthanc not found at {args.orthanc} (use --orthanc or --only)")
+    if "pacs" in receivers and not os.access(args.pacs, os.X_OK):
+        ap.error(f"pacs not found at {args.pacs} (run `make install`, pass --pacs, or leave it out of --only)")
+
+    sizes = [s for s, n in (("small", args.small), ("large", args.large)) if n > 0]
+    if not sizes:
+        ap.error("nothing to send: --small and --large are both 0")
+    cache = Path(args.cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    manifests = {s: generate(s, getattr(args, s), cache) for s in sizes}
+    workdir = Path(args.workdir)
+    nodelays = [True, False] if args.nagle else [True]
+    versions = tool_versions(args, receivers)
+    log(f"[env] {json.dumps(versions)}")
+
+    results: list[Result] = []
+    total = args.runs * len(sizes) * len(concs) * len(nodelays) * len(receivers)
+    k = 0
+    t_all = time.perf_counter()
+    # interleave receivers inside every run so slow drifts of the machine hit all of them alike
+    for run in range(1, args.runs + 1):
+        for nd in nodelays:
+            for s in sizes:
+                for c in concs:
+                    for rx in receivers:
+                        k += 1
+                        r = measure(rx, manifests[s], c, nd, run, args, workdir)
+                        results.append(r)
+                        extra = f", indexed {r.sent / r.indexed_s:,.0f}/s" if r.indexed_s else ""
+                        ack = f"{r.sent / r.ack_s:,.0f}/s" if r.ack_s else "n/a"
+                        log(f"[{k}/{total}] run {run} {rx:8s} {s} C={c} {'nodelay' if nd else 'NAGLE'}: "
+                            f"ack {ack}{extra} (sent {r.sent}, storescu ok {r.sender_ok}, "
+                            f"receiver {r.receiver_count}){' MISMATCH' if r.mismatch else ''}")
+    log(f"[done] {time.perf_counter() - t_all:.0f} s")
+
+    table = report(results, sizes, receivers, nodelays)
+    kb = ", ".join(f"{s} {manifests[s]['count']} × {manifests[s]['bytes'] / manifests[s]['count'] / 1000:.1f} KB"
+                   for s in sizes)
+    print(f"\nIngest, medians of {args.runs} run(s); {kb}; sender storescu"
+          f" {'with and without' if args.nagle else 'with'} TCP_NODELAY=1; cells: instances/s · MB/s\n")
+    print(table)
+    bad = [r for r in results if r.mismatch]
+    if bad:
+        print(f"\n{len(bad)} measurement(s) had a mismatch or error and are left out of the medians "
+              "(see the messages above and the JSON).")
+
+    if args.out:
+        summ = summarize(results)
+        doc = {
+            "params": {"small": args.small, "large": args.large, "runs": args.runs, "receivers": receivers,
+                       "conc": concs, "nagle": args.nagle},
+            "data": {s: {k2: v for k2, v in m.items() if k2 != "chunks"} for s, m in manifests.items()},
+            "versions": versions,
+            "raw": [asdict(r) for r in results],
+            "median": [dict(receiver=k2[0], size=k2[1], conc=k2[2], nodelay=k2[3], **v) for k2, v in summ.items()],
+            "table_markdown": table,
+        }
+        Path(args.out).write_text(json.dumps(doc, indent=1))
+        log(f"[out] {args.out}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

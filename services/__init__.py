@@ -1,0 +1,1 @@
+"""The node's services: scp, indexer, mover, api, and the command line that starts them."""

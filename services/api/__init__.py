@@ -1,0 +1,1 @@
+"""The HTTP API (FastAPI): health, readiness, status and instance metadata."""

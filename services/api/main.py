@@ -1,0 +1,23 @@
+"""`pacs api`: the HTTP API under uvicorn."""
+
+from __future__ import annotations
+
+import uvicorn
+
+from services.api.app import create_app
+from shared.heartbeat import Heartbeat
+from shared.runtime import build_runtime
+from shared.settings import Settings
+
+
+def run_api(settings: Settings) -> int:
+    runtime = build_runtime(settings)
+    heartbeat = Heartbeat("api", runtime.sessions, settings.heartbeat_interval_seconds,
+                          details=lambda: {"port": settings.api_port})
+    heartbeat.start()
+    config = uvicorn.Config(create_app(runtime), host=settings.api_host, port=settings.api_port,
+                            log_level="warning", access_log=False, timeout_graceful_shutdown=5)
+    uvicorn.Server(config).run()  # stops cleanly on SIGTERM/SIGINT
+    heartbeat.stop()
+    runtime.close()
+    return 0

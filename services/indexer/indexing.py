@@ -1,0 +1,114 @@
+"""Index a batch of stored instances. Safe to run twice: replays change nothing."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
+
+from services.indexer.extract import IndexRecord, UnindexableObject, extract
+from services.indexer.upsert import BatchCache, audit, record_dead_letter, upsert_instance
+from shared.events import DuplicateReceived, InstanceStored
+from shared.runtime import Runtime
+from shared.storage import ObjectNotFound, StorageError
+
+log = logging.getLogger(__name__)
+
+
+class TransientIndexError(Exception):
+    """A dependency (index database or object store) failed; the task is retried later."""
+
+
+@dataclass
+class BatchResult:
+    indexed: int = 0
+    already_indexed: int = 0
+    dead_lettered: int = 0
+
+
+def _load(runtime: Runtime, event: InstanceStored) -> IndexRecord:
+    try:
+        part10 = runtime.store.get(event.object_key)
+    except ObjectNotFound as exc:
+        raise UnindexableObject("stored object is missing") from exc
+    record = extract(part10)
+    if record.sop_instance_uid != event.sop_instance_uid:
+        raise UnindexableObject("stored object has another SOP Instance UID than its event")
+    return record
+
+
+def _is_transient(exc: SQLAlchemyError) -> bool:
+    return isinstance(exc, (OperationalError, InterfaceError)) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    )
+
+
+def _write(runtime: Runtime, loaded: list[tuple[InstanceStored, IndexRecord]],
+           failed: list[tuple[InstanceStored, str]], result: BatchResult) -> None:
+    with runtime.sessions.begin() as session:
+        cache = BatchCache()
+        for event, record in loaded:
+            if upsert_instance(session, event, record, cache):
+                result.indexed += 1
+            else:
+                result.already_indexed += 1
+        for event, reason in failed:
+            record_dead_letter(session, event, reason)
+            result.dead_lettered += 1
+
+
+def _write_one_by_one(runtime: Runtime, loaded: list[tuple[InstanceStored, IndexRecord]],
+                      failed: list[tuple[InstanceStored, str]], result: BatchResult) -> None:
+    """After a batch hit a permanent database error: isolate the instance that causes it."""
+    for item in loaded:
+        try:
+            _write(runtime, [item], [], result)
+        except SQLAlchemyError as exc:
+            if _is_transient(exc):
+                raise
+            failed.append((item[0], f"index database refused the record ({exc.__class__.__name__})"))
+    _write(runtime, [], failed, result)
+
+
+def index_events(runtime: Runtime, events: list[InstanceStored]) -> BatchResult:
+    result = BatchResult()
+    loaded: list[tuple[InstanceStored, IndexRecord]] = []
+    failed: list[tuple[InstanceStored, str]] = []
+    try:
+        for event in events:
+            try:
+                loaded.append((event, _load(runtime, event)))
+            except UnindexableObject as exc:
+                failed.append((event, str(exc)))
+        try:
+            _write(runtime, loaded, failed, result)
+        except SQLAlchemyError as exc:
+            if _is_transient(exc):
+                raise
+            result = BatchResult()
+            _write_one_by_one(runtime, loaded, failed, result)
+    except SQLAlchemyError as exc:
+        raise TransientIndexError(f"index database unavailable ({exc.__class__.__name__})") from exc
+    except StorageError as exc:
+        raise TransientIndexError(f"object store unavailable ({exc.__class__.__name__})") from exc
+    if failed:
+        log.error("index.dead_lettered count=%d reasons=%s", len(failed), sorted({reason for _, reason in failed}))
+    for event in events:
+        try:
+            runtime.ledger.resolve(event.sop_instance_uid)
+        except StorageError:
+            log.warning("index.marker_not_removed (the sweeper will replay it; replay is a no-op)")
+    return result
+
+
+def record_duplicates(runtime: Runtime, events: list[DuplicateReceived]) -> None:
+    try:
+        with runtime.sessions.begin() as session:
+            for event in events:
+                audit(session, event.event_id, "duplicate_conflict", "first_kept", event.reception.remote_aet,
+                      event.reception.remote_ip,
+                      {"sop_instance_uid": event.sop_instance_uid, "stored_sha256": event.stored_sha256,
+                       "received_sha256": event.received_sha256}, occurred_at=event.occurred_at)
+    except SQLAlchemyError as exc:
+        raise TransientIndexError(f"index database unavailable ({exc.__class__.__name__})") from exc

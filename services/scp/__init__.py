@@ -1,0 +1,1 @@
+"""The DICOM SCP: C-ECHO and C-STORE into the object store, events onto the queue."""

@@ -1,0 +1,40 @@
+"""`pacs scp`: the DICOM listener as a service of its own."""
+
+from __future__ import annotations
+
+import logging
+
+from services.scp.server import ScpServer
+from shared.heartbeat import Heartbeat
+from shared.lifecycle import StopRequest
+from shared.runtime import build_runtime
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def run_scp(settings: Settings) -> int:
+    stop = StopRequest().install()
+    runtime = build_runtime(settings)
+    server = ScpServer(runtime)
+    server.start()
+    counters = server.store_service.counters
+    heartbeat = Heartbeat(
+        "scp",
+        runtime.sessions,
+        settings.heartbeat_interval_seconds,
+        details=lambda: {
+            "port": server.port,
+            "associations": server.active_associations(),
+            "stored": counters.stored,
+            "failed": counters.failed,
+            "bytes": counters.bytes_stored,
+            "publish_backlog": server.publisher.backlog,
+        },
+    )
+    heartbeat.start()
+    stop.wait()
+    server.stop(settings.shutdown_grace_seconds)
+    heartbeat.stop()
+    runtime.close()
+    return 0

@@ -1,0 +1,124 @@
+"""`pacs serve`: the whole node as one process group (scp, indexer, api), supervised.
+
+The children run exactly the code of `pacs scp|indexer|api` (one code path); only the URLs differ. A child
+that dies is started again; SIGTERM stops them all cleanly, a second SIGTERM/SIGINT at once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+from shared.db.migrate import upgrade_to_head
+from shared.lifecycle import StopRequest
+from shared.queue import broker_transport_options
+from shared.settings import Settings
+from shared.storage import open_object_store
+
+log = logging.getLogger(__name__)
+
+SERVICES = ("scp", "indexer", "api")
+QUICK_DEATH_SECONDS = 3.0
+QUICK_DEATHS_BEFORE_GIVING_UP = 3
+PR_SET_PDEATHSIG = 1
+
+
+def child_arguments(settings: Settings) -> list[str]:
+    """The resolved settings as flags, so that a child sees exactly what the parent resolved."""
+    arguments: list[str] = []
+    for name, value in settings.model_dump(exclude={"config"}).items():
+        if value is None:
+            continue
+        if name == "data_dir":
+            value = settings.data_dir.resolve()
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        arguments += [f"--{name.replace('_', '-')}", text]
+    return arguments
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM if the supervisor dies (Linux), so no orphan keeps the ports."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+@dataclass
+class Child:
+    service: str
+    arguments: list[str]
+    process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    quick_deaths: int = field(default=0)
+
+    def start(self) -> None:
+        command = [sys.executable, "-m", "services.cli", self.service, *self.arguments]
+        # Own session: a Ctrl-C or a signal to the whole group reaches only the supervisor, which stops the
+        # children in order (a second signal would make them stop at once). They still die with it.
+        self.process = subprocess.Popen(command, start_new_session=True, preexec_fn=_die_with_parent)
+        self.started_at = time.monotonic()
+
+
+def _print_banner(settings: Settings) -> None:
+    api_host = "127.0.0.1" if settings.api_host in ("0.0.0.0", "::") else settings.api_host
+    print(
+        f"PACS node {settings.ae_title!r}: DICOM on port {settings.dicom_port} (AE title {settings.ae_title})\n"
+        f"  data directory: {settings.data_dir.resolve()}\n"
+        f"  API: http://{api_host}:{settings.api_port}/api/status  (OpenAPI: http://{api_host}:{settings.api_port}/docs)",
+        flush=True,
+    )
+
+
+def _stop_children(children: list[Child], grace_seconds: float) -> None:
+    for child in children:
+        if child.process and child.process.poll() is None:
+            child.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_seconds
+    for child in children:
+        if child.process is None:
+            continue
+        try:
+            child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.warning("serve.child_killed service=%s", child.service)
+            child.process.kill()
+            child.process.wait()
+
+
+def run_serve(settings: Settings) -> int:
+    stop = StopRequest().install()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade_to_head(settings.resolved_database_url)
+    open_object_store(settings).ping()  # creates the local object folder on a first run
+    broker_transport_options(settings)  # creates the embedded queue folders when that broker is used
+    arguments = child_arguments(settings)
+    children = [Child(service, arguments) for service in SERVICES]
+    for child in children:
+        child.start()
+    _print_banner(settings)
+    exit_code = 0
+    while not stop.wait(0.2):
+        for child in children:
+            assert child.process is not None
+            code = child.process.poll()
+            if code is None:
+                continue
+            quick = time.monotonic() - child.started_at < QUICK_DEATH_SECONDS
+            child.quick_deaths = child.quick_deaths + 1 if quick else 0
+            log.error("serve.child_exited service=%s code=%s", child.service, code)
+            if child.quick_deaths >= QUICK_DEATHS_BEFORE_GIVING_UP:
+                log.error("serve.giving_up service=%s (it exits right after starting)", child.service)
+                exit_code = 1
+                stop.set()
+                break
+            child.start()
+    _stop_children(children, settings.shutdown_grace_seconds + 3)
+    return exit_code

@@ -1,0 +1,1 @@
+"""Code that several services use. It never imports a service."""

@@ -1,0 +1,1 @@
+"""The index database: models, engine and migrations."""

@@ -1,0 +1,1 @@
+"""DICOM helpers shared by services (file format, identities)."""

@@ -1,0 +1,49 @@
+"""Part-10 files as the node stores them: zeroed preamble, our own File Meta, the dataset bytes unchanged.
+
+The File Meta is a pure function of the instance's identity and transfer syntax, so the same dataset always
+becomes the same object (re-sending it is recognised as identical by its hash).
+"""
+
+from __future__ import annotations
+
+import struct
+
+IMPLEMENTATION_CLASS_UID = "2.25.336836901436135367680934814653349959270"
+IMPLEMENTATION_VERSION_NAME = "PACSNODE_010"
+PREAMBLE = b"\x00" * 128 + b"DICM"
+
+
+def _padded(value: str, pad: bytes) -> bytes:
+    raw = value.encode("ascii")
+    return raw + pad if len(raw) % 2 else raw
+
+
+def _short_element(element: int, vr: bytes, value: bytes) -> bytes:
+    return struct.pack("<HH2sH", 0x0002, element, vr, len(value)) + value
+
+
+def encode_file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str) -> bytes:
+    """File Meta Information (PS3.10 7.1), group length first, Explicit VR Little Endian."""
+    body = b"".join(
+        (
+            struct.pack("<HH2sHI", 0x0002, 0x0001, b"OB", 0, 2) + b"\x00\x01",
+            _short_element(0x0002, b"UI", _padded(sop_class_uid, b"\x00")),
+            _short_element(0x0003, b"UI", _padded(sop_instance_uid, b"\x00")),
+            _short_element(0x0010, b"UI", _padded(transfer_syntax_uid, b"\x00")),
+            _short_element(0x0012, b"UI", _padded(IMPLEMENTATION_CLASS_UID, b"\x00")),
+            _short_element(0x0013, b"SH", _padded(IMPLEMENTATION_VERSION_NAME, b" ")),
+        )
+    )
+    return struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(body)) + body
+
+
+def encode_part10(dataset: bytes, sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str) -> bytes:
+    return PREAMBLE + encode_file_meta(sop_class_uid, sop_instance_uid, transfer_syntax_uid) + dataset
+
+
+def dataset_offset(part10: bytes) -> int:
+    """Where the dataset starts in a Part-10 object written by ``encode_part10``."""
+    if part10[128:132] != b"DICM":
+        raise ValueError("not a Part-10 object")
+    group_length = struct.unpack_from("<I", part10, 132 + 8)[0]
+    return 132 + 12 + group_length

@@ -1,0 +1,59 @@
+"""The Celery application and the names of its tasks (the queue protocol between services).
+
+The broker is Redis in the distributed form and an embedded folder transport (kombu ``filesystem://``)
+on the embedded default: the same task code runs on both. Messages carry events (ids and keys only).
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from shared.settings import Settings
+
+INDEX_QUEUE = "pacs.index"
+INDEX_INSTANCES_TASK = "pacs.index_instances"
+RECORD_DUPLICATE_TASK = "pacs.record_duplicate"
+BROKER_VISIBILITY_TIMEOUT_SECONDS = 300
+
+
+def broker_transport_options(settings: Settings) -> dict[str, object]:
+    if settings.resolved_broker_url.startswith("filesystem://"):
+        folder = settings.embedded_queue_dir
+        for sub in ("messages", "processed"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        return {
+            "data_folder_in": str(folder / "messages"),
+            "data_folder_out": str(folder / "messages"),
+            "processed_folder": str(folder / "processed"),
+            "store_processed": False,
+            "polling_interval": 0.05,
+        }
+    return {
+        "visibility_timeout": BROKER_VISIBILITY_TIMEOUT_SECONDS,
+        "socket_timeout": 5,
+        "socket_connect_timeout": 2,
+        "retry_on_timeout": False,
+    }
+
+
+def create_celery(settings: Settings) -> Celery:
+    app = Celery("pacs", broker=settings.resolved_broker_url, set_as_current=False)
+    app.conf.update(
+        broker_transport_options=broker_transport_options(settings),
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=2,
+        broker_pool_limit=4,
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_default_queue=INDEX_QUEUE,
+        task_routes={INDEX_INSTANCES_TASK: {"queue": INDEX_QUEUE}, RECORD_DUPLICATE_TASK: {"queue": INDEX_QUEUE}},
+        worker_prefetch_multiplier=1,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        task_send_sent_event=False,
+        enable_utc=True,
+    )
+    return app

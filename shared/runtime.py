@@ -1,0 +1,42 @@
+"""The composition root: one ``build_runtime(settings)`` per process, nothing built at import time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from celery import Celery
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.db.engine import create_index_engine, create_session_factory
+from shared.pending import PendingLedger
+from shared.queue import create_celery
+from shared.settings import Settings
+from shared.storage import ObjectStore, open_object_store
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    store: ObjectStore
+    ledger: PendingLedger
+    celery: Celery
+
+    def close(self) -> None:
+        self.engine.dispose()
+        self.celery.close()
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    engine = create_index_engine(settings.resolved_database_url)
+    store = open_object_store(settings)
+    return Runtime(
+        settings=settings,
+        engine=engine,
+        sessions=create_session_factory(engine),
+        store=store,
+        ledger=PendingLedger(store),
+        celery=create_celery(settings),
+    )

@@ -1,0 +1,136 @@
+"""The one settings class of the node.
+
+Every option is a field here, documented where it is defined. Precedence, highest first:
+command-line flag (passed as keyword arguments) > environment variable ``PACS_<NAME>`` >
+TOML config file (``--config`` / ``PACS_CONFIG``) > default. Nothing else reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import os
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+ENV_PREFIX = "PACS_"
+_config_file: ContextVar[Path | None] = ContextVar("pacs_config_file", default=None)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
+
+    config: Path | None = Field(None, description="TOML file with any of these options (keys as named here).")
+    ae_title: str = Field("PACS", description="The node's own AE title (the called AE title callers must use).")
+    dicom_host: str = Field("0.0.0.0", description="Address the DICOM listener binds to.")
+    dicom_port: int = Field(11112, ge=1, le=65535, description="DICOM listening port.")
+    api_host: str = Field("127.0.0.1", description="Address the HTTP API binds to.")
+    api_port: int = Field(8042, ge=1, le=65535, description="HTTP API port.")
+    data_dir: Path = Field(Path("data"), description="Where the embedded default keeps index, objects and queue.")
+
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL of the index (postgresql+psycopg://… or sqlite:///…). "
+        "Default: SQLite file index.sqlite3 in the data directory."
+    )
+    storage_url: str | None = Field(
+        None, description="Object store: file:///absolute/folder or s3://bucket. Default: the objects/ folder "
+        "in the data directory."
+    )
+    s3_endpoint: str | None = Field(None, description="S3 endpoint as host:port or http(s)://host:port.")
+    s3_access_key: str | None = Field(None, description="S3 access key.")
+    s3_secret_key: str | None = Field(None, description="S3 secret key.")
+    s3_region: str = Field("us-east-1", description="S3 region name.")
+    s3_timeout_seconds: float = Field(
+        4.0, gt=0, description="Connect/read timeout of one S3 request; a failed store is answered well "
+        "within the caller's DIMSE timeout."
+    )
+    broker_url: str | None = Field(
+        None, description="Celery broker (redis://host:6379/0). Default: an embedded broker that needs no "
+        "server, a folder in the data directory."
+    )
+
+    log_level: str = Field("INFO", description="Log level of the node's own loggers.")
+    indexer_concurrency: int = Field(1, ge=1, le=64, description="Indexer worker processes per `pacs indexer`.")
+    indexer_batch_size: int = Field(200, ge=1, le=5000, description="Most instances one indexing task carries.")
+    sweep_interval_seconds: float = Field(10.0, gt=0, description="How often the sweeper looks for unindexed objects.")
+    sweep_grace_seconds: float = Field(
+        30.0, ge=0, description="Age after which a stored but unindexed object is handed to the indexer again."
+    )
+    heartbeat_interval_seconds: float = Field(5.0, gt=0, description="How often each service reports it is alive.")
+    max_pdu_size: int = Field(0, ge=0, description="Maximum PDU size the SCP receives (0 = unlimited).")
+    association_idle_timeout_seconds: float = Field(
+        60.0, gt=0, description="An association with no traffic for this long is aborted."
+    )
+    shutdown_grace_seconds: float = Field(
+        10.0, ge=0, description="On SIGTERM, how long running associations may finish before they are aborted."
+    )
+
+    # Initial values of the live node configuration (GET/PATCH /api/config override them at run time).
+    check_called_aet: bool = Field(True, description="Refuse associations whose called AE title is not ours.")
+
+    @field_validator("ae_title")
+    @classmethod
+    def _valid_ae_title(cls, value: str) -> str:
+        stripped = value.strip()
+        if not 1 <= len(stripped) <= 16 or not stripped.isprintable() or "\\" in stripped:
+            raise ValueError("an AE title has 1 to 16 printable characters and no backslash")
+        return stripped
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        config_file = _config_file.get()
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if config_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+    # Resolved values: the embedded defaults live under the data directory.
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'index.sqlite3'}"
+
+    @property
+    def resolved_storage_url(self) -> str:
+        return self.storage_url or (self.data_dir.resolve() / "objects").as_uri()
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or "filesystem://localhost/"
+
+    @property
+    def embedded_queue_dir(self) -> Path:
+        return self.data_dir.resolve() / "queue"
+
+    def as_environment(self) -> dict[str, str]:
+        """These settings as PACS_* variables, so that a child process resolves the same values."""
+        env: dict[str, str] = {}
+        for name, value in self.model_dump(exclude={"config"}).items():
+            if value is None:
+                continue
+            env[ENV_PREFIX + name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
+        return env
+
+
+def load_settings(**flags: Any) -> Settings:
+    """Build the settings from flags (None = not given), the environment, the config file and defaults."""
+    given = {name: value for name, value in flags.items() if value is not None}
+    config_path = given.get("config") or os.environ.get(ENV_PREFIX + "CONFIG")
+    token = _config_file.set(Path(config_path) if config_path else None)
+    try:
+        return Settings(**given)
+    finally:
+        _config_file.reset(token)

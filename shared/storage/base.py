@@ -1,0 +1,101 @@
+"""The object-store contract shared by the local-folder and the S3 implementations."""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import BinaryIO, Protocol
+
+_KEY_COMPONENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+RESERVED_PREFIXES = (".pending/",)
+
+
+class StorageError(Exception):
+    """Base class of object-store failures."""
+
+
+class StorageUnavailable(StorageError):
+    """The store cannot be reached or did not answer in time."""
+
+
+class StorageFull(StorageError):
+    """The store refuses new data: no space or quota left."""
+
+
+class ObjectNotFound(StorageError):
+    """No object under that key."""
+
+
+class InvalidKey(ValueError):
+    """A key that the server would never build."""
+
+
+class PutOutcome(enum.Enum):
+    CREATED = "created"
+    IDENTICAL = "identical"  # the key already held exactly these bytes: nothing written
+    CONFLICT = "conflict"  # the key already held other bytes: they were kept
+
+
+@dataclass(frozen=True)
+class PutResult:
+    outcome: PutOutcome
+    stored_sha256: str
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    modified: datetime
+
+
+def validate_key(key: str) -> str:
+    """Accept only keys of the server's own scheme: safe components joined by '/', or a reserved prefix."""
+    body = key
+    for prefix in RESERVED_PREFIXES:
+        if key.startswith(prefix):
+            body = key[len(prefix):]
+            break
+    parts = body.split("/")
+    if not body or len(key) > 1024 or any(_KEY_COMPONENT.fullmatch(part) is None for part in parts):
+        raise InvalidKey("object key outside the server's key scheme")
+    if any(part in (".", "..") for part in parts):
+        raise InvalidKey("object key outside the server's key scheme")
+    return key
+
+
+class ObjectStore(Protocol):
+    """Create, read, remove and list objects by key. Implementations are thread-safe."""
+
+    description: str  # where the store is, without credentials
+
+    def put_new(self, key: str, data: bytes, sha256: str) -> PutResult:
+        """Store ``data`` durably under ``key`` unless the key exists; never overwrite."""
+        ...
+
+    def put_hint(self, key: str, data: bytes) -> None:
+        """Store a small object (a marker), replacing any; durability follows the next put_new."""
+        ...
+
+    def get(self, key: str) -> bytes: ...
+
+    def open(self, key: str) -> BinaryIO:
+        """A readable stream of the object (for large objects); the caller closes it."""
+        ...
+
+    def stat(self, key: str) -> ObjectInfo | None: ...
+
+    def delete(self, key: str) -> None:
+        """Remove the object; removing a missing key is not an error."""
+        ...
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Every object whose key starts with ``prefix`` (a folder-like prefix ending in '/')."""
+        ...
+
+    def ping(self) -> None:
+        """Raise StorageUnavailable unless the store answers."""
+        ...

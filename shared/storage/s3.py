@@ -1,0 +1,204 @@
+"""Object store in an S3 bucket (MinIO, AWS, moto) through the ``minio`` SDK.
+
+A PUT is durable once S3 acknowledges it. Every request is bounded by short timeouts so that a store
+that hangs is reported well within a DICOM caller's timeout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import threading
+from collections.abc import Iterator
+from datetime import timezone
+from typing import BinaryIO
+from urllib.parse import urlparse
+
+import urllib3
+from minio import Minio
+from minio.error import MinioException, S3Error
+
+from shared.storage.base import (
+    ObjectInfo,
+    ObjectNotFound,
+    PutOutcome,
+    PutResult,
+    StorageError,
+    StorageFull,
+    StorageUnavailable,
+    validate_key,
+)
+
+_SHA256_META = "sha256"
+_FULL_CODES = {"XMinioStorageFull", "QuotaExceeded", "XMinioAdminBucketQuotaExceeded", "EntityTooLarge"}
+_MISSING_CODES = {"NoSuchKey", "NoSuchObject", "ResourceNotFound"}
+_NETWORK_ERRORS = (urllib3.exceptions.HTTPError, OSError, MinioException)
+
+
+def _translate(exc: BaseException) -> StorageError:
+    if isinstance(exc, S3Error):
+        if exc.code in _FULL_CODES:
+            return StorageFull(f"object store full ({exc.code})")
+        if exc.code in _MISSING_CODES:
+            return ObjectNotFound(exc.code)
+        return StorageUnavailable(f"object store refused the request ({exc.code})")
+    return StorageUnavailable(f"object store unreachable ({exc.__class__.__name__})")
+
+
+class _ClosingStream(io.RawIOBase):
+    """A readable stream over a urllib3 response that releases the connection on close."""
+
+    def __init__(self, response: urllib3.BaseHTTPResponse) -> None:
+        self._response = response
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        data = self._response.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._response.close()
+            self._response.release_conn()
+        super().close()
+
+
+class S3ObjectStore:
+    def __init__(
+        self,
+        bucket: str,
+        endpoint: str,
+        access_key: str,
+        secret_key: str,
+        region: str,
+        timeout_seconds: float,
+    ) -> None:
+        parsed = urlparse(endpoint if "://" in endpoint else f"http://{endpoint}")
+        self.bucket = bucket
+        self.description = f"s3://{bucket} at {parsed.scheme}://{parsed.netloc}"
+        http = urllib3.PoolManager(
+            num_pools=4,
+            maxsize=32,
+            timeout=urllib3.Timeout(connect=min(1.5, timeout_seconds), read=timeout_seconds),
+            retries=urllib3.Retry(total=1, connect=1, read=0, backoff_factor=0.1),
+        )
+        self._client = Minio(
+            parsed.netloc,
+            access_key=access_key,
+            secret_key=secret_key,
+            secure=parsed.scheme == "https",
+            region=region,
+            http_client=http,
+        )
+        self._bucket_ready = False
+        self._bucket_lock = threading.Lock()
+
+    def _ensure_bucket(self) -> None:
+        if self._bucket_ready:
+            return
+        with self._bucket_lock:
+            if self._bucket_ready:
+                return
+            try:
+                if not self._client.bucket_exists(self.bucket):
+                    self._client.make_bucket(self.bucket)
+            except S3Error as exc:
+                if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    raise _translate(exc) from exc
+            except _NETWORK_ERRORS as exc:
+                raise _translate(exc) from exc
+            self._bucket_ready = True
+
+    def _stored_sha256(self, key: str) -> str | None:
+        try:
+            stat = self._client.stat_object(self.bucket, key)
+        except S3Error as exc:
+            if exc.code in _MISSING_CODES:
+                return None
+            raise
+        recorded = (stat.metadata or {}).get(f"x-amz-meta-{_SHA256_META}")
+        if recorded:
+            return str(recorded)
+        return hashlib.sha256(self.get(key)).hexdigest()
+
+    def put_new(self, key: str, data: bytes, sha256: str) -> PutResult:
+        validate_key(key)
+        self._ensure_bucket()
+        try:
+            existing = self._stored_sha256(key)
+            if existing is not None:
+                outcome = PutOutcome.IDENTICAL if existing == sha256 else PutOutcome.CONFLICT
+                return PutResult(outcome, existing)
+            self._client.put_object(
+                self.bucket,
+                key,
+                io.BytesIO(data),
+                len(data),
+                content_type="application/dicom",
+                metadata={_SHA256_META: sha256},
+            )
+        except _NETWORK_ERRORS as exc:
+            raise _translate(exc) from exc
+        return PutResult(PutOutcome.CREATED, sha256)
+
+    def put_hint(self, key: str, data: bytes) -> None:
+        validate_key(key)
+        self._ensure_bucket()
+        try:
+            self._client.put_object(self.bucket, key, io.BytesIO(data), len(data),
+                                    content_type="application/json")
+        except _NETWORK_ERRORS as exc:
+            raise _translate(exc) from exc
+
+    def get(self, key: str) -> bytes:
+        with self.open(key) as stream:
+            return stream.read()
+
+    def open(self, key: str) -> BinaryIO:
+        validate_key(key)
+        try:
+            response = self._client.get_object(self.bucket, key)
+        except _NETWORK_ERRORS as exc:
+            raise _translate(exc) from exc
+        return io.BufferedReader(_ClosingStream(response), buffer_size=1 << 20)  # type: ignore[return-value]
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        validate_key(key)
+        try:
+            stat = self._client.stat_object(self.bucket, key)
+        except S3Error as exc:
+            if exc.code in _MISSING_CODES:
+                return None
+            raise _translate(exc) from exc
+        except _NETWORK_ERRORS as exc:
+            raise _translate(exc) from exc
+        modified = stat.last_modified
+        assert modified is not None
+        return ObjectInfo(key, int(stat.size or 0), modified.astimezone(timezone.utc))
+
+    def delete(self, key: str) -> None:
+        validate_key(key)
+        try:
+            self._client.remove_object(self.bucket, key)
+        except S3Error as exc:
+            if exc.code not in _MISSING_CODES:
+                raise _translate(exc) from exc
+        except _NETWORK_ERRORS as exc:
+            raise _translate(exc) from exc
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        self._ensure_bucket()
+        try:
+            for item in self._client.list_objects(self.bucket, prefix=prefix, recursive=True):
+                if item.is_dir or item.object_name is None or item.last_modified is None:
+                    continue
+                yield ObjectInfo(item.object_name, int(item.size or 0), item.last_modified.astimezone(timezone.utc))
+        except _NETWORK_ERRORS as exc:
+            raise _translate(exc) from exc
+
+    def ping(self) -> None:
+        self._bucket_ready = False
+        self._ensure_bucket()
