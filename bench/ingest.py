@@ -495,6 +495,7 @@ class Pacs(Receiver):
 
 
 RECEIVER_CLASSES = {"storescp": StoreSCP, "orthanc": Orthanc, "pacs": Pacs}
+PACS_VERSION: dict = {}
 
 
 # --------------------------------------------------------------------------------------------
@@ -517,6 +518,8 @@ class Result:
     receiver_count: int | None = None
     storescu_rc: list = field(default_factory=list)
     startup_s: float | None = None
+    stop_s: float | None = None
+    receiver_rc: int | None = None
     dead_letter: int | None = None
     error: str | None = None
     mismatch: bool = False
@@ -527,8 +530,8 @@ class Result:
 
 
 def run_storescu(manifest: dict, conc: int, port: int, aec: str, nodelay: bool, timeout: float,
-                 logdir: Path) -> tuple[float, list[int], int, int]:
-    """Push every file; returns (wall seconds, exit codes, successes, failures) as storescu logged them."""
+                 logdir: Path, count_responses: bool) -> tuple[float, list[int], int | None, int]:
+    """Push every file; returns (wall seconds, exit codes, successes or None, failures) as storescu logged them."""
     dirs = [d for d, n in zip(manifest["chunks"], manifest["chunk_counts"]) if n > 0]
     groups = [dirs] if conc == 1 else [[d] for d in dirs]
     env = dict(os.environ)
@@ -540,9 +543,11 @@ def run_storescu(manifest: dict, conc: int, port: int, aec: str, nodelay: bool, 
     try:
         cmds = []
         for g, group in enumerate(groups):
-            # -v logs one "Received Store Response (<status>)" line per instance: counted below.
-            # -nh: carry on after a failed store so every failure is counted.
-            cmds.append(["storescu", "-v", "-nh", "-aec", aec, "-to", "10", "+sd", HOST, str(port)] + group)
+            # -nh: carry on after a failed store so every failure is counted. Without -v storescu logs only
+            # failures ("E: Store Failed, file: ..."); -v adds one "Received Store Response (<status>)" line per
+            # instance (exact count of Successes) but costs the sender 5-20 % CPU, hence only with --count-responses.
+            cmds.append(["storescu"] + (["-v"] if count_responses else [])
+                        + ["-nh", "-aec", aec, "-to", "10", "+sd", HOST, str(port)] + group)
             logs.append(open(logdir / f"storescu-{g}.log", "wb"))
         t0 = time.perf_counter()
         for cmd, lf in zip(cmds, logs):
@@ -562,7 +567,8 @@ def run_storescu(manifest: dict, conc: int, port: int, aec: str, nodelay: bool, 
                 p.wait(timeout=10)
         for lf in logs:
             lf.close()
-    ok = fail = 0
+    ok = 0 if count_responses else None
+    fail = 0
     for g in range(len(groups)):
         text = (logdir / f"storescu-{g}.log").read_text(errors="replace")
         for line in text.splitlines():
@@ -571,6 +577,8 @@ def run_storescu(manifest: dict, conc: int, port: int, aec: str, nodelay: bool, 
                     ok += 1
                 else:
                     fail += 1
+            elif "Store Failed" in line:
+                fail += 1
     return wall, rcs, ok, fail
 
 
@@ -582,10 +590,14 @@ def measure(receiver: str, manifest: dict, conc: int, nodelay: bool, run: int, a
         rx.start()
         res.startup_s = rx.startup_s
         timeout = args.timeout if args.timeout else 60 + 0.1 * n
-        wall, rcs, ok, fail = run_storescu(manifest, conc, rx.port, rx.aet, nodelay, timeout, rx.dir)
+        wall, rcs, ok, fail = run_storescu(manifest, conc, rx.port, rx.aet, nodelay, timeout, rx.dir,
+                                               args.count_responses)
         res.ack_s, res.storescu_rc, res.sender_ok, res.sender_fail = wall, rcs, ok, fail
         if receiver == "pacs":
-            idx_s, st = rx.wait_indexed(ok if ok < n else n, t_start=time.perf_counter() - wall)
+            if PACS_VERSION.get("version") is None:
+                PACS_VERSION["version"] = (rx.status() or {}).get("version")
+            expected = n - fail if ok is None else min(ok, n)
+            idx_s, st = rx.wait_indexed(expected, t_start=time.perf_counter() - wall)
             res.indexed_s = idx_s
             try:
                 res.dead_letter = int(st["queue"]["dead_letter"])
@@ -597,9 +609,13 @@ def measure(receiver: str, manifest: dict, conc: int, nodelay: bool, run: int, a
     except Exception as e:  # noqa: BLE001 - a failed measurement is reported, the run continues
         res.error = f"{type(e).__name__}: {e}"
     finally:
+        t_stop = time.perf_counter()
         rc = rx.stop()
+        res.stop_s, res.receiver_rc = time.perf_counter() - t_stop, rc
         if receiver == "pacs" and rc not in (0, None):
             log(f"[pacs] exit code {rc} after SIGTERM (contract: 0)")
+        if receiver == "pacs" and res.stop_s > 15:
+            log(f"[pacs] took {res.stop_s:.1f} s to stop after SIGTERM (contract: within 15 s)")
         if res.error and args.keep_failed:
             log(f"[{receiver}] kept {rx.dir} for inspection")
         else:
@@ -611,6 +627,8 @@ def measure(receiver: str, manifest: dict, conc: int, nodelay: bool, run: int, a
         problems.append(f"storescu exit codes {res.storescu_rc}")
     if res.sender_ok is not None and res.sender_ok != n:
         problems.append(f"storescu logged {res.sender_ok} Success / {res.sender_fail} other of {n} sent")
+    elif res.sender_fail:
+        problems.append(f"storescu logged {res.sender_fail} failed store(s) of {n} sent")
     if res.receiver_count is not None and res.receiver_count != n:
         problems.append(f"receiver holds {res.receiver_count} instances, {n} sent")
     if res.dead_letter:
@@ -679,7 +697,7 @@ def report(results: list[Result], sizes: list[str], receivers: list[str], nodela
         return v[m] if v else None
 
     ratio_lines = []
-    if "pacs" in receivers:
+    if "pacs" in receivers and ({"orthanc", "storescp"} & set(receivers) or len(nodelays) > 1):
         ratio_lines += ["", "Ratios (instances/s, medians of this run; target from PERFORMANCE.md):", "",
                         "| ratio | " + " | ".join(f"{s} C={c}" for s, c in cols) + " | target |",
                         "|---|" + "---|" * (len(cols) + 1)]
@@ -719,11 +737,7 @@ def tool_versions(args, receivers) -> dict:
         except (OSError, subprocess.TimeoutExpired):
             v[key] = None
     if "pacs" in receivers:
-        try:
-            out = subprocess.run([args.pacs, "--version"], capture_output=True, text=True, timeout=30)
-            v["pacs"] = (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr) else "?"
-        except (OSError, subprocess.TimeoutExpired, IndexError):
-            v["pacs"] = None
+        v["pacs"] = None  # filled in from GET /api/status "version" by the first pacs measurement
     return v
 
 
@@ -745,6 +759,8 @@ def main(argv=None) -> int:
     ap.add_argument("--orthanc", default=shutil.which("Orthanc") or "/usr/sbin/Orthanc", help="Orthanc executable")
     ap.add_argument("--timeout", type=float, default=0,
                     help="seconds allowed for one push (default 60 + 0.1 s per instance)")
+    ap.add_argument("--count-responses", action="store_true",
+                    help="run storescu with -v and count its Success responses (exact, costs the sender 5-20%% CPU)")
     ap.add_argument("--keep-failed", action="store_true", help="keep the storage dir of a failed measurement")
     args = ap.parse_args(argv)
 
@@ -777,24 +793,25 @@ def main(argv=None) -> int:
     log(f"[env] {json.dumps(versions)}")
 
     results: list[Result] = []
-    total = args.runs * len(sizes) * len(concs) * len(nodelays) * len(receivers)
-    k = 0
     t_all = time.perf_counter()
     # interleave receivers inside every run so slow drifts of the machine hit all of them alike
-    for run in range(1, args.runs + 1):
-        for nd in nodelays:
-            for s in sizes:
-                for c in concs:
-                    for rx in receivers:
-                        k += 1
-                        r = measure(rx, manifests[s], c, nd, run, args, workdir)
-                        results.append(r)
-                        extra = f", indexed {r.sent / r.indexed_s:,.0f}/s" if r.indexed_s else ""
-                        ack = f"{r.sent / r.ack_s:,.0f}/s" if r.ack_s else "n/a"
-                        log(f"[{k}/{total}] run {run} {rx:8s} {s} C={c} {'nodelay' if nd else 'NAGLE'}: "
-                            f"ack {ack}{extra} (sent {r.sent}, storescu ok {r.sender_ok}, "
-                            f"receiver {r.receiver_count}){' MISMATCH' if r.mismatch else ''}")
+    plan = [(run, nd, s, c, rx) for run in range(1, args.runs + 1) for nd in nodelays
+            for s in sizes for c in concs for rx in receivers]
+    try:
+        for k, (run, nd, s, c, rx) in enumerate(plan, 1):
+            r = measure(rx, manifests[s], c, nd, run, args, workdir)
+            results.append(r)
+            extra = f", indexed {r.sent / r.indexed_s:,.0f}/s" if r.indexed_s else ""
+            ack = f"{r.sent / r.ack_s:,.0f}/s" if r.ack_s else "n/a"
+            log(f"[{k}/{len(plan)}] run {run} {rx:8s} {s} C={c} {'nodelay' if nd else 'NAGLE'}: "
+                f"ack {ack}{extra} (sent {r.sent}, storescu failed {r.sender_fail}"
+                f"{'' if r.sender_ok is None else f', ok {r.sender_ok}'}, "
+                f"receiver {r.receiver_count}){' MISMATCH' if r.mismatch else ''}")
+    except KeyboardInterrupt:
+        loud("interrupted: reporting the measurements made so far")
     log(f"[done] {time.perf_counter() - t_all:.0f} s")
+    if not results:
+        return 130
 
     table = report(results, sizes, receivers, nodelays)
     kb = ", ".join(f"{s} {manifests[s]['count']} × {manifests[s]['bytes'] / manifests[s]['count'] / 1000:.1f} KB"
@@ -813,7 +830,7 @@ def main(argv=None) -> int:
             "params": {"small": args.small, "large": args.large, "runs": args.runs, "receivers": receivers,
                        "conc": concs, "nagle": args.nagle},
             "data": {s: {k2: v for k2, v in m.items() if k2 != "chunks"} for s, m in manifests.items()},
-            "versions": versions,
+            "versions": dict(versions, **({"pacs": PACS_VERSION.get("version")} if "pacs" in receivers else {})),
             "raw": [asdict(r) for r in results],
             "median": [dict(receiver=k2[0], size=k2[1], conc=k2[2], nodelay=k2[3], **v) for k2, v in summ.items()],
             "table_markdown": table,

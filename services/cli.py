@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from shared.dicom.reading import configure_pydicom
 from shared.logs import configure_logging
 from shared.settings import Settings, load_settings
 
@@ -106,6 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pacs: invalid configuration: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, command)
+    configure_pydicom()
     run, _ = COMMANDS[command]
     return run(settings)
 

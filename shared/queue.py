@@ -1,6 +1,6 @@
 """The Celery application and the names of its tasks (the queue protocol between services).
 
-The broker is Redis in the distributed form and an embedded folder transport (kombu ``filesystem://``)
+The broker is Redis in the distributed form and an embedded folder transport (``pacsfs://``, see embedded_broker)
 on the embedded default: the same task code runs on both. Messages carry events (ids and keys only).
 """
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from celery import Celery
 
+from shared import embedded_broker
 from shared.settings import Settings
 
 INDEX_QUEUE = "pacs.index"
@@ -17,7 +18,7 @@ BROKER_VISIBILITY_TIMEOUT_SECONDS = 300
 
 
 def broker_transport_options(settings: Settings) -> dict[str, object]:
-    if settings.resolved_broker_url.startswith("filesystem://"):
+    if settings.uses_embedded_broker:
         folder = settings.embedded_queue_dir
         for sub in ("messages", "processed"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
@@ -37,6 +38,7 @@ def broker_transport_options(settings: Settings) -> dict[str, object]:
 
 
 def create_celery(settings: Settings) -> Celery:
+    embedded_broker.register()
     app = Celery("pacs", broker=settings.resolved_broker_url, set_as_current=False)
     app.conf.update(
         broker_transport_options=broker_transport_options(settings),

@@ -109,7 +109,11 @@ class Settings(BaseSettings):
 
     @property
     def resolved_broker_url(self) -> str:
-        return self.broker_url or "filesystem://localhost/"
+        return self.broker_url or "pacsfs://localhost/"
+
+    @property
+    def uses_embedded_broker(self) -> bool:
+        return self.resolved_broker_url.startswith("pacsfs://")
 
     @property
     def embedded_queue_dir(self) -> Path:

@@ -22,7 +22,7 @@ def _object_store(runtime: Runtime) -> None:
 
 
 def _broker(runtime: Runtime) -> None:
-    if runtime.settings.resolved_broker_url.startswith("filesystem://"):
+    if runtime.settings.uses_embedded_broker:
         if not runtime.settings.embedded_queue_dir.is_dir():
             raise RuntimeError("embedded queue folder missing")
         return

@@ -31,7 +31,7 @@ def register_tasks(app: Celery, runtime: Callable[[], Runtime]) -> None:
     @app.task(name=INDEX_INSTANCES_TASK, **RETRY_OPTIONS)
     def index_instances(self: Any, events: list[dict[str, Any]]) -> dict[str, int]:
         result = index_events(runtime(), [InstanceStored.model_validate(event) for event in events])
-        log.info("index.batch indexed=%d already=%d dead_lettered=%d",
+        log.debug("index.batch indexed=%d already=%d dead_lettered=%d",
                  result.indexed, result.already_indexed, result.dead_lettered)
         return {"indexed": result.indexed}
 

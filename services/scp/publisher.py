@@ -18,9 +18,11 @@ SendBatch = Callable[[str, list[dict[str, object]]], None]
 
 
 class EventPublisher:
-    def __init__(self, send_batch: SendBatch, max_batch: int = 200, max_buffer: int = 50_000) -> None:
+    def __init__(self, send_batch: SendBatch, max_batch: int = 200, max_buffer: int = 50_000,
+                 linger_seconds: float = 0.02) -> None:
         self._send_batch = send_batch
         self._max_batch = max_batch
+        self._linger = linger_seconds
         self._buffer: queue.Queue[tuple[str, dict[str, object]]] = queue.Queue(maxsize=max_buffer)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="event-publisher", daemon=True)
@@ -52,9 +54,12 @@ class EventPublisher:
         except queue.Empty:
             return []
         batch = [first]
+        # Wait a little for more: one task per batch keeps the indexer's per-task cost off each instance.
+        deadline = time.monotonic() + self._linger
         while len(batch) < self._max_batch:
+            remaining = deadline - time.monotonic()
             try:
-                batch.append(self._buffer.get_nowait())
+                batch.append(self._buffer.get(timeout=remaining) if remaining > 0 else self._buffer.get_nowait())
             except queue.Empty:
                 break
         return batch

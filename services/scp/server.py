@@ -92,7 +92,9 @@ class ScpServer:
         server = self._server
         server.shutdown()  # stops the accept loop and closes the listening socket
         deadline = time.monotonic() + grace_seconds
-        while server.active_associations and time.monotonic() < deadline:
+        # Only established associations are worth waiting for: a connection that never sent its
+        # A-ASSOCIATE-RQ (a port probe) would otherwise hold the stop for the whole ACSE timeout.
+        while any(a.is_established for a in server.active_associations) and time.monotonic() < deadline:
             time.sleep(0.05)
         for association in server.active_associations:
             association.abort()

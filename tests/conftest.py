@@ -1,0 +1,97 @@
+"""Fixtures: real PostgreSQL, Redis and a moto S3 server; nodes started as users start them."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+
+from tests.faults import OwnRedis
+from tests.node import Node, free_port, port_accepts, wait_until
+
+POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+REDIS_URL = "redis://127.0.0.1:6379"
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh database on the local PostgreSQL, dropped afterwards."""
+    name = f"pacs_test_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg.connect(POSTGRES_ADMIN, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL on 127.0.0.1:5432 is required: {exc}")
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A database of the local Redis server, emptied before and after."""
+    db = 9
+    client = redis.Redis.from_url(f"{REDIS_URL}/{db}", socket_connect_timeout=3)
+    try:
+        client.flushdb()
+    except redis.RedisError as exc:
+        pytest.fail(f"Redis on 127.0.0.1:6379 is required: {exc}")
+    yield f"{REDIS_URL}/{db}"
+    client.flushdb()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
+    server = OwnRedis(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+class S3Server:
+    def __init__(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self.port = free_port()
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self._server.start()
+        wait_until(lambda: port_accepts(self.port), 10, "moto S3 server")
+
+    def stop(self) -> None:
+        self._server.stop()
+
+    def env(self, bucket: str = "pacs") -> dict[str, str]:
+        return {"PACS_STORAGE_URL": f"s3://{bucket}", "PACS_S3_ENDPOINT": self.endpoint,
+                "PACS_S3_ACCESS_KEY": "testing", "PACS_S3_SECRET_KEY": "testing"}
+
+
+@pytest.fixture
+def s3_server() -> Iterator[S3Server]:
+    server = S3Server()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def embedded_node(tmp_path: Path) -> Iterator[Node]:
+    """`pacs serve` on a fresh data directory (SQLite, local objects, embedded queue)."""
+    node = Node(tmp_path)
+    node.service("serve")
+    try:
+        node.wait_ready()
+        yield node
+    finally:
+        node.stop()
+        print(node.logs())

@@ -1,0 +1,53 @@
+"""A modality pushes to `pacs serve` on the embedded default; everything acknowledged is stored and indexed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.factory import dataset_start, study_set
+from tests.node import Node
+from tests.peers import echoscu, push_files, received_by_storescp
+
+
+def stored_objects(node: Node) -> list[Path]:
+    return [path for path in (node.data_dir / "objects").rglob("*.dcm")]
+
+
+def test_echoscu_gets_success(embedded_node: Node) -> None:
+    result = echoscu(embedded_node.dicom_port)
+    assert result.returncode == 0, result.stderr
+
+
+def test_200_instances_of_several_classes_and_syntaxes_arrive_indexed_and_byte_identical(
+    embedded_node: Node, tmp_path: Path
+) -> None:
+    files = study_set(tmp_path / "study", 200)
+    assert len({item.transfer_syntax for item in files}) >= 9
+
+    push_files(embedded_node.dicom_port, files)
+
+    sent = received_by_storescp(files, tmp_path)
+    status = embedded_node.wait_indexed(200)
+    assert status["counts"]["studies"] == 4
+    assert status["queue"]["dead_letter"] == 0
+    for item in files:
+        info = embedded_node.get(f"/api/instances/{item.sop_instance_uid}").json()
+        assert info["transfer_syntax"] == item.transfer_syntax
+        assert info["size"] == info["stored_size"]
+        stored = (embedded_node.data_dir / "objects" / info["study_instance_uid"] / info["series_instance_uid"]
+                  / f"{item.sop_instance_uid}.dcm").read_bytes()
+        assert stored[:128] == b"\x00" * 128 and stored[128:132] == b"DICM"
+        assert stored[dataset_start(stored):] == sent[item.sop_instance_uid], item.transfer_syntax
+
+
+def test_resending_the_same_50_instances_changes_nothing(embedded_node: Node, tmp_path: Path) -> None:
+    files = study_set(tmp_path / "study", 50)
+    push_files(embedded_node.dicom_port, files)
+    embedded_node.wait_indexed(50)
+    objects_before = {path: path.stat().st_mtime_ns for path in stored_objects(embedded_node)}
+
+    push_files(embedded_node.dicom_port, files)  # every C-STORE must answer Success again
+
+    status = embedded_node.wait_indexed(50)
+    assert status["counts"]["instances"] == 50
+    assert {path: path.stat().st_mtime_ns for path in stored_objects(embedded_node)} == objects_before
