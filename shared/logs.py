@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import sys
 
-QUIET_LIBRARIES = ("pynetdicom", "celery", "kombu", "amqp", "urllib3", "botocore", "uvicorn.access", "alembic")
+QUIET_LIBRARIES = ("celery", "kombu", "amqp", "urllib3", "botocore", "uvicorn.access", "alembic")
+# These quote values received from the wire (UIDs, AE titles, element values) in warnings and errors.
+SILENCED_LIBRARIES = ("pynetdicom", "pydicom")
 
 
 def configure_logging(level: str, service: str) -> None:
@@ -18,3 +20,5 @@ def configure_logging(level: str, service: str) -> None:
     # so that no patient data reaches the logs.
     for name in QUIET_LIBRARIES:
         logging.getLogger(name).setLevel(logging.WARNING)
+    for name in SILENCED_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)

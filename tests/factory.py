@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import io
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 from pydicom.uid import (
     CTImageStorage,
     DeflatedExplicitVRLittleEndian,
@@ -16,6 +18,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
     MRImageStorage,
     SecondaryCaptureImageStorage,
+    UID,
     UltrasoundImageStorage,
     generate_uid,
 )
@@ -93,11 +96,16 @@ def save(ds: Dataset, path: Path, transfer_syntax: str = ExplicitVRLittleEndian)
 
 def encode_dataset(ds: Dataset, transfer_syntax: str = ExplicitVRLittleEndian) -> bytes:
     """The dataset part (no File Meta) in the given transfer syntax, as an SCU would send it."""
-    buffer = io.BytesIO()
-    with_file_meta(ds, transfer_syntax)
-    ds.save_as(buffer, enforce_file_format=True)
-    file_bytes = buffer.getvalue()
-    return file_bytes[dataset_start(file_bytes):]
+    syntax = UID(transfer_syntax)
+    buffer = DicomBytesIO()
+    buffer.is_little_endian = syntax.is_little_endian
+    buffer.is_implicit_VR = syntax.is_implicit_VR
+    write_dataset(buffer, ds)
+    encoded = buffer.getvalue()
+    if syntax == DeflatedExplicitVRLittleEndian:
+        compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+        encoded = compressor.compress(encoded) + compressor.flush()
+    return encoded
 
 
 def dataset_start(file_bytes: bytes) -> int:

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import time
 import shutil
 import subprocess
 from collections.abc import Iterable
+from typing import Any
 from pathlib import Path
 
 import pytest
 from pydicom.dataset import Dataset
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES
-from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
-from tests.factory import TestFile
+from tests.factory import SOP_CLASSES, UNCOMPRESSED_SYNTAXES, TestFile, with_file_meta
 
 # storescu proposes only uncompressed syntaxes unless told; one option per transfer syntax family.
 STORESCU_PROPOSAL = {
@@ -78,8 +80,9 @@ class StoreClient:
     def __init__(self, port: int, called_aet: str = "PACS", calling_aet: str = "PYSCU") -> None:
         self.ae = AE(ae_title=calling_aet)
         self.ae.add_requested_context(Verification)
-        for context in AllStoragePresentationContexts[:120]:
-            self.ae.add_requested_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES[:4])
+        for sop_class in SOP_CLASSES:  # one context per transfer syntax, so each can be chosen exactly
+            for syntax in UNCOMPRESSED_SYNTAXES:
+                self.ae.add_requested_context(sop_class, syntax)
         self.ae.acse_timeout = self.ae.dimse_timeout = self.ae.network_timeout = 30
         self.port = port
         self.called_aet = called_aet
@@ -93,7 +96,9 @@ class StoreClient:
         if self.association.is_established:
             self.association.release()
 
-    def store(self, dataset: Dataset | Path) -> int:
+    def store(self, dataset: Dataset | Path, transfer_syntax: str = "1.2.840.10008.1.2.1") -> int:
+        if isinstance(dataset, Dataset) and "TransferSyntaxUID" not in getattr(dataset, "file_meta", {}):
+            with_file_meta(dataset, transfer_syntax)
         answer = self.association.send_c_store(dataset)
         assert "Status" in answer, "no C-STORE response"
         return int(answer.Status)
@@ -124,3 +129,41 @@ def received_by_storescp(files: list[TestFile], workdir: Path) -> dict[str, byte
         data = path.read_bytes()
         received[path.name.split(".", 1)[1]] = data[dataset_start(data):]
     return received
+
+
+_message_ids = itertools.count(1000)
+
+
+def send_raw_c_store(association: Any, sop_class_uid: str, sop_instance_uid: str, dataset: bytes,
+                     transfer_syntax: str = "1.2.840.10008.1.2.1") -> int | None:
+    """Send a C-STORE whose command and dataset bytes are exactly as given (for hostile and malformed input).
+
+    Returns the response status, or None when the peer aborted the association instead of answering.
+    """
+    from io import BytesIO
+
+    from pynetdicom.dimse_primitives import C_STORE
+
+    context = next(cx for cx in association.accepted_contexts
+                   if cx.abstract_syntax == sop_class_uid and cx.transfer_syntax[0] == transfer_syntax)
+    request = C_STORE()
+    request.MessageID = next(_message_ids)
+    request.AffectedSOPClassUID = sop_class_uid
+    request._affected_sop_instance_uid = sop_instance_uid  # bypass the setter: hostile values on purpose
+    request.Priority = 2
+    request.DataSet = BytesIO(dataset)
+    association._reactor_checkpoint.clear()  # pause the reactor so that it leaves the response to us
+    while not association._is_paused:
+        time.sleep(0.0001)
+    try:
+        association.dimse.send_msg(request, context.context_id)
+        _, response = association.dimse.get_msg(block=True)
+    finally:
+        association._reactor_checkpoint.set()
+    if response is None:
+        deadline = time.monotonic() + 5  # the resumed reactor notices the A-ABORT
+        while association.is_established and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert association.is_aborted, "neither a C-STORE response nor an A-ABORT"
+        return None
+    return int(response.Status)

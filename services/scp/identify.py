@@ -47,8 +47,12 @@ def _read_header(encoded: bytes, transfer_syntax: UID) -> dict[int, object]:
     )
     values: dict[int, object] = {}
     for tag in (SOP_CLASS_UID, SOP_INSTANCE_UID, STUDY_INSTANCE_UID, SERIES_INSTANCE_UID):
-        if tag in dataset:
-            values[tag] = dataset[tag].value
+        if tag not in dataset:
+            continue
+        raw = dataset.get_item(tag)
+        if raw is not None and getattr(raw, "length", 0) != 0xFFFFFFFF and len(raw.value or b"") < raw.length:
+            raise UnreadableDataset("dataset ends inside an element")
+        values[tag] = dataset[tag].value
     return values
 
 

@@ -6,7 +6,6 @@ what it receives and judges only what it needs (the identifying UIDs).
 
 from __future__ import annotations
 
-import logging
 import warnings
 
 from pydicom import config as pydicom_config
@@ -15,5 +14,4 @@ from pydicom import config as pydicom_config
 def configure_pydicom() -> None:
     pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
     pydicom_config.settings.writing_validation_mode = pydicom_config.IGNORE
-    logging.getLogger("pydicom").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module=r"pydicom(\..*)?")

@@ -37,6 +37,8 @@ _NETWORK_ERRORS = (urllib3.exceptions.HTTPError, OSError, MinioException)
 
 def _translate(exc: BaseException) -> StorageError:
     if isinstance(exc, S3Error):
+        if exc.code == "NoSuchBucket":
+            return StorageUnavailable("object store bucket is missing")
         if exc.code in _FULL_CODES:
             return StorageFull(f"object store full ({exc.code})")
         if exc.code in _MISSING_CODES:
@@ -112,6 +114,11 @@ class S3ObjectStore:
                 raise _translate(exc) from exc
             self._bucket_ready = True
 
+    def _forget_bucket_if_missing(self, exc: BaseException) -> None:
+        """A bucket that vanished (a store rebuilt empty) is created again on the next request."""
+        if isinstance(exc, S3Error) and exc.code == "NoSuchBucket":
+            self._bucket_ready = False
+
     def _stored_sha256(self, key: str) -> str | None:
         try:
             stat = self._client.stat_object(self.bucket, key)
@@ -141,6 +148,7 @@ class S3ObjectStore:
                 metadata={_SHA256_META: sha256},
             )
         except _NETWORK_ERRORS as exc:
+            self._forget_bucket_if_missing(exc)
             raise _translate(exc) from exc
         return PutResult(PutOutcome.CREATED, sha256)
 
@@ -151,6 +159,7 @@ class S3ObjectStore:
             self._client.put_object(self.bucket, key, io.BytesIO(data), len(data),
                                     content_type="application/json")
         except _NETWORK_ERRORS as exc:
+            self._forget_bucket_if_missing(exc)
             raise _translate(exc) from exc
 
     def get(self, key: str) -> bytes:

@@ -51,15 +51,18 @@ def status(runtime: Runtime = Depends(get_runtime), session: Session = Depends(g
         services = _services(session, stale_after)
     except SQLAlchemyError as exc:
         raise HTTPException(503, f"index database unavailable ({exc.__class__.__name__})") from exc
+    pending: int | None
     try:
         pending = runtime.ledger.count()
-    except StorageError as exc:
-        raise HTTPException(503, f"object store unavailable ({exc.__class__.__name__})") from exc
+        store_available = True
+    except StorageError:
+        pending, store_available = None, False  # unknown while the object store is unreachable
     return {
         "version": VERSION,
         "ae_title": runtime.settings.ae_title,
         "counts": counts,
-        "storage": {"objects": counts["instances"], "bytes": int(stored_bytes), "url": runtime.store.description},
+        "storage": {"objects": counts["instances"], "bytes": int(stored_bytes), "available": store_available,
+                    "url": runtime.store.description},
         "queue": {"pending": pending, "dead_letter": dead_letters},
         "services": services,
     }
