@@ -54,17 +54,19 @@ def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
 
 
 class S3Server:
-    def __init__(self) -> None:
-        from moto.server import ThreadedMotoServer
+    """moto's standalone S3 server (a real HTTP endpoint); start() after stop() brings up an empty one."""
 
+    def __init__(self) -> None:
         self.port = free_port()
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
 
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
         self._server.start()
         wait_until(lambda: port_accepts(self.port), 10, "moto S3 server")
 

@@ -52,9 +52,14 @@ class IndexRecord:
 
 
 def search_form(text: str) -> str:
-    """Case-folded, accents removed: what case- and accent-insensitive matching compares."""
+    """Case-folded, accents removed: what case- and accent-insensitive matching compares.
+
+    Only the combining diacritical marks (U+0300-U+036F: Latin, Greek, Cyrillic accents) are removed; marks
+    that change a letter's identity elsewhere (the kana voicing marks of だ, for one) are kept.
+    """
     decomposed = unicodedata.normalize("NFKD", text)
-    return "".join(ch for ch in decomposed if not unicodedata.combining(ch)).casefold()
+    stripped = "".join(ch for ch in decomposed if not 0x300 <= ord(ch) <= 0x36F)
+    return unicodedata.normalize("NFC", stripped).casefold()
 
 
 def _text(dataset: Dataset, keyword: str, limit: int) -> str:
