@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -27,6 +28,7 @@ SERVICES = ("scp", "indexer", "api")
 QUICK_DEATH_SECONDS = 3.0
 QUICK_DEATHS_BEFORE_GIVING_UP = 3
 PR_SET_PDEATHSIG = 1
+INDEXER_NICENESS = 10
 
 
 def child_arguments(settings: Settings) -> list[str]:
@@ -51,6 +53,12 @@ def _die_with_parent() -> None:
         pass
 
 
+def _background_child() -> None:
+    """The indexer yields the CPU to the acknowledging path: it catches up between bursts."""
+    _die_with_parent()
+    os.nice(INDEXER_NICENESS)
+
+
 @dataclass
 class Child:
     service: str
@@ -63,7 +71,8 @@ class Child:
         command = [sys.executable, "-m", "services.cli", self.service, *self.arguments]
         # Own session: a Ctrl-C or a signal to the whole group reaches only the supervisor, which stops the
         # children in order (a second signal would make them stop at once). They still die with it.
-        self.process = subprocess.Popen(command, start_new_session=True, preexec_fn=_die_with_parent)
+        prepare = _background_child if self.service == "indexer" else _die_with_parent
+        self.process = subprocess.Popen(command, start_new_session=True, preexec_fn=prepare)
         self.started_at = time.monotonic()
 
 

@@ -1,4 +1,4 @@
-"""Accepted sockets that never stall on Nagle's algorithm or delayed ACKs.
+"""Accepted associations that never stall: on Nagle's algorithm, delayed ACKs or pynetdicom's polling.
 
 TCP_NODELAY is set on every accepted socket, and TCP_QUICKACK (which Linux clears after use) before every
 receive, so a client that writes a C-STORE in several small pieces gets its ACKs at once (PERFORMANCE.md).
@@ -10,6 +10,8 @@ from __future__ import annotations
 import socket
 
 from pynetdicom.transport import AssociationSocket, RequestHandler
+
+from services.scp.event_driven import make_event_driven
 
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 _RECV_CHUNK = 1 << 20
@@ -47,4 +49,5 @@ class LowLatencyRequestHandler(RequestHandler):
         assoc = super()._create_association()
         # Same object, our receive path: the socket was already initialised by pynetdicom.
         assoc.dul.socket.__class__ = LowLatencyAssociationSocket
+        make_event_driven(assoc)
         return assoc

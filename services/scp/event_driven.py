@@ -1,0 +1,102 @@
+"""Event-driven waits for pynetdicom's reactors (PERFORMANCE.md, "pynetdicom polls").
+
+pynetdicom's DUL thread and association thread each sleep 1 ms whenever they find nothing to do, and several
+such sleeps fall on every C-STORE round trip. For our acceptor associations those sleeps become waits that end
+as soon as there is work: the DUL thread waits on its socket and on a wake-up descriptor signalled when a
+primitive is queued for sending; the association thread waits on an event signalled when a DIMSE message or an
+ACSE primitive (release, abort) arrives. Both still wake every IDLE_WAIT_SECONDS to check timers and kill flags.
+
+Only threads that carry a ``_pacs_wait`` attribute are affected; every other use of pynetdicom (our own SCUs
+included) keeps its plain sleeps.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import select
+import threading
+import time
+import weakref
+from typing import Any
+
+import pynetdicom.association
+import pynetdicom.dul
+
+IDLE_WAIT_SECONDS = 0.02
+POLLING_SLEEP_MAX_SECONDS = 0.002  # pynetdicom's polling sleeps are 1 ms; longer sleeps are left alone
+
+
+class _NotifyingQueue(queue.Queue):  # type: ignore[type-arg]
+    def __init__(self, notify: Any) -> None:
+        super().__init__()
+        self._notify = notify
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        self._notify()
+
+
+class _WaitingTime:
+    """Stands in for the ``time`` module inside pynetdicom's association and DUL modules."""
+
+    def sleep(self, seconds: float) -> None:
+        wait = getattr(threading.current_thread(), "_pacs_wait", None)
+        if wait is not None and seconds <= POLLING_SLEEP_MAX_SECONDS:
+            wait()
+        else:
+            time.sleep(seconds)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+def install() -> None:
+    """Route pynetdicom's polling sleeps through the per-thread waits (idempotent)."""
+    if not isinstance(pynetdicom.association.time, _WaitingTime):
+        pynetdicom.association.time = _WaitingTime()  # type: ignore[assignment]
+        pynetdicom.dul.time = _WaitingTime()  # type: ignore[assignment]
+
+
+def _association_waiter(activity: threading.Event) -> Any:
+    def wait() -> None:
+        activity.wait(IDLE_WAIT_SECONDS)
+        activity.clear()  # the reactor checks its queues right after this returns
+
+    return wait
+
+
+def _dul_waiter(dul: Any, wake_fd: int) -> Any:
+    def wait() -> None:
+        sock = getattr(dul.socket, "socket", None)
+        watched = [wake_fd]
+        if sock is not None and sock.fileno() >= 0:
+            pending = getattr(sock, "pending", None)  # TLS may hold decrypted bytes select cannot see
+            if pending is not None and pending():
+                return
+            watched.append(sock)
+        try:
+            ready, _, _ = select.select(watched, [], [], IDLE_WAIT_SECONDS)
+        except (OSError, ValueError):
+            return  # the socket was closed meanwhile: let the reactor notice
+        if wake_fd in ready:
+            try:
+                os.eventfd_read(wake_fd)
+            except BlockingIOError:
+                pass
+
+    return wait
+
+
+def make_event_driven(association: Any) -> None:
+    """Give a freshly created (not yet started) acceptor association event-driven waits."""
+    install()
+    activity = threading.Event()
+    association._pacs_wait = _association_waiter(activity)
+    association.dimse.msg_queue = _NotifyingQueue(activity.set)
+    dul = association.dul
+    dul.to_user_queue = _NotifyingQueue(activity.set)
+    wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+    weakref.finalize(dul, os.close, wake_fd)
+    dul.to_provider_queue = _NotifyingQueue(lambda: os.eventfd_write(wake_fd, 1))
+    dul._pacs_wait = _dul_waiter(dul, wake_fd)
