@@ -1,4 +1,4 @@
-"""The `pacs` command: serve | scp | indexer | api | migrate | status.
+"""The `pacs` command: serve | scp | indexer | api | migrate | status | stop.
 
 Every field of shared.settings.Settings is also a flag (``--dicom-port``), so that flags, PACS_* variables and
 the TOML file name the same options.
@@ -83,6 +83,12 @@ def _run_status(settings: Settings) -> int:
     return report_status(settings)
 
 
+def _run_stop(settings: Settings) -> int:
+    from services.stop import stop_node
+
+    return stop_node(settings)
+
+
 COMMANDS: dict[str, tuple[Callable[[Settings], int], str]] = {
     "serve": (_run_serve, "everything in one process group on the embedded default (or the URLs given)"),
     "scp": (_run_scp, "the DICOM listener (C-ECHO, C-STORE)"),
@@ -90,6 +96,7 @@ COMMANDS: dict[str, tuple[Callable[[Settings], int], str]] = {
     "api": (_run_api, "the HTTP API"),
     "migrate": (_run_migrate, "bring the index database to the latest schema"),
     "status": (_run_status, "C-ECHO and API health of a running node; exit code 0 when both answer"),
+    "stop": (_run_stop, "stop the node that `pacs serve` started on --data-dir (SIGTERM through its pid file)"),
 }
 
 

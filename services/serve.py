@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from shared.db.migrate import upgrade_to_head
 from shared.lifecycle import StopRequest
+from shared.pidfile import is_running, pid_file, read_pid_file, remove_pid_file, write_pid_file
 from shared.queue import broker_transport_options
 from shared.settings import Settings
 from shared.storage import open_object_store
@@ -105,6 +106,20 @@ def _stop_children(children: list[Child], grace_seconds: float) -> None:
 def run_serve(settings: Settings) -> int:
     stop = StopRequest().install()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    running = read_pid_file(settings.data_dir)
+    if running is not None and is_running(running):
+        print(f"pacs: a node (pid {running.pid}) already runs on {settings.data_dir.resolve()}", file=sys.stderr)
+        return 1
+    if running is not None or pid_file(settings.data_dir).exists():
+        log.warning("serve.stale_pid_file_replaced")
+    write_pid_file(settings.data_dir)
+    try:
+        return _supervise(settings, stop)
+    finally:
+        remove_pid_file(settings.data_dir)
+
+
+def _supervise(settings: Settings, stop: StopRequest) -> int:
     upgrade_to_head(settings.resolved_database_url)
     open_object_store(settings).ping()  # creates the local object folder on a first run
     broker_transport_options(settings)  # creates the embedded queue folders when that broker is used

@@ -20,12 +20,13 @@ BROKER_VISIBILITY_TIMEOUT_SECONDS = 300
 def broker_transport_options(settings: Settings) -> dict[str, object]:
     if settings.uses_embedded_broker:
         folder = settings.embedded_queue_dir
-        for sub in ("messages", "processed"):
+        for sub in ("messages", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         return {
             "data_folder_in": str(folder / "messages"),
             "data_folder_out": str(folder / "messages"),
             "processed_folder": str(folder / "processed"),
+            "control_folder": str(folder / "control"),
             "store_processed": False,
             "polling_interval": 0.05,
         }

@@ -160,3 +160,15 @@ def study_set(out_dir: Path, count: int, patient_id: str = "PID-SET") -> list[Te
             sample = COMPRESSED_SAMPLES[kind - len(UNCOMPRESSED_SYNTAXES)]
             files.append(compressed_copy(sample, out_dir, study_uid, series_uid, patient_id))
     return files
+
+
+def uncompressed_set(out_dir: Path, count: int, transfer_syntax: str = ExplicitVRLittleEndian) -> list[TestFile]:
+    """``count`` small CT instances of one study and series, all in one transfer syntax."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    study_uid, series_uid = generate_uid(), generate_uid()
+    files = []
+    for index in range(count):
+        ds = make_image(CTImageStorage, study_uid, series_uid, instance_number=index + 1)
+        files.append(TestFile(save(ds, out_dir / f"{ds.SOPInstanceUID}.dcm", transfer_syntax), transfer_syntax,
+                              ds.SOPInstanceUID))
+    return files

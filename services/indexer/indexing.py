@@ -9,7 +9,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlch
 
 from services.indexer.extract import IndexRecord, UnindexableObject, extract
 from services.indexer.upsert import BatchCache, audit, record_dead_letter, upsert_instance
-from shared.events import DuplicateReceived, InstanceStored
+from shared.events import DuplicateReceived, InstanceStored, utc_now
 from shared.runtime import Runtime
 from shared.storage import ObjectNotFound, StorageError
 
@@ -53,6 +53,7 @@ def _write(runtime: Runtime, loaded: list[tuple[InstanceStored, IndexRecord]],
                 result.indexed += 1
             else:
                 result.already_indexed += 1
+        cache.mark_updated(session, utc_now())
         for event, reason in failed:
             record_dead_letter(session, event, reason)
             result.dead_lettered += 1

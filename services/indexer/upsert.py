@@ -46,6 +46,15 @@ class BatchCache:
     patients: dict[str, int] = field(default_factory=dict)
     studies: dict[str, tuple[int, int]] = field(default_factory=dict)
     series: dict[str, int] = field(default_factory=dict)
+    touched_studies: set[int] = field(default_factory=set)
+    touched_series: set[int] = field(default_factory=set)
+
+    def mark_updated(self, session: Session, now: datetime) -> None:
+        """Set last_update of every study and series that received an instance in this batch."""
+        if self.touched_series:
+            session.execute(update(Series).where(Series.pk.in_(self.touched_series)).values(last_update=now))
+        if self.touched_studies:
+            session.execute(update(Study).where(Study.pk.in_(self.touched_studies)).values(last_update=now))
 
 
 def _patient_pk(session: Session, record: IndexRecord, now: datetime, cache: BatchCache) -> int:
@@ -104,8 +113,8 @@ def upsert_instance(session: Session, event: InstanceStored, record: IndexRecord
     ).on_conflict_do_nothing(index_elements=["sop_instance_uid"]).returning(Instance.pk)).first()
     if inserted is None:
         return False
-    session.execute(update(Series).where(Series.pk == series_pk).values(last_update=now))
-    session.execute(update(Study).where(Study.pk == study_pk).values(last_update=now))
+    cache.touched_series.add(series_pk)
+    cache.touched_studies.add(study_pk)
     if study_patient_pk != patient_pk:
         # Policy: keep the instance with its own patient attributes, never re-parent, audit the conflict.
         audit(session, uuid.uuid5(AUDIT_NAMESPACE, f"patient-conflict:{record.sop_instance_uid}"),

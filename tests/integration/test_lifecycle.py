@@ -1,0 +1,129 @@
+"""Start, restart and stop `pacs serve` as scripts and orchestrators do; nothing acknowledged is ever lost."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from tests.factory import study_set, uncompressed_set
+from tests.node import PACS, REPO, Node, port_accepts
+from tests.peers import dcmtk_env, dcmtk_tool, push_files
+
+
+def test_a_restart_loses_nothing_and_indexes_what_was_pending(tmp_path: Path) -> None:
+    node = Node(tmp_path)
+    node.service("serve")
+    files = study_set(tmp_path / "study", 120)
+    try:
+        node.wait_ready()
+        push_files(node.dicom_port, files)
+    finally:
+        assert node.services["serve"].stop() == 0  # right after the push: indexing may still be under way
+    restarted = Node(tmp_path)
+    restarted.dicom_port, restarted.api_port = node.dicom_port, node.api_port
+    restarted.env.update({"PACS_DICOM_PORT": str(node.dicom_port), "PACS_API_PORT": str(node.api_port)})
+    restarted.service("serve", name="serve-again")
+    try:
+        restarted.wait_ready()
+        status = restarted.wait_indexed(120)
+        assert status["queue"]["dead_letter"] == 0
+    finally:
+        restarted.stop()
+        print(node.logs(), restarted.logs())
+
+
+def test_sigterm_during_a_push_keeps_every_acknowledged_instance(tmp_path: Path) -> None:
+    node = Node(tmp_path)
+    serve = node.service("serve")
+    files = uncompressed_set(tmp_path / "study", 500)
+    try:
+        node.wait_ready()
+        log = tmp_path / "storescu.log"
+        with open(log, "w") as output:
+            push = subprocess.Popen(
+                [dcmtk_tool("storescu"), "-v", "-aec", "PACS", "-xe", "-R", "127.0.0.1", str(node.dicom_port),
+                 *[str(item.path) for item in files]],
+                stdout=output, stderr=subprocess.STDOUT, env=dcmtk_env())
+            time.sleep(0.3)
+            started = time.monotonic()
+            assert serve.process is not None
+            serve.process.send_signal(signal.SIGTERM)
+            assert serve.process.wait(timeout=15) == 0
+            stopped_in = time.monotonic() - started
+            push.wait(timeout=60)
+        sent_log = log.read_text()
+        acknowledged = sent_log.count("Received Store Response (Success)")
+        assert acknowledged > 0
+        print(f"stopped in {stopped_in:.2f} s with {acknowledged} of 500 instances acknowledged")
+    finally:
+        node.stop()
+
+    restarted = Node(tmp_path)
+    restarted.service("serve", name="serve-again")
+    try:
+        restarted.wait_ready()
+        status = restarted.wait_indexed(acknowledged)
+        assert status["counts"]["instances"] == acknowledged
+    finally:
+        restarted.stop()
+        print(node.logs(), restarted.logs())
+
+
+def test_pacs_stop_stops_the_node_of_a_data_dir_and_reports_stale_pid_files(tmp_path: Path) -> None:
+    node = Node(tmp_path)
+    serve = node.service("serve")
+    node.wait_ready()
+    pid_path = node.data_dir / "pacs.pid"
+    assert json.loads(pid_path.read_text())["pid"] == serve.process.pid  # type: ignore[union-attr]
+
+    second = subprocess.run([*PACS, "serve"], cwd=REPO, env=node.env, capture_output=True, text=True, timeout=30)
+    assert second.returncode == 1 and "already runs" in second.stderr
+
+    stop = node.run("stop")
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    assert serve.process is not None and serve.process.wait(timeout=15) == 0
+    assert not pid_path.exists()
+    assert not port_accepts(node.dicom_port)
+    assert node.run("status").returncode == 1
+
+    assert node.run("stop").returncode == 1  # nothing to stop
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        pid_path.write_text(json.dumps({"pid": sleeper.pid, "start_ticks": 1}))  # a pid now owned by another process
+        stale = node.run("stop")
+        assert stale.returncode == 1 and "stale" in stale.stdout
+        assert sleeper.poll() is None, "an unrelated process was signalled"
+        assert not pid_path.exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_pacs_status_reports_a_running_node(embedded_node: Node) -> None:
+    status = embedded_node.run("status")
+    assert status.returncode == 0, status.stdout
+    assert "C-ECHO ok" in status.stdout and "0 instances" in status.stdout
+
+
+def test_start_to_ready_on_a_filled_data_dir_is_reported(tmp_path: Path) -> None:
+    node = Node(tmp_path)
+    node.service("serve")
+    files = study_set(tmp_path / "study", 2000)
+    try:
+        node.wait_ready()
+        push_files(node.dicom_port, files)
+        node.wait_indexed(2000, timeout=120)
+    finally:
+        node.stop()
+    node.service("serve", name="serve-filled")
+    started = time.monotonic()
+    try:
+        node.wait_ready(timeout=30)
+        ready_in = time.monotonic() - started
+        print(f"ready in {ready_in:.2f} s on a data dir holding 2000 instances")
+        assert node.status()["counts"]["instances"] == 2000
+    finally:
+        node.stop()
