@@ -54,7 +54,10 @@ def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
 
 
 class S3Server:
-    """moto's standalone S3 server (a real HTTP endpoint); start() after stop() brings up an empty one."""
+    """moto's standalone S3 server (a real HTTP endpoint) on a fixed port, so it can be stopped and started again.
+
+    moto keeps its data in the test process across a stop and start; POST /moto-api/reset empties it.
+    """
 
     def __init__(self) -> None:
         self.port = free_port()

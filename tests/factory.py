@@ -120,13 +120,13 @@ def dataset_bytes_of_file(path: Path) -> bytes:
 
 
 @dataclass(frozen=True)
-class TestFile:
+class SampleFile:
     path: Path
     transfer_syntax: str
     sop_instance_uid: str
 
 
-def compressed_copy(sample: Path, out_dir: Path, study_uid: str, series_uid: str, patient_id: str) -> TestFile:
+def compressed_copy(sample: Path, out_dir: Path, study_uid: str, series_uid: str, patient_id: str) -> SampleFile:
     """A real compressed sample with new identifying UIDs and patient (pixel data bytes untouched)."""
     ds = pydicom.dcmread(sample)
     ds.PatientID = patient_id
@@ -137,13 +137,13 @@ def compressed_copy(sample: Path, out_dir: Path, study_uid: str, series_uid: str
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     path = out_dir / f"{ds.SOPInstanceUID}.dcm"
     ds.save_as(path, enforce_file_format=True)
-    return TestFile(path, str(ds.file_meta.TransferSyntaxUID), ds.SOPInstanceUID)
+    return SampleFile(path, str(ds.file_meta.TransferSyntaxUID), ds.SOPInstanceUID)
 
 
-def study_set(out_dir: Path, count: int, patient_id: str = "PID-SET") -> list[TestFile]:
+def study_set(out_dir: Path, count: int, patient_id: str = "PID-SET") -> list[SampleFile]:
     """``count`` instances across SOP classes and every family of transfer syntax, in a few studies."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    files: list[TestFile] = []
+    files: list[SampleFile] = []
     studies = [generate_uid() for _ in range(4)]
     series = {study: [generate_uid() for _ in range(3)] for study in studies}
     for index in range(count):
@@ -155,20 +155,20 @@ def study_set(out_dir: Path, count: int, patient_id: str = "PID-SET") -> list[Te
             ds = make_image(SOP_CLASSES[index % len(SOP_CLASSES)], study_uid, series_uid,
                             patient_id=patient_id, patient_name="Test^Patient", instance_number=index + 1)
             path = save(ds, out_dir / f"{ds.SOPInstanceUID}.dcm", syntax)
-            files.append(TestFile(path, syntax, ds.SOPInstanceUID))
+            files.append(SampleFile(path, syntax, ds.SOPInstanceUID))
         else:
             sample = COMPRESSED_SAMPLES[kind - len(UNCOMPRESSED_SYNTAXES)]
             files.append(compressed_copy(sample, out_dir, study_uid, series_uid, patient_id))
     return files
 
 
-def uncompressed_set(out_dir: Path, count: int, transfer_syntax: str = ExplicitVRLittleEndian) -> list[TestFile]:
+def uncompressed_set(out_dir: Path, count: int, transfer_syntax: str = ExplicitVRLittleEndian) -> list[SampleFile]:
     """``count`` small CT instances of one study and series, all in one transfer syntax."""
     out_dir.mkdir(parents=True, exist_ok=True)
     study_uid, series_uid = generate_uid(), generate_uid()
     files = []
     for index in range(count):
         ds = make_image(CTImageStorage, study_uid, series_uid, instance_number=index + 1)
-        files.append(TestFile(save(ds, out_dir / f"{ds.SOPInstanceUID}.dcm", transfer_syntax), transfer_syntax,
+        files.append(SampleFile(save(ds, out_dir / f"{ds.SOPInstanceUID}.dcm", transfer_syntax), transfer_syntax,
                               ds.SOPInstanceUID))
     return files

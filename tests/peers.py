@@ -16,7 +16,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
-from tests.factory import SOP_CLASSES, UNCOMPRESSED_SYNTAXES, TestFile, with_file_meta
+from tests.factory import SOP_CLASSES, UNCOMPRESSED_SYNTAXES, SampleFile, with_file_meta
 
 # storescu proposes only uncompressed syntaxes unless told; one option per transfer syntax family.
 STORESCU_PROPOSAL = {
@@ -64,7 +64,7 @@ def storescu(port: int, paths: Iterable[Path], proposal: str | None = None, call
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=dcmtk_env(nodelay))
 
 
-def push_files(port: int, files: list[TestFile], calling_aet: str = "STORESCU") -> None:
+def push_files(port: int, files: list[SampleFile], calling_aet: str = "STORESCU") -> None:
     """Push files with storescu, one association per transfer syntax, each proposed as it is stored."""
     by_syntax: dict[str, list[Path]] = {}
     for item in files:
@@ -104,7 +104,7 @@ class StoreClient:
         return int(answer.Status)
 
 
-def received_by_storescp(files: list[TestFile], workdir: Path) -> dict[str, bytes]:
+def received_by_storescp(files: list[SampleFile], workdir: Path) -> dict[str, bytes]:
     """What storescu actually puts on the wire for these files, as dcmtk's storescp receives it bit-preserved.
 
     storescu re-encodes some datasets (e.g. undefined-length sequences get explicit lengths), so "the bytes

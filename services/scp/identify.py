@@ -57,17 +57,20 @@ def _read_header(encoded: bytes, transfer_syntax: UID) -> dict[int, object]:
 
 
 def _inflated_headers(dataset: bytes) -> dict[int, object]:
-    values: dict[int, object] = {}
+    """Inflate a prefix (growing it when the header is larger) and read the identifying UIDs from it."""
     for limit in _INFLATE_STEPS:
         inflater = zlib.decompressobj(-zlib.MAX_WBITS)
         prefix = inflater.decompress(dataset, limit)
+        complete = not inflater.unconsumed_tail
         try:
             values = _read_header(prefix, UID("1.2.840.10008.1.2.1"))
         except Exception:
-            values = {}
-        if len(values) == 4 or not inflater.unconsumed_tail:
-            break
-    return values
+            if complete:
+                raise  # the whole dataset was inflated: it really is malformed
+            continue  # the prefix ended inside an element: inflate more
+        if len(values) == 4 or complete:
+            return values
+    raise UnreadableDataset("deflated header larger than the node reads")
 
 
 def identify(dataset: bytes, transfer_syntax_uid: str) -> InstanceIdentity:
@@ -80,6 +83,8 @@ def identify(dataset: bytes, transfer_syntax_uid: str) -> InstanceIdentity:
             values = _read_header(dataset, transfer_syntax)
     except zlib.error as exc:
         raise UnreadableDataset("deflated dataset cannot be inflated") from exc
+    except UnreadableDataset:
+        raise
     except Exception as exc:  # pydicom raises many kinds on malformed input
         raise UnreadableDataset(f"dataset cannot be parsed ({exc.__class__.__name__})") from exc
     return InstanceIdentity(

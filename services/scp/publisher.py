@@ -64,13 +64,19 @@ class EventPublisher:
                 break
         return batch
 
-    def _send(self, batch: list[tuple[str, dict[str, object]]]) -> None:
+    def _send(self, batch: list[tuple[str, dict[str, object]]]) -> list[tuple[str, dict[str, object]]]:
+        """Send one message per task name; return what is still unsent if the broker fails midway."""
         by_task: dict[str, list[dict[str, object]]] = {}
         for task_name, payload in batch:
             by_task.setdefault(task_name, []).append(payload)
-        for task_name, payloads in by_task.items():
-            self._send_batch(task_name, payloads)
+        groups = list(by_task.items())
+        for index, (task_name, payloads) in enumerate(groups):
+            try:
+                self._send_batch(task_name, payloads)
+            except Exception:
+                return [(name, payload) for name, unsent in groups[index:] for payload in unsent]
             self.published += len(payloads)
+        return []
 
     def _run(self) -> None:
         pending: list[tuple[str, dict[str, object]]] = []
@@ -85,11 +91,11 @@ class EventPublisher:
                 pending = self._next_batch()
                 if not pending:
                     continue
-            try:
-                self._send(pending)
-                pending = []
+            pending = self._send(pending)
+            if not pending:
                 backoff = 0.2
-            except Exception as exc:  # broker down or refusing: keep the batch, retry with backoff
-                log.warning("publisher.broker_unavailable error=%s retry_in=%.1fs", exc.__class__.__name__, backoff)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
+                continue
+            # Broker down or refusing: keep what is unsent, retry with backoff.
+            log.warning("publisher.broker_unavailable unsent=%d retry_in=%.1fs", len(pending), backoff)
+            self._stop.wait(backoff)
+            backoff = min(backoff * 2, 5.0)

@@ -133,7 +133,20 @@ class S3ObjectStore:
 
     def put_new(self, key: str, data: bytes, sha256: str) -> PutResult:
         validate_key(key)
+        return self._with_bucket(lambda: self._put_new(key, data, sha256))
+
+    def _with_bucket(self, write):  # type: ignore[no-untyped-def]
+        """Run a write; if the bucket vanished (a store rebuilt empty), create it again and retry once."""
         self._ensure_bucket()
+        try:
+            return write()
+        except StorageUnavailable:
+            if self._bucket_ready:
+                raise
+            self._ensure_bucket()
+            return write()
+
+    def _put_new(self, key: str, data: bytes, sha256: str) -> PutResult:
         try:
             existing = self._stored_sha256(key)
             if existing is not None:
@@ -154,7 +167,9 @@ class S3ObjectStore:
 
     def put_hint(self, key: str, data: bytes) -> None:
         validate_key(key)
-        self._ensure_bucket()
+        self._with_bucket(lambda: self._put_hint(key, data))
+
+    def _put_hint(self, key: str, data: bytes) -> None:
         try:
             self._client.put_object(self.bucket, key, io.BytesIO(data), len(data),
                                     content_type="application/json")

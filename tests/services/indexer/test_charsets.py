@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.factory import TestFile, make_image, save
+from tests.factory import SampleFile, make_image, save
 from tests.node import Node
 from tests.peers import push_files
 
@@ -31,7 +31,7 @@ def test_patient_names_are_indexed_as_the_right_unicode_text(
     raw = path.read_bytes()
     assert name.encode("utf-8") not in raw or charset == "ISO_IR 192"  # really encoded in its own charset
 
-    push_files(embedded_node.dicom_port, [TestFile(path, "1.2.840.10008.1.2.1", dataset.SOPInstanceUID)])
+    push_files(embedded_node.dicom_port, [SampleFile(path, "1.2.840.10008.1.2.1", dataset.SOPInstanceUID)])
     embedded_node.wait_indexed(1)
 
     with sqlite3.connect(embedded_node.data_dir / "index.sqlite3") as connection:

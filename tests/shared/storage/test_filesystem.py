@@ -1,0 +1,168 @@
+"""FilesystemObjectStore: durable, never-overwriting objects in a local folder."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+
+from shared.storage.base import InvalidKey, ObjectNotFound, PutOutcome, StorageUnavailable, validate_key
+from shared.storage.filesystem import FilesystemObjectStore
+
+KEY = "1.2.3/1.2.3.4/1.2.3.4.5.dcm"
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return tmp_path / "objects"
+
+
+@pytest.fixture
+def store(root: Path) -> FilesystemObjectStore:
+    return FilesystemObjectStore(root)
+
+
+def all_files(folder: Path) -> list[Path]:
+    return [path for path in folder.rglob("*") if path.is_file()]
+
+
+def test_put_new_creates_the_object(store: FilesystemObjectStore, root: Path) -> None:
+    result = store.put_new(KEY, b"first", sha(b"first"))
+    assert (result.outcome, result.stored_sha256) == (PutOutcome.CREATED, sha(b"first"))
+    assert (root / KEY).read_bytes() == b"first"
+
+
+def test_put_new_of_the_same_bytes_is_identical(store: FilesystemObjectStore) -> None:
+    store.put_new(KEY, b"first", sha(b"first"))
+    result = store.put_new(KEY, b"first", sha(b"first"))
+    assert (result.outcome, result.stored_sha256) == (PutOutcome.IDENTICAL, sha(b"first"))
+
+
+def test_put_new_of_other_bytes_is_a_conflict_and_keeps_the_first(store: FilesystemObjectStore, root: Path) -> None:
+    store.put_new(KEY, b"first", sha(b"first"))
+    before = (root / KEY).stat()
+    result = store.put_new(KEY, b"second", sha(b"second"))
+    assert (result.outcome, result.stored_sha256) == (PutOutcome.CONFLICT, sha(b"first"))
+    after = (root / KEY).stat()
+    assert (root / KEY).read_bytes() == b"first"
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+def test_put_new_leaves_no_temporary_file(store: FilesystemObjectStore, root: Path) -> None:
+    store.put_new(KEY, b"first", sha(b"first"))
+    store.put_new(KEY, b"first", sha(b"first"))
+    store.put_new(KEY, b"other", sha(b"other"))
+    assert all_files(root) == [root / KEY]
+
+
+def test_put_hint_replaces_the_object(store: FilesystemObjectStore) -> None:
+    store.put_hint(".pending/1.2.3.json", b"one")
+    store.put_hint(".pending/1.2.3.json", b"two")
+    assert store.get(".pending/1.2.3.json") == b"two"
+
+
+def test_get_open_and_stat_read_the_object(store: FilesystemObjectStore) -> None:
+    store.put_new(KEY, b"content", sha(b"content"))
+    assert store.get(KEY) == b"content"
+    with store.open(KEY) as stream:
+        assert stream.read() == b"content"
+    info = store.stat(KEY)
+    assert info is not None and (info.key, info.size) == (KEY, 7)
+    assert info.modified.utcoffset() is not None  # an aware UTC time
+
+
+def test_a_missing_object_is_not_found(store: FilesystemObjectStore) -> None:
+    assert store.stat(KEY) is None
+    with pytest.raises(ObjectNotFound):
+        store.get(KEY)
+    with pytest.raises(ObjectNotFound):
+        store.open(KEY)
+
+
+def test_delete_removes_and_deleting_a_missing_object_is_fine(store: FilesystemObjectStore) -> None:
+    store.put_new(KEY, b"content", sha(b"content"))
+    store.delete(KEY)
+    store.delete(KEY)
+    assert store.stat(KEY) is None
+
+
+def test_list_is_recursive_and_skips_temporary_files(store: FilesystemObjectStore, root: Path) -> None:
+    keys = {"1.2/1.3/1.4.dcm", "1.2/1.3/1.5.dcm", "1.2/1.6/1.7.dcm", "9.9/9.8/9.7.dcm"}
+    for key in keys:
+        store.put_new(key, key.encode(), sha(key.encode()))
+    (root / "1.2" / "1.3" / ".tmp-halfwritten").write_bytes(b"partial")
+    assert {info.key for info in store.list("1.2/")} == keys - {"9.9/9.8/9.7.dcm"}
+    assert {info.key: info.size for info in store.list("")} == {key: len(key) for key in keys}
+
+
+def test_listing_everything_leaves_out_the_pending_markers(store: FilesystemObjectStore) -> None:
+    store.put_new(KEY, b"x", sha(b"x"))
+    store.put_hint(".pending/1.2.3.4.5.json", b"{}")
+    assert [info.key for info in store.list("")] == [KEY]
+    assert [info.key for info in store.list(".pending/")] == [".pending/1.2.3.4.5.json"]
+
+
+def test_list_of_an_absent_prefix_is_empty(store: FilesystemObjectStore) -> None:
+    store.put_new(KEY, b"x", sha(b"x"))
+    assert list(store.list("4.5.6/")) == []
+
+
+@pytest.mark.parametrize("key", ["../x", "/abs", "a//b", ".hidden/x", "", "a/../b", "a/./b", "a/", "a\\b",
+                                 ".pending/../x", ".pending/"])
+def test_keys_outside_the_scheme_are_refused(store: FilesystemObjectStore, key: str, tmp_path: Path) -> None:
+    with pytest.raises(InvalidKey):
+        validate_key(key)
+    with pytest.raises(InvalidKey):
+        store.put_new(key, b"x", sha(b"x"))
+    with pytest.raises(InvalidKey):
+        store.put_hint(key, b"x")
+    assert all_files(tmp_path) == []
+
+
+@pytest.mark.parametrize("key", [KEY, ".pending/x.json", "a_b/c-d.e"])
+def test_keys_of_the_scheme_are_accepted(key: str) -> None:
+    assert validate_key(key) == key
+
+
+def test_a_root_that_is_a_file_makes_the_store_unavailable(store: FilesystemObjectStore, root: Path) -> None:
+    root.write_bytes(b"not a folder")
+    with pytest.raises(StorageUnavailable):
+        store.put_new(KEY, b"x", sha(b"x"))
+    with pytest.raises(StorageUnavailable):
+        store.put_hint(".pending/1.json", b"x")
+    with pytest.raises(StorageUnavailable):
+        store.ping()
+
+
+def test_writes_work_again_once_the_folder_is_restored(store: FilesystemObjectStore, root: Path) -> None:
+    store.put_new(KEY, b"before", sha(b"before"))
+    shutil.rmtree(root)
+    root.write_bytes(b"not a folder")
+    with pytest.raises(StorageUnavailable):
+        store.put_new("1.2.3/1.2.3.4/1.2.3.4.6.dcm", b"during", sha(b"during"))
+
+    root.unlink()
+    root.mkdir()  # restored empty, e.g. a remount
+    result = store.put_new("1.2.3/1.2.3.4/1.2.3.4.7.dcm", b"after", sha(b"after"))
+    assert result.outcome is PutOutcome.CREATED
+    assert store.get("1.2.3/1.2.3.4/1.2.3.4.7.dcm") == b"after"
+    store.ping()
+
+
+def test_listing_a_missing_root_is_unavailable_not_empty(store: FilesystemObjectStore, root: Path) -> None:
+    with pytest.raises(StorageUnavailable):  # a lost mount must not look like an empty store
+        list(store.list(".pending/"))
+    store.ping()  # creates the root
+    assert list(store.list(".pending/")) == []
+
+
+def test_the_root_is_created_on_first_write(store: FilesystemObjectStore, root: Path) -> None:
+    assert not root.exists()
+    store.put_new(KEY, b"x", sha(b"x"))
+    assert (root / KEY).is_file()

@@ -1,0 +1,131 @@
+"""The embedded queue (pacsfs://): a folder that several processes share, each message consumed exactly once."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from queue import Empty
+
+import pytest
+from celery import Celery
+
+from shared.queue import create_celery
+from shared.settings import Settings
+
+N = 200
+
+
+@pytest.fixture
+def queue_name() -> str:
+    """A queue of its own: kombu keeps declared bindings in process-wide state across tests."""
+    return f"pacs.test{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")  # whatever the transport writes stays in this test's folder
+    return Settings(data_dir=tmp_path / "data", broker_url=None)  # embedded, whatever PACS_BROKER_URL says
+
+
+@pytest.fixture
+def app(settings: Settings) -> Celery:
+    return create_celery(settings)
+
+
+def files_in(folder: Path) -> list[Path]:
+    return [path for path in folder.rglob("*") if path.is_file()]
+
+
+def message_files(settings: Settings) -> list[Path]:
+    """What is left of messages: queued, claimed or half-written files (not the exchange tables)."""
+    queue_dir = settings.embedded_queue_dir
+    return files_in(queue_dir / "messages") + files_in(queue_dir / "processed")
+
+
+def publish(app: Celery, queue_name: str, count: int) -> None:
+    with app.connection() as connection:
+        queue = connection.SimpleQueue(queue_name)
+        for number in range(count):
+            queue.put({"n": number})
+        queue.close()
+
+
+def consume(app: Celery, queue_name: str, seen: list[int], lock: threading.Lock, total: int,
+            deadline: float) -> None:
+    with app.connection() as connection:
+        queue = connection.SimpleQueue(queue_name)
+        try:
+            while time.monotonic() < deadline:
+                with lock:
+                    if len(seen) >= total:
+                        return
+                try:
+                    message = queue.get(timeout=0.1)
+                except Empty:
+                    continue
+                message.ack()
+                with lock:
+                    seen.append(message.payload["n"])
+        finally:
+            queue.close()
+
+
+def drain_with_two_consumers(app: Celery, queue_name: str, total: int, seconds: float = 60) -> list[int]:
+    seen: list[int] = []
+    lock = threading.Lock()
+    deadline = time.monotonic() + seconds
+    consumers = [threading.Thread(target=consume, args=(app, queue_name, seen, lock, total, deadline))
+                 for _ in range(2)]
+    for consumer in consumers:
+        consumer.start()
+    for consumer in consumers:
+        consumer.join()
+    return seen
+
+
+def test_the_embedded_broker_is_the_default(settings: Settings, app: Celery) -> None:
+    assert settings.uses_embedded_broker
+    assert app.conf.broker_url.startswith("pacsfs://")
+
+
+def test_competing_consumers_see_every_message_exactly_once(settings: Settings, app: Celery,
+                                                            queue_name: str) -> None:
+    publish(app, queue_name, N)
+    seen = drain_with_two_consumers(app, queue_name, N)
+    counts = Counter(seen)
+    assert set(counts) == set(range(N)), f"missing: {sorted(set(range(N)) - set(counts))[:10]}"
+    assert [n for n, times in counts.items() if times > 1] == []
+    assert message_files(settings) == []
+
+
+def test_consumers_running_while_messages_arrive_see_each_once(settings: Settings, app: Celery,
+                                                               queue_name: str) -> None:
+    producer = threading.Thread(target=publish, args=(app, queue_name, N))
+    producer.start()
+    seen = drain_with_two_consumers(app, queue_name, N)
+    producer.join()
+    assert sorted(seen) == list(range(N))
+    assert message_files(settings) == []
+
+
+@pytest.mark.parametrize("name", [".{stamp}_abc.{queue}.msg.tmp", ".{stamp}_abc.{queue}.msg"])
+def test_a_half_written_message_is_never_consumed(settings: Settings, app: Celery, queue_name: str,
+                                                  name: str) -> None:
+    publish(app, queue_name, 0)  # declares the queue and creates the folders
+    half_written = settings.embedded_queue_dir / "messages" / name.format(stamp="0" * 17, queue=queue_name)
+    half_written.write_bytes(b'{"body": "eyJuIjog')  # sorts before any real message
+    publish(app, queue_name, 1)
+    assert drain_with_two_consumers(app, queue_name, total=2, seconds=2) == [0]
+    assert half_written.read_bytes() == b'{"body": "eyJuIjog'
+
+
+def test_all_its_files_stay_under_the_data_dir(settings: Settings, app: Celery, queue_name: str,
+                                               tmp_path: Path) -> None:
+    publish(app, queue_name, 3)
+    assert sorted(drain_with_two_consumers(app, queue_name, 3)) == [0, 1, 2]
+    outside = [path for path in files_in(tmp_path) if settings.data_dir not in path.parents]
+    assert outside == [], f"the embedded broker wrote outside the data dir (e.g. kombu's ./control): {outside}"
