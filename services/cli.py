@@ -1,4 +1,4 @@
-"""The `pacs` command: serve | scp | indexer | api | migrate | status | stop.
+"""The `pacs` command: serve | scp | indexer | mover | api | migrate | status | stop.
 
 Every field of shared.settings.Settings is also a flag (``--dicom-port``), so that flags, PACS_* variables and
 the TOML file name the same options.
@@ -63,6 +63,12 @@ def _run_indexer(settings: Settings) -> int:
     return run_indexer(settings)
 
 
+def _run_mover(settings: Settings) -> int:
+    from services.mover.main import run_mover
+
+    return run_mover(settings)
+
+
 def _run_api(settings: Settings) -> int:
     from services.api.main import run_api
 
@@ -93,6 +99,7 @@ COMMANDS: dict[str, tuple[Callable[[Settings], int], str]] = {
     "serve": (_run_serve, "everything in one process group on the embedded default (or the URLs given)"),
     "scp": (_run_scp, "the DICOM listener (C-ECHO, C-STORE)"),
     "indexer": (_run_indexer, "a Celery indexer worker and the sweeper"),
+    "mover": (_run_mover, "runs C-MOVE and REST sends (C-STORE SCU to the destinations)"),
     "api": (_run_api, "the HTTP API"),
     "migrate": (_run_migrate, "bring the index database to the latest schema"),
     "status": (_run_status, "C-ECHO and API health of a running node; exit code 0 when both answer"),

@@ -1,6 +1,6 @@
-"""`pacs serve`: the whole node as one process group (scp, indexer, api), supervised.
+"""`pacs serve`: the whole node as one process group (scp, indexer, mover, api), supervised.
 
-The children run exactly the code of `pacs scp|indexer|api` (one code path); only the URLs differ. A child
+The children run exactly the code of `pacs scp|indexer|mover|api` (one code path); only the URLs differ. A child
 that dies is started again; SIGTERM stops them all cleanly, a second SIGTERM/SIGINT at once.
 """
 
@@ -25,7 +25,7 @@ from shared.storage import open_object_store
 
 log = logging.getLogger(__name__)
 
-SERVICES = ("scp", "indexer", "api")
+SERVICES = ("scp", "indexer", "mover", "api")
 QUICK_DEATH_SECONDS = 3.0
 QUICK_DEATHS_BEFORE_GIVING_UP = 3
 PR_SET_PDEATHSIG = 1

@@ -14,6 +14,8 @@ from shared.settings import Settings
 INDEX_QUEUE = "pacs.index"
 INDEX_INSTANCES_TASK = "pacs.index_instances"
 RECORD_DUPLICATE_TASK = "pacs.record_duplicate"
+MOVE_QUEUE = "pacs.move"
+RUN_JOB_TASK = "pacs.run_job"
 BROKER_VISIBILITY_TIMEOUT_SECONDS = 300
 
 
@@ -52,7 +54,8 @@ def create_celery(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_default_queue=INDEX_QUEUE,
-        task_routes={INDEX_INSTANCES_TASK: {"queue": INDEX_QUEUE}, RECORD_DUPLICATE_TASK: {"queue": INDEX_QUEUE}},
+        task_routes={INDEX_INSTANCES_TASK: {"queue": INDEX_QUEUE}, RECORD_DUPLICATE_TASK: {"queue": INDEX_QUEUE},
+                     RUN_JOB_TASK: {"queue": MOVE_QUEUE}},
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,

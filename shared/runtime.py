@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import threading
 from dataclasses import dataclass
 
 from celery import Celery
@@ -40,3 +42,20 @@ def build_runtime(settings: Settings) -> Runtime:
         ledger=PendingLedger(store),
         celery=create_celery(settings),
     )
+
+
+class ProcessRuntime:
+    """One runtime per process: a forked worker child builds its own (no shared connections)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._runtime: Runtime | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> Runtime:
+        with self._lock:
+            if self._runtime is None or self._pid != os.getpid():
+                self._runtime = build_runtime(self._settings)
+                self._pid = os.getpid()
+            return self._runtime

@@ -64,7 +64,12 @@ class Settings(BaseSettings):
         30.0, ge=0, description="Age after which a stored but unindexed object is handed to the indexer again."
     )
     heartbeat_interval_seconds: float = Field(5.0, gt=0, description="How often each service reports it is alive.")
-    max_pdu_size: int = Field(0, ge=0, description="Maximum PDU size the SCP receives (0 = unlimited).")
+    find_result_limit: int = Field(
+        10_000, ge=1, description="Most matches one C-FIND answers; more gets 0xA700 (refine the query)."
+    )
+    max_pdu_size: int = Field(
+        1_048_576, ge=0, description="Maximum PDU size the SCP receives (advertised to callers; 0 = unlimited)."
+    )
     association_idle_timeout_seconds: float = Field(
         60.0, gt=0, description="An association with no traffic for this long is aborted."
     )

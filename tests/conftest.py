@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 import redis
@@ -56,7 +57,8 @@ def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
 class S3Server:
     """moto's standalone S3 server (a real HTTP endpoint) on a fixed port, so it can be stopped and started again.
 
-    moto keeps its data in the test process across a stop and start; POST /moto-api/reset empties it.
+    moto keeps its data in the test process across servers, so every start begins with a reset: each test
+    (and each start after a stop) sees an empty store.
     """
 
     def __init__(self) -> None:
@@ -72,6 +74,7 @@ class S3Server:
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
         self._server.start()
         wait_until(lambda: port_accepts(self.port), 10, "moto S3 server")
+        httpx.post(f"{self.endpoint}/moto-api/reset", timeout=10)  # moto's state outlives its server: start empty
 
     def stop(self) -> None:
         self._server.stop()

@@ -26,6 +26,7 @@ class IndexRecord:
     patient_key: str
     patient_id: str
     patient_name: str
+    patient_name_folded: str
     patient_name_search: str
     patient_birth_date: str
     patient_sex: str
@@ -96,6 +97,7 @@ def extract(part10: bytes) -> IndexRecord:
         record_fields = dict(
             patient_id=_text(dataset, "PatientID", 64),
             patient_name=patient_name,
+            patient_name_folded=patient_name.casefold(),
             patient_name_search=search_form(patient_name),
             patient_birth_date=_text(dataset, "PatientBirthDate", 8),
             patient_sex=_text(dataset, "PatientSex", 16),

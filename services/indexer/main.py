@@ -2,35 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import threading
-import warnings
-
-from celery.platforms import SecurityWarning
-
 from services.indexer.sweeper import Sweeper, SweeperThread
 from services.indexer.tasks import register_tasks
 from shared.heartbeat import Heartbeat
 from shared.queue import INDEX_INSTANCES_TASK, INDEX_QUEUE
-from shared.runtime import Runtime, build_runtime
+from shared.runtime import ProcessRuntime
 from shared.settings import Settings
-
-
-class ProcessRuntime:
-    """One runtime per process: a forked worker child builds its own (no shared connections)."""
-
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self._runtime: Runtime | None = None
-        self._pid = 0
-        self._lock = threading.Lock()
-
-    def __call__(self) -> Runtime:
-        with self._lock:
-            if self._runtime is None or self._pid != os.getpid():
-                self._runtime = build_runtime(self._settings)
-                self._pid = os.getpid()
-            return self._runtime
+from shared.worker import run_celery_worker
 
 
 def run_indexer(settings: Settings) -> int:
@@ -50,19 +28,8 @@ def run_indexer(settings: Settings) -> int:
                           details=lambda: {"concurrency": settings.indexer_concurrency})
     sweeper.start()
     heartbeat.start()
-    warnings.filterwarnings("ignore", category=SecurityWarning)  # containers run as non-root; dev boxes as root
     pool = "solo" if settings.indexer_concurrency == 1 else "prefork"
-    app.worker_main(argv=[
-        "--quiet",
-        "worker",
-        f"--pool={pool}",
-        f"--concurrency={settings.indexer_concurrency}",
-        f"--queues={INDEX_QUEUE}",
-        f"--loglevel={settings.log_level.upper()}",
-        "--without-gossip",
-        "--without-mingle",
-        "--without-heartbeat",
-    ])
+    run_celery_worker(app, INDEX_QUEUE, pool, settings.indexer_concurrency, settings.log_level)
     sweeper.stop()
     heartbeat.stop()
     return 0

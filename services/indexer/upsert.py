@@ -61,7 +61,7 @@ def _patient_pk(session: Session, record: IndexRecord, now: datetime, cache: Bat
     if record.patient_key not in cache.patients:
         insert_ignoring_conflict(session, Patient, dict(
             patient_key=record.patient_key, patient_id=record.patient_id, patient_name=record.patient_name,
-            patient_name_search=record.patient_name_search, patient_birth_date=record.patient_birth_date,
+            patient_name_folded=record.patient_name_folded, patient_name_search=record.patient_name_search, patient_birth_date=record.patient_birth_date,
             patient_sex=record.patient_sex, created_at=now,
         ), "patient_key")
         cache.patients[record.patient_key] = session.scalars(

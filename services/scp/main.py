@@ -7,6 +7,7 @@ import logging
 from services.scp.server import ScpServer
 from shared.heartbeat import Heartbeat
 from shared.lifecycle import StopRequest
+from shared.live_config import LiveConfig
 from shared.runtime import build_runtime
 from shared.settings import Settings
 
@@ -16,7 +17,9 @@ log = logging.getLogger(__name__)
 def run_scp(settings: Settings) -> int:
     stop = StopRequest().install()
     runtime = build_runtime(settings)
-    server = ScpServer(runtime)
+    live_config = LiveConfig.for_settings(settings, runtime.sessions)
+    live_config.start()  # the cache file first, then the database's values (polled every 0.5 s)
+    server = ScpServer(runtime, live_config)
     server.start()
     counters = server.store_service.counters
     heartbeat = Heartbeat(
@@ -30,11 +33,13 @@ def run_scp(settings: Settings) -> int:
             "failed": counters.failed,
             "bytes": counters.bytes_stored,
             "publish_backlog": server.publisher.backlog,
+            **server.access.counters(),
         },
     )
     heartbeat.start()
     stop.wait()
     server.stop(settings.shutdown_grace_seconds)
     heartbeat.stop()
+    live_config.stop()
     runtime.close()
     return 0

@@ -50,4 +50,7 @@ class LowLatencyRequestHandler(RequestHandler):
         # Same object, our receive path: the socket was already initialised by pynetdicom.
         assoc.dul.socket.__class__ = LowLatencyAssociationSocket
         make_event_driven(assoc)
+        route_requests = getattr(self.server, "route_requests", None)
+        if route_requests is not None:
+            route_requests(assoc)
         return assoc

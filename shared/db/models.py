@@ -69,6 +69,7 @@ class Patient(Base):
     patient_key: Mapped[str] = mapped_column(String(200), unique=True)
     patient_id: Mapped[str] = mapped_column(String(64), index=True)
     patient_name: Mapped[str] = mapped_column(Text, default="")
+    patient_name_folded: Mapped[str] = mapped_column(Text, default="", index=True)  # case-folded
     patient_name_search: Mapped[str] = mapped_column(Text, default="", index=True)  # case-folded, no accents
     patient_birth_date: Mapped[str] = mapped_column(String(8), default="")
     patient_sex: Mapped[str] = mapped_column(String(16), default="")
@@ -164,3 +165,74 @@ class ServiceHeartbeat(Base):
 
 
 Index("ix_instances_series_number", Instance.series_fk, Instance.instance_number)
+
+
+class NodeSetting(Base):
+    """One key of the live node configuration (shared.node_config.NodeConfig) that was set over REST.
+
+    Keys never set follow their defaults; the value is the key's JSON value as validated by NodeConfig.
+    """
+
+    __tablename__ = "node_settings"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[Any] = mapped_column(JSON, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Modality(Base):
+    """A registered remote AE: who may call us for what, and where C-MOVE destinations are."""
+
+    __tablename__ = "modalities"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)  # [A-Za-z0-9_-]{1,64}
+    ae_title: Mapped[str] = mapped_column(String(16), index=True)
+    host: Mapped[str] = mapped_column(String(255))
+    port: Mapped[int] = mapped_column(Integer)
+    allow: Mapped[list[str]] = mapped_column(JSON)  # subset of echo, store, find, move, get
+    description: Mapped[str] = mapped_column(Text, default="")
+    local_ae_title: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Job(Base):
+    """A set of C-STORE sub-operations to one destination: a C-MOVE, or a send asked over REST."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # uuid4 hex
+    kind: Mapped[str] = mapped_column(String(16))  # c-move | rest-store
+    destination_ae_title: Mapped[str] = mapped_column(String(16))
+    destination_host: Mapped[str] = mapped_column(String(255))
+    destination_port: Mapped[int] = mapped_column(Integer)
+    calling_ae_title: Mapped[str] = mapped_column(String(16))  # the AE title the sub-operations use
+    requested_by: Mapped[str] = mapped_column(String(64), default="")
+    state: Mapped[str] = mapped_column(String(16), index=True)  # queued | running | done | failed | cancelled
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    completed: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    warning: Mapped[int] = mapped_column(Integer, default=0)
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class JobItem(Base):
+    """One instance of a job, in sending order, with what became of it."""
+
+    __tablename__ = "job_items"
+
+    pk: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(Integer)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64))
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    transfer_syntax: Mapped[str] = mapped_column(String(64))
+    object_key: Mapped[str] = mapped_column(String(1024))
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending | completed | warning | failed
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+
+Index("ix_job_items_job_position", JobItem.job_id, JobItem.position)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
 from pydicom.uid import CTImageStorage, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, MRImageStorage
 
 from tests.factory import encode_dataset, make_image
-from tests.node import Node
+from tests.node import Node, wait_until
 from tests.peers import StoreClient, send_raw_c_store
 
 HOSTILE_UIDS = ["../../x", "1.2." + "3" * 70, "", "1.2.3/../../etc", "1.2.3\\..\\x"]
@@ -69,7 +70,10 @@ def test_hostile_uids_in_the_dataset_are_refused_and_nothing_is_written(
                                              encode_dataset(dataset, ExplicitVRLittleEndian)))
     assert statuses == [0xC001] * len(HOSTILE_UIDS)
     created = files_under(tmp_path) - before
-    assert all(path.name.endswith(".log") or "index.sqlite3" in path.name for path in created), created
+    objects = embedded_node.data_dir / "objects"
+    assert not [path for path in created if objects in path.parents], "something was stored"
+    outside_data = [path for path in created if embedded_node.data_dir not in path.parents]
+    assert all(path.suffix == ".log" for path in outside_data), outside_data
     assert not (tmp_path / "x").exists() and not (tmp_path.parent / "x").exists()
 
 
@@ -91,3 +95,22 @@ def test_a_command_uid_over_64_characters_aborts_the_association_and_the_next_on
     assert not list((embedded_node.data_dir / "objects").rglob("*.dcm"))
     with StoreClient(embedded_node.dicom_port) as client:
         assert client.store(make_image()) == 0x0000
+
+
+def test_same_uid_with_other_content_keeps_the_first_and_audits_the_conflict(embedded_node: Node) -> None:
+    first = make_image(sop_uid="1.2.826.0.1.3680043.10.99.1", patient_name="First^Version")
+    second = make_image(sop_uid="1.2.826.0.1.3680043.10.99.1", study_uid=first.StudyInstanceUID,
+                        series_uid=first.SeriesInstanceUID, patient_name="Second^Version")
+    with StoreClient(embedded_node.dicom_port) as client:
+        assert client.store(first) == 0x0000
+        assert client.store(second) == 0x0000
+    embedded_node.wait_indexed(1)
+    [stored] = list((embedded_node.data_dir / "objects").rglob("*.dcm"))
+    assert b"First^Version" in stored.read_bytes()
+
+    def audited() -> bool:
+        with sqlite3.connect(embedded_node.data_dir / "index.sqlite3") as connection:
+            return connection.execute(
+                "SELECT count(*) FROM audit_events WHERE action = 'duplicate_conflict'").fetchone()[0] == 1
+
+    wait_until(audited, 20, "the duplicate conflict in the audit log")

@@ -1,0 +1,151 @@
+"""C-STORE SCU to a destination AE, streaming stored objects; transcodes only when the destination requires it.
+
+For every (SOP class, stored transfer syntax) the association proposes the stored syntax, and the uncompressed
+syntaxes as fallbacks. An object whose stored syntax was accepted is sent as stored, read in chunks from a file
+(memory stays flat whatever the size). Otherwise it is decoded and sent uncompressed; if it cannot be decoded
+the sub-operation fails (it is never reported as completed when nothing arrived).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, _config, evt
+from pynetdicom.presentation import build_context
+
+from shared.jobs import Destination, Item
+from shared.storage import ObjectStore, StorageError
+from shared.storage.filesystem import FilesystemObjectStore
+
+log = logging.getLogger(__name__)
+
+UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+MAX_CONTEXTS = 128
+SUCCESS_STATUSES = {0x0000}
+WARNING_STATUSES = {0x0001, 0x0107, 0x0116} | set(range(0xB000, 0xC000))
+
+
+class SendOutcome:
+    COMPLETED = "completed"
+    WARNING = "warning"
+    FAILED = "failed"
+
+
+class DestinationUnreachable(Exception):
+    """No association with the destination could be established."""
+
+
+def _nodelay(event: Any) -> None:
+    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+
+def contexts_for(items: Iterable[Item]) -> list[Any]:
+    """One context per SOP class and stored syntax (stored first, then uncompressed), at most 128."""
+    wanted: dict[tuple[str, str], None] = {}
+    for item in items:
+        wanted[(item.sop_class_uid, item.transfer_syntax)] = None
+    contexts = []
+    for sop_class, syntax in wanted:
+        syntaxes = [syntax] + [ts for ts in UNCOMPRESSED if ts != syntax]
+        contexts.append(build_context(sop_class, syntaxes))
+        if len(contexts) == MAX_CONTEXTS:
+            break
+    return contexts
+
+
+@contextmanager
+def _local_file(store: ObjectStore, key: str, spool_dir: Path) -> Iterator[Path]:
+    """The object as a file: the stored file itself, or a streamed copy for remote stores."""
+    if isinstance(store, FilesystemObjectStore):
+        yield store.root / key
+        return
+    handle, name = tempfile.mkstemp(dir=spool_dir, suffix=".dcm")
+    try:
+        with os.fdopen(handle, "wb") as target, store.open(key) as source:
+            shutil.copyfileobj(source, target, 1 << 20)
+        yield Path(name)
+    finally:
+        os.unlink(name)
+
+
+class StoreSender:
+    """One association to one destination; ``send`` makes one C-STORE sub-operation."""
+
+    def __init__(self, store: ObjectStore, destination: Destination, items: list[Item], spool_dir: Path) -> None:
+        _config.STORE_SEND_CHUNKED_DATASET = True  # paths are streamed from disk, never loaded whole
+        self._store = store
+        self._spool_dir = spool_dir
+        self._ae = AE(ae_title=destination.calling_ae_title)
+        self._ae.acse_timeout = self._ae.dimse_timeout = self._ae.network_timeout = 30
+        self._ae.requested_contexts = contexts_for(items)
+        self._association = self._ae.associate(destination.host, destination.port, ae_title=destination.ae_title,
+                                               evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)])
+        if not self._association.is_established:
+            raise DestinationUnreachable("association with the destination was not established")
+        self._accepted: dict[str, set[str]] = {}
+        for context in self._association.accepted_contexts:
+            self._accepted.setdefault(str(context.abstract_syntax), set()).add(str(context.transfer_syntax[0]))
+
+    def close(self) -> None:
+        if self._association.is_established:
+            self._association.release()
+
+    @property
+    def alive(self) -> bool:
+        return bool(self._association.is_established)
+
+    def send(self, item: Item) -> tuple[str, str]:
+        """(outcome, reason) of one C-STORE sub-operation."""
+        accepted = self._accepted.get(item.sop_class_uid, set())
+        if not accepted:
+            return SendOutcome.FAILED, "destination refused the SOP class"
+        try:
+            with _local_file(self._store, item.object_key, self._spool_dir) as path:
+                if item.transfer_syntax in accepted:
+                    answer = self._association.send_c_store(path)
+                else:
+                    dataset = self._transcoded(path, accepted)
+                    if dataset is None:
+                        return SendOutcome.FAILED, "cannot transcode to a syntax the destination accepts"
+                    answer = self._association.send_c_store(dataset)
+        except StorageError:
+            return SendOutcome.FAILED, "object store unavailable"
+        except (OSError, ValueError, AttributeError, RuntimeError) as exc:
+            return SendOutcome.FAILED, f"sending failed ({exc.__class__.__name__})"
+        status = int(answer.Status) if answer is not None and "Status" in answer else None
+        if status is None:
+            return SendOutcome.FAILED, "no response from the destination"
+        if status in SUCCESS_STATUSES:
+            return SendOutcome.COMPLETED, ""
+        if status in WARNING_STATUSES:
+            return SendOutcome.WARNING, f"destination answered 0x{status:04X}"
+        return SendOutcome.FAILED, f"destination answered 0x{status:04X}"
+
+    @staticmethod
+    def _transcoded(path: Path, accepted: set[str]) -> pydicom.Dataset | None:
+        """The object decoded for an uncompressed syntax the destination accepts (pynetdicom re-encodes it)."""
+        if not any(ts in accepted for ts in UNCOMPRESSED):
+            return None
+        try:
+            dataset = pydicom.dcmread(path)
+            if dataset.file_meta.TransferSyntaxUID.is_compressed:
+                dataset.decompress()  # needs a pixel data decoder for that syntax; raises when none can
+        except Exception as exc:
+            log.warning("mover.transcode_failed error=%s", exc.__class__.__name__)
+            return None
+        return dataset

@@ -1,0 +1,201 @@
+"""C-MOVE SCP: the job goes to the mover through the queue; this association relays its progress.
+
+pynetdicom's own C-MOVE service would send the sub-operations from this process. Ours hands them to the mover
+(any replica, possibly on another machine) and answers with pending responses as the job's counters move,
+then the final response once every sub-operation has finished (PS3.4 C.4.2):
+0x0000 all completed; 0xB000 finished with failures or warnings (Failed SOP Instance UID List given);
+0xA702 every sub-operation failed; 0xFE00 cancelled (C-CANCEL); 0xA801 unknown move destination;
+0xA900 a level the information model does not have; 0xC000 the index or the queue cannot be reached;
+0x0124 the caller may not move. A request that matches nothing: 0x0000 with zero sub-operations.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from io import BytesIO
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom.dimse_primitives import C_MOVE
+from pynetdicom.dsutils import decode, encode
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelMove,
+)
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.scp.find import requested_values
+from shared.jobs import Destination, Progress, create_job, fail_unfinished, progress, request_cancel
+from shared.live_config import LiveConfig
+from shared.node_config import ModalityEntry
+from shared.query.retrieve import instances_to_retrieve
+
+log = logging.getLogger(__name__)
+
+MOVE_MODELS = {
+    PatientRootQueryRetrieveInformationModelMove: ("PATIENT", "STUDY", "SERIES", "IMAGE"),
+    StudyRootQueryRetrieveInformationModelMove: ("STUDY", "SERIES", "IMAGE"),
+}
+PENDING, SUCCESS, CANCELLED = 0xFF00, 0x0000, 0xFE00
+WARNING_SUBOPERATIONS_FAILED = 0xB000
+ALL_SUBOPERATIONS_FAILED = 0xA702
+UNKNOWN_DESTINATION = 0xA801
+IDENTIFIER_DOES_NOT_MATCH = 0xA900
+UNABLE_TO_PROCESS = 0xC000
+NOT_AUTHORIZED = 0x0124
+POLL_SECONDS = 0.1
+STALL_SECONDS = 120.0  # no progress for this long (mover down): the rest of the sub-operations fail
+
+
+class MoveService:
+    def __init__(self, sessions: sessionmaker[Session], live: LiveConfig, permits: Callable[[str, str], bool],
+                 node_ae_title: str, publish_job: Callable[[str], None]) -> None:
+        self._sessions = sessions
+        self._live = live
+        self._permits = permits
+        self._node_ae_title = node_ae_title
+        self._publish_job = publish_job
+
+    def _destination(self, ae_title: str) -> ModalityEntry | None:
+        """The registered modality with that AE title (a destination put an instant ago included)."""
+        for snapshot in (self._live.current(), self._live.confirmed()):
+            entry = next((m for m in snapshot.modalities if m.ae_title == ae_title), None)
+            if entry is not None:
+                return entry
+        return None
+
+    def serve(self, assoc: Any, request: C_MOVE, context_id: int) -> None:
+        """Answer one C-MOVE request on ``assoc`` (called from the association's reactor thread)."""
+        context = next(cx for cx in assoc.accepted_contexts if cx.context_id == context_id)
+        answer = _Responder(assoc, request, context_id, context.transfer_syntax[0])
+        calling = str(assoc.requestor.ae_title).strip()
+        if not self._permits(calling, "move"):
+            log.warning("move.refused reason=not_allowed")
+            answer.final(NOT_AUTHORIZED)
+            return
+        try:
+            identifier = decode(request.Identifier, context.transfer_syntax[0].is_implicit_VR,
+                                context.transfer_syntax[0].is_little_endian,
+                                context.transfer_syntax[0].is_deflated)
+            level = str(identifier.get("QueryRetrieveLevel", "")).strip().upper()
+        except Exception:
+            answer.final(IDENTIFIER_DOES_NOT_MATCH)
+            return
+        if level not in MOVE_MODELS.get(str(context.abstract_syntax), ()):
+            answer.final(IDENTIFIER_DOES_NOT_MATCH)
+            return
+        target = str(request.MoveDestination or "").strip()
+        entry = self._destination(target)
+        if entry is None:
+            log.warning("move.unknown_destination")
+            answer.final(UNKNOWN_DESTINATION)
+            return
+        destination = Destination(entry.ae_title, entry.host, entry.port,
+                                  entry.local_ae_title or self._node_ae_title)
+        values, _ = requested_values(identifier)
+        try:
+            with self._sessions.begin() as session:
+                items = instances_to_retrieve(session, level, values)
+                job_id = create_job(session, "c-move", destination, calling, items) if items else None
+        except SQLAlchemyError as exc:
+            log.error("move.index_unavailable error=%s", exc.__class__.__name__)
+            answer.final(UNABLE_TO_PROCESS)
+            return
+        if job_id is None:
+            answer.final(SUCCESS, Progress("done", 0, 0, 0, 0))
+            return
+        try:
+            self._publish_job(job_id)
+        except Exception as exc:  # the broker refused the job
+            log.error("move.queue_unavailable error=%s", exc.__class__.__name__)
+            with self._sessions.begin() as session:
+                fail_unfinished(session, job_id, "the job could not be queued")
+            answer.final(UNABLE_TO_PROCESS)
+            return
+        log.info("move.queued job=%s suboperations=%d", job_id, len(items))
+        self._relay(assoc, answer, request, job_id)
+
+    def _relay(self, assoc: Any, answer: "_Responder", request: C_MOVE, job_id: str) -> None:
+        last: Progress | None = None
+        last_change = time.monotonic()
+        cancel_sent = False
+        while True:
+            time.sleep(POLL_SECONDS)
+            if not cancel_sent and request.MessageID in assoc.dimse.cancel_req:
+                with self._sessions.begin() as session:
+                    request_cancel(session, job_id)
+                cancel_sent = True
+            try:
+                with self._sessions() as session:
+                    current = progress(session, job_id)
+            except SQLAlchemyError:
+                continue  # the index is down for a moment: keep waiting (bounded by the stall limit)
+            if current is None:
+                answer.final(UNABLE_TO_PROCESS)
+                return
+            if current != last:
+                last, last_change = current, time.monotonic()
+                if not current.finished:
+                    answer.pending(current)
+            elif time.monotonic() - last_change > STALL_SECONDS:
+                with self._sessions.begin() as session:
+                    fail_unfinished(session, job_id, "no progress from the mover")
+                continue
+            if current.finished:
+                with self._sessions() as session:
+                    done = progress(session, job_id, with_failed_uids=True)
+                assert done is not None
+                answer.final(_final_status(done), done)
+                return
+            if not assoc.is_established or assoc.acse.is_aborted() or not assoc.dul.is_alive():
+                with self._sessions.begin() as session:
+                    request_cancel(session, job_id)  # the requester went away: stop sending
+                return
+
+
+def _final_status(done: Progress) -> int:
+    if done.state == "cancelled":
+        return CANCELLED
+    if done.failed and not done.completed and not done.warning:
+        return ALL_SUBOPERATIONS_FAILED
+    if done.failed or done.warning:
+        return WARNING_SUBOPERATIONS_FAILED
+    return SUCCESS
+
+
+class _Responder:
+    """Builds and sends the C-MOVE responses of one request."""
+
+    def __init__(self, assoc: Any, request: C_MOVE, context_id: int, transfer_syntax: Any) -> None:
+        self._assoc = assoc
+        self._request = request
+        self._context_id = context_id
+        self._syntax = transfer_syntax
+
+    def _response(self, status: int, counts: Progress | None) -> C_MOVE:
+        response = C_MOVE()
+        response.MessageIDBeingRespondedTo = self._request.MessageID
+        response.AffectedSOPClassUID = self._request.AffectedSOPClassUID
+        response.Status = status
+        if counts is not None:
+            if status == PENDING or status == CANCELLED:
+                response.NumberOfRemainingSuboperations = counts.remaining
+            response.NumberOfCompletedSuboperations = counts.completed
+            response.NumberOfFailedSuboperations = counts.failed
+            response.NumberOfWarningSuboperations = counts.warning
+            if counts.failed_uids and status != PENDING:
+                failed = Dataset()
+                failed.FailedSOPInstanceUIDList = counts.failed_uids
+                encoded = encode(failed, self._syntax.is_implicit_VR, self._syntax.is_little_endian,
+                                 self._syntax.is_deflated)
+                response.Identifier = BytesIO(encoded)
+        return response
+
+    def pending(self, counts: Progress) -> None:
+        self._assoc.dimse.send_msg(self._response(PENDING, counts), self._context_id)
+
+    def final(self, status: int, counts: Progress | None = None) -> None:
+        self._assoc.dimse.send_msg(self._response(status, counts), self._context_id)

@@ -1,0 +1,271 @@
+"""LiveConfig: what a running service knows of the live configuration and the modality registry.
+
+A background thread reads both from the index database every 0.5 s (REST changes reach the service within
+that time, without a restart). ``current()`` returns the last snapshot: no I/O, safe on the C-STORE path.
+When the database cannot be read the last good values stay in force, and they are kept in
+``<data_dir>/config-cache.json`` so that a service started while the database is down still applies the last
+known configuration (invariant 3: config is cached). The cache holds what the database held (the keys set over
+REST and the modalities); the defaults are applied on top of it at load time, as for the database.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.events import iso_utc, utc_now
+from shared.node_config import (
+    ModalityEntry,
+    NodeConfig,
+    default_config,
+    load_modalities,
+    merge_stored,
+    read_stored_settings,
+)
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+REFRESH_INTERVAL_SECONDS = 0.5
+CONFIRM_MAX_AGE_SECONDS = 0.05
+CACHE_FILE_NAME = "config-cache.json"
+CACHE_SCHEMA_VERSION = 1
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class ConfigSnapshot:
+    """One consistent view of configuration and modalities, with the lookups the SCP needs precomputed."""
+
+    config: NodeConfig
+    modalities: tuple[ModalityEntry, ...]
+    source: str  # "database", "cache" or "defaults"
+    allow_by_ae_title: dict[str, frozenset[str]] = field(default_factory=dict)
+    networks: tuple[IPNetwork, ...] = ()
+    allowed_aets: frozenset[str] = frozenset()
+    blocked_aets: frozenset[str] = frozenset()
+    enabled_services: frozenset[str] = frozenset()
+    unknown_callers_allowed: frozenset[str] = frozenset()
+    accepted_transfer_syntaxes: frozenset[str] | None = None
+
+    @classmethod
+    def build(cls, config: NodeConfig, modalities: Iterable[ModalityEntry], source: str) -> "ConfigSnapshot":
+        entries = tuple(modalities)
+        allow: dict[str, set[str]] = {}
+        for entry in entries:  # several entries may share an AE title: their permissions add up
+            allow.setdefault(entry.ae_title, set()).update(entry.allow)
+        return cls(
+            config=config,
+            modalities=entries,
+            source=source,
+            allow_by_ae_title={title: frozenset(services) for title, services in allow.items()},
+            networks=tuple(ipaddress.ip_network(text) for text in config.ip_allowlist),
+            allowed_aets=frozenset(config.allowed_calling_aets),
+            blocked_aets=frozenset(config.blocked_calling_aets),
+            enabled_services=frozenset(config.enabled_services),
+            unknown_callers_allowed=frozenset(config.unknown_callers_allowed),
+            accepted_transfer_syntaxes=(None if config.accepted_transfer_syntaxes is None
+                                        else frozenset(config.accepted_transfer_syntaxes)),
+        )
+
+    def is_registered(self, ae_title: str) -> bool:
+        return ae_title in self.allow_by_ae_title
+
+    def address_allowed(self, address: str) -> bool:
+        if not self.networks:
+            return True
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return False
+        candidates: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [ip]
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            candidates.append(ip.ipv4_mapped)  # a dual-stack listener sees IPv4 callers as ::ffff:a.b.c.d
+        return any(candidate in network for candidate in candidates for network in self.networks
+                   if candidate.version == network.version)
+
+    def calling_aet_refused(self, ae_title: str) -> str | None:
+        """Why this calling AE title may not associate at all (a stable reason key), or None."""
+        if ae_title in self.blocked_aets:
+            return "calling_aet_blocked"
+        if self.allowed_aets and ae_title not in self.allowed_aets:
+            return "calling_aet_not_allowed"
+        if not self.unknown_callers_allowed and not self.is_registered(ae_title):
+            return "unknown_calling_aet"
+        return None
+
+    def permits(self, ae_title: str, service: str) -> bool:
+        """May this calling AE title use this service now (echo, store, find, move, get)?"""
+        if service not in self.enabled_services or self.calling_aet_refused(ae_title) is not None:
+            return False
+        allowed = self.allow_by_ae_title.get(ae_title)
+        return service in (self.unknown_callers_allowed if allowed is None else allowed)
+
+    def modality(self, name: str) -> ModalityEntry | None:
+        return next((entry for entry in self.modalities if entry.name == name), None)
+
+
+class LiveConfig:
+    """The live configuration of one service process (see the module docstring)."""
+
+    def __init__(
+        self,
+        defaults: NodeConfig,
+        sessions: sessionmaker[Session],
+        cache_path: Path | None,
+        interval_seconds: float = REFRESH_INTERVAL_SECONDS,
+    ) -> None:
+        self._defaults = defaults
+        self._sessions = sessions
+        self._cache_path = cache_path
+        self._interval = interval_seconds
+        self._snapshot = ConfigSnapshot.build(defaults, (), "defaults")
+        self._stored: dict[str, Any] | None = None  # what the database (or the cache) last held
+        self._refresh_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._first_refresh = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._database_ok: bool | None = None
+        self._last_refresh = 0.0
+        self.refresh_failures = 0
+
+    @classmethod
+    def for_settings(cls, settings: Settings, sessions: sessionmaker[Session]) -> "LiveConfig":
+        return cls(default_config(settings.check_called_aet), sessions,
+                   settings.data_dir.resolve() / CACHE_FILE_NAME)
+
+    def current(self) -> ConfigSnapshot:
+        """The configuration in force: no I/O."""
+        return self._snapshot
+
+    def confirmed(self, max_age_seconds: float = CONFIRM_MAX_AGE_SECONDS) -> ConfigSnapshot:
+        """The configuration re-read from the database unless it was read moments ago.
+
+        Used before refusing something (an unknown caller, a move destination, a service): a change made over
+        REST an instant ago then takes effect at once, while the fast path never waits for the database.
+        While the database is known to be down, the values in force are returned without trying.
+        """
+        if self._database_ok is False or time.monotonic() - self._last_refresh < max_age_seconds:
+            return self._snapshot
+        return self.refresh_now()
+
+    # ---- loading ------------------------------------------------------------------------------------------
+
+    def _apply(self, stored: dict[str, Any], source: str) -> None:
+        config = merge_stored(self._defaults, stored["settings"])
+        modalities = []
+        for item in stored["modalities"]:
+            try:
+                modalities.append(ModalityEntry.model_validate(item))
+            except ValidationError:
+                log.warning("live_config.modality_ignored source=%s", source)
+        self._snapshot = ConfigSnapshot.build(config, modalities, source)
+        self._stored = stored
+
+    def load_cache(self) -> bool:
+        """Apply the cache file, if there is a valid one (used before the database answered)."""
+        if self._cache_path is None:
+            return False
+        try:
+            document = json.loads(self._cache_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return False
+        except (OSError, ValueError) as exc:
+            log.warning("live_config.cache_unreadable error=%s", exc.__class__.__name__)
+            return False
+        if (not isinstance(document, dict) or document.get("schema_version") != CACHE_SCHEMA_VERSION
+                or not isinstance(document.get("settings"), dict) or not isinstance(document.get("modalities"), list)):
+            log.warning("live_config.cache_ignored reason=unexpected_format")
+            return False
+        self._apply({"settings": document["settings"], "modalities": document["modalities"]}, "cache")
+        log.info("live_config.loaded source=cache saved_at=%s", str(document.get("saved_at", ""))[:32])
+        return True
+
+    def _write_cache(self, stored: dict[str, Any]) -> None:
+        if self._cache_path is None:
+            return
+        document = {"schema_version": CACHE_SCHEMA_VERSION, "saved_at": iso_utc(utc_now()), **stored}
+        try:
+            self._cache_path.parent.mkdir(parents=True, exist_ok=True)
+            handle, temporary = tempfile.mkstemp(prefix=".config-cache-", suffix=".tmp", dir=self._cache_path.parent)
+            try:
+                with os.fdopen(handle, "w", encoding="utf-8") as output:
+                    json.dump(document, output, indent=1, sort_keys=True)
+                    output.flush()
+                    os.fsync(output.fileno())
+                os.replace(temporary, self._cache_path)
+            except BaseException:
+                try:
+                    os.unlink(temporary)
+                except OSError:
+                    pass
+                raise
+        except OSError as exc:
+            log.warning("live_config.cache_not_written error=%s", exc.__class__.__name__)
+
+    def refresh_now(self) -> ConfigSnapshot:
+        """Read the database now; on failure keep (and return) the values in force."""
+        with self._refresh_lock:
+            self._last_refresh = time.monotonic()
+            try:
+                with self._sessions() as session:
+                    stored = {
+                        "settings": read_stored_settings(session),
+                        "modalities": [entry.model_dump(mode="json") for entry in load_modalities(session)],
+                    }
+            except SQLAlchemyError as exc:
+                self.refresh_failures += 1
+                if self._database_ok is not False:
+                    log.warning("live_config.database_unavailable keeping=%s error=%s",
+                                self._snapshot.source, exc.__class__.__name__)
+                    # The last good values must be on disk for a restart during the outage.
+                    if (self._stored is not None and self._cache_path is not None
+                            and not self._cache_path.exists()):
+                        self._write_cache(self._stored)
+                self._database_ok = False
+                return self._snapshot
+            if self._database_ok is False:
+                log.info("live_config.database_back")
+            self._database_ok = True
+            if stored != self._stored or self._snapshot.source != "database":
+                changed = stored != self._stored
+                self._apply(stored, "database")
+                if changed:
+                    self._write_cache(stored)
+            return self._snapshot
+
+    # ---- the refresh thread ---------------------------------------------------------------------------------
+
+    def start(self, first_load_timeout: float = 1.0) -> None:
+        """Apply the cache, start polling; wait up to ``first_load_timeout`` for the database's values."""
+        self.load_cache()
+        self._thread = threading.Thread(target=self._run, name="live-config", daemon=True)
+        self._thread.start()
+        self._first_refresh.wait(first_load_timeout)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.refresh_now()
+            except Exception:  # never let the refresher die: the service would stop seeing changes
+                log.exception("live_config.refresh_failed")
+            self._first_refresh.set()
+            self._stop.wait(self._interval)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)

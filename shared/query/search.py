@@ -1,0 +1,231 @@
+"""Run a query at one level: SQL for indexed keys, stored DICOM JSON for the others, computed keys on top.
+
+Used by C-FIND (and later QIDO-RS). The result is one dict per matching entity: keyword → value, where a value
+is text, a number, a list (multi-valued) or a DICOM JSON element (for keys answered from stored attributes).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from sqlalchemy import Select, and_, exists, func, select
+from sqlalchemy.orm import Session
+
+from shared.db.models import Instance, Patient, Series, Study
+from shared.query.levels import LEVELS, Key, keys_up_to
+from shared.query.matching import Matcher, parse_matcher
+
+
+class TooManyMatches(Exception):
+    """More entities match than the configured limit allows to return."""
+
+
+@dataclass
+class Query:
+    level: str
+    values: dict[str, Any]  # keyword → requested value (None or "" for universal matching)
+    limit: int = 10_000
+    requested: list[str] = field(default_factory=list)  # keywords to return (in order)
+
+
+def _listed(raw: Any) -> list[str]:
+    items = raw if isinstance(raw, (list, tuple)) else str(raw or "").split("\\")
+    return [str(item).strip() for item in items if str(item).strip() not in ("", "*")]
+
+
+def _join_to_level(level: str) -> Select[Any]:
+    if level == "PATIENT":
+        return select(Patient.pk).select_from(Patient)
+    if level == "STUDY":
+        return select(Study.pk).select_from(Study).join(Patient, Study.patient_fk == Patient.pk)
+    if level == "SERIES":
+        return (select(Series.pk).select_from(Series).join(Study, Series.study_fk == Study.pk)
+                .join(Patient, Study.patient_fk == Patient.pk))
+    return (select(Instance.pk).select_from(Instance).join(Series, Instance.series_fk == Series.pk)
+            .join(Study, Series.study_fk == Study.pk).join(Patient, Instance.patient_fk == Patient.pk))
+
+
+def _matcher_for(key: Key, raw: Any) -> Matcher:
+    if key.fold and isinstance(raw, str):
+        raw = raw.casefold()
+    return parse_matcher(raw, key.vr)
+
+
+def _vr_of(keyword: str) -> str:
+    tag = tag_for_keyword(keyword)
+    return str(dictionary_VR(tag)) if tag is not None else "UN"
+
+
+def matching_statement(level: str, values: dict[str, Any]) -> tuple[Select[Any], dict[str, Matcher]]:
+    """The pks of the entities of ``level`` that the indexed keys match, and the matchers left for the
+    keys outside the index (matched on stored attributes)."""
+    level_spec = LEVELS[level]
+    indexed = keys_up_to(level)
+    statement = _join_to_level(level)
+    json_matchers: dict[str, Matcher] = {}
+    for keyword, raw in values.items():
+        if keyword in indexed:
+            key = indexed[keyword]
+            matcher = _matcher_for(key, raw)
+            if matcher.kind != "universal":
+                statement = statement.where(matcher.condition(key.matched, key.vr))
+        elif keyword == "ModalitiesInStudy" and level == "STUDY":
+            wanted = _listed(raw)  # list matching: a study matches if it has any of these modalities
+            if wanted:
+                statement = statement.where(exists().where(and_(Series.study_fk == Study.pk,
+                                                                 Series.modality.in_(wanted))))
+        elif keyword not in level_spec.computed_keys and keyword != "QueryRetrieveLevel":
+            matcher = parse_matcher(raw, _vr_of(keyword))
+            if matcher.kind != "universal":
+                json_matchers[keyword] = matcher
+    return statement, json_matchers
+
+
+def run_query(session: Session, query: Query) -> list[dict[str, Any]]:
+    level = LEVELS[query.level]
+    indexed = keys_up_to(query.level)
+    statement, json_matchers = matching_statement(query.level, query.values)
+    fetch = None if json_matchers else query.limit + 1
+    pks = list(session.scalars(statement.order_by(level.table.pk).limit(fetch)))
+    rows = _rows(session, query.level, pks)
+    needs_json = json_matchers or any(
+        keyword not in indexed and keyword not in level.computed_keys for keyword in query.requested)
+    if needs_json:
+        documents = _representative_documents(session, query.level, pks)
+        for row in rows:
+            row["_attributes"] = documents.get(row["_pk"], {})
+        rows = [row for row in rows if all(_json_matches(row["_attributes"], keyword, matcher)
+                                           for keyword, matcher in json_matchers.items())]
+    if len(rows) > query.limit:
+        raise TooManyMatches(f"more than {query.limit} matches")
+    _add_computed(session, query.level, rows, set(query.requested) & level.computed_keys)
+    return rows
+
+
+def _rows(session: Session, level: str, pks: list[int]) -> list[dict[str, Any]]:
+    if not pks:
+        return []
+    keys = keys_up_to(level)
+    columns = [key.column.label(key.keyword) for key in keys.values()]
+    statement = _join_to_level(level).add_columns(*columns)
+    table = LEVELS[level].table
+    rows: dict[int, dict[str, Any]] = {}
+    for chunk in _chunks(pks, 5000):
+        for row in session.execute(statement.where(table.pk.in_(chunk))):
+            mapping = dict(row._mapping)
+            mapping["_pk"] = mapping.pop("pk")
+            rows[mapping["_pk"]] = mapping
+    return [rows[pk] for pk in pks if pk in rows]
+
+
+def _chunks(items: list[int], size: int) -> Iterable[list[int]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _representative_documents(session: Session, level: str, pks: list[int]) -> dict[int, dict[str, Any]]:
+    """For each entity, the stored attributes of its first instance (the instance itself at IMAGE level)."""
+    if not pks:
+        return {}
+    owner = {
+        "PATIENT": Instance.patient_fk,
+        "STUDY": Series.study_fk,
+        "SERIES": Instance.series_fk,
+        "IMAGE": Instance.pk,
+    }[level]
+    first = select(owner.label("owner"), func.min(Instance.pk).label("instance_pk")).select_from(Instance)
+    if level == "STUDY":
+        first = first.join(Series, Instance.series_fk == Series.pk)
+    documents: dict[int, dict[str, Any]] = {}
+    for chunk in _chunks(pks, 5000):
+        firsts = first.where(owner.in_(chunk)).group_by(owner).subquery()
+        statement = select(firsts.c.owner, Instance.attributes).join(Instance, Instance.pk == firsts.c.instance_pk)
+        for owner_pk, attributes in session.execute(statement):
+            documents[owner_pk] = attributes or {}
+    return documents
+
+
+def json_element(attributes: dict[str, Any], keyword: str) -> dict[str, Any] | None:
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        return None
+    element: dict[str, Any] | None = attributes.get(f"{tag:08X}")
+    return element
+
+
+def _json_text(element: dict[str, Any] | None) -> list[str]:
+    if not element:
+        return []
+    values = element.get("Value") or []
+    texts = []
+    for value in values:
+        if isinstance(value, dict):  # person name
+            texts.append("=".join(value.get(group, "") for group in ("Alphabetic", "Ideographic", "Phonetic"))
+                         .rstrip("="))
+        else:
+            texts.append(str(value))
+    return texts
+
+
+def _json_matches(attributes: dict[str, Any], keyword: str, matcher: Matcher) -> bool:
+    texts = _json_text(json_element(attributes, keyword))
+    vr = _vr_of(keyword)
+    if not texts:
+        return False
+    return any(matcher.matches_text(text, vr) for text in texts)
+
+
+def _add_computed(session: Session, level: str, rows: list[dict[str, Any]], wanted: set[str]) -> None:
+    if not rows or not wanted:
+        return
+    pks = [row["_pk"] for row in rows]
+    values: dict[str, dict[int, Any]] = defaultdict(dict)
+    if level == "PATIENT":
+        if "NumberOfPatientRelatedStudies" in wanted:
+            values["NumberOfPatientRelatedStudies"] = _counts(
+                session, select(Study.patient_fk, func.count(Study.pk)).group_by(Study.patient_fk), Study.patient_fk, pks)
+        if "NumberOfPatientRelatedSeries" in wanted:
+            values["NumberOfPatientRelatedSeries"] = _counts(session, select(Study.patient_fk, func.count(Series.pk))
+                .join(Series, Series.study_fk == Study.pk).group_by(Study.patient_fk), Study.patient_fk, pks)
+        if "NumberOfPatientRelatedInstances" in wanted:
+            values["NumberOfPatientRelatedInstances"] = _counts(session, select(
+                Instance.patient_fk, func.count(Instance.pk)).group_by(Instance.patient_fk), Instance.patient_fk, pks)
+    elif level == "STUDY":
+        if "NumberOfStudyRelatedSeries" in wanted:
+            values["NumberOfStudyRelatedSeries"] = _counts(
+                session, select(Series.study_fk, func.count(Series.pk)).group_by(Series.study_fk), Series.study_fk, pks)
+        if "NumberOfStudyRelatedInstances" in wanted:
+            values["NumberOfStudyRelatedInstances"] = _counts(session, select(Series.study_fk, func.count(Instance.pk))
+                .join(Instance, Instance.series_fk == Series.pk).group_by(Series.study_fk), Series.study_fk, pks)
+        if "ModalitiesInStudy" in wanted:
+            values["ModalitiesInStudy"] = _distinct(
+                session, select(Series.study_fk, Series.modality).distinct(), Series.study_fk, pks)
+        if "SOPClassesInStudy" in wanted:
+            values["SOPClassesInStudy"] = _distinct(session, select(Series.study_fk, Instance.sop_class_uid)
+                .join(Instance, Instance.series_fk == Series.pk).distinct(), Series.study_fk, pks)
+    elif level == "SERIES" and "NumberOfSeriesRelatedInstances" in wanted:
+        values["NumberOfSeriesRelatedInstances"] = _counts(session, select(
+            Instance.series_fk, func.count(Instance.pk)).group_by(Instance.series_fk), Instance.series_fk, pks)
+    for row in rows:
+        for keyword, by_pk in values.items():
+            row[keyword] = by_pk.get(row["_pk"], [] if keyword in ("ModalitiesInStudy", "SOPClassesInStudy") else 0)
+
+
+def _counts(session: Session, statement: Select[Any], owner: Any, pks: list[int]) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for chunk in _chunks(pks, 5000):
+        counts.update({owner_pk: int(count) for owner_pk, count in session.execute(statement.where(owner.in_(chunk)))})
+    return counts
+
+
+def _distinct(session: Session, statement: Select[Any], owner: Any, pks: list[int]) -> dict[int, list[str]]:
+    found: dict[int, list[str]] = defaultdict(list)
+    for chunk in _chunks(pks, 5000):
+        for owner_pk, value in session.execute(statement.where(owner.in_(chunk))):
+            if value:
+                found[owner_pk].append(value)
+    return {owner_pk: sorted(values) for owner_pk, values in found.items()}

@@ -1,0 +1,97 @@
+"""A workstation queries the node with dcmtk's findscu (Study Root and Patient Root)."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import CTImageStorage, MRImageStorage, generate_uid
+
+from tests.factory import SampleFile, make_image, save
+from tests.node import Node
+from tests.peers import dcmtk_env, dcmtk_tool, push_files
+
+WORKSTATION = "WORKSTATION"
+
+
+def findscu(node: Node, workdir: Path, keys: dict[str, str], model: str = "-S",
+            calling_aet: str = WORKSTATION) -> tuple[subprocess.CompletedProcess[str], list[Dataset]]:
+    out = workdir / f"find-{len(list(workdir.glob('find-*')))}"
+    out.mkdir(parents=True)
+    command = [dcmtk_tool("findscu"), "-v", model, "-aet", calling_aet, "-aec", node.ae_title, "-X", "-od", str(out)]
+    for keyword, value in keys.items():
+        command += ["-k", f"{keyword}={value}" if value else keyword]
+    command += ["127.0.0.1", str(node.dicom_port)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, env=dcmtk_env())
+    return result, [pydicom.dcmread(path) for path in sorted(out.glob("rsp*.dcm"))]
+
+
+@pytest.fixture
+def archive(embedded_node: Node, tmp_path: Path) -> Iterator[Node]:
+    registered = httpx.put(f"{embedded_node.api}/api/modalities/workstation", json={
+        "ae_title": WORKSTATION, "host": "127.0.0.1", "port": 104, "allow": ["echo", "find"]}, timeout=10)
+    assert registered.status_code in (200, 201), registered.text
+    study, other = generate_uid(), generate_uid()
+    series = generate_uid()
+    datasets = [make_image(CTImageStorage, study, series, patient_id="P-1", patient_name="Müller^Jürgen",
+                           charset="ISO_IR 100", instance_number=n + 1) for n in range(3)]
+    for dataset in datasets:
+        dataset.StudyDate = "20240110"
+    datasets.append(make_image(MRImageStorage, other, patient_id="P-2", patient_name="Doe^John"))
+    datasets[-1].StudyDate = "20250301"
+    files = [SampleFile(save(ds, tmp_path / f"{ds.SOPInstanceUID}.dcm"), "1.2.840.10008.1.2.1", ds.SOPInstanceUID)
+             for ds in datasets]
+    push_files(embedded_node.dicom_port, files)
+    embedded_node.wait_indexed(4)
+    embedded_node.study_uid = study  # type: ignore[attr-defined]
+    yield embedded_node
+
+
+def test_study_level_query_returns_the_requested_keys_and_computed_counts(archive: Node, tmp_path: Path) -> None:
+    result, responses = findscu(archive, tmp_path, {
+        "QueryRetrieveLevel": "STUDY", "PatientID": "P-1", "PatientName": "", "StudyInstanceUID": "",
+        "NumberOfStudyRelatedInstances": "", "ModalitiesInStudy": "", "InstitutionName": ""})
+    assert result.returncode == 0, result.stderr
+    assert len(responses) == 1
+    [study] = responses
+    assert study.StudyInstanceUID == archive.study_uid  # type: ignore[attr-defined]
+    assert str(study.PatientName) == "Müller^Jürgen"
+    assert study.NumberOfStudyRelatedInstances == 3
+    assert study.ModalitiesInStudy == "CT"
+    assert "InstitutionName" in study and not study.InstitutionName
+    assert "StudyDate" not in study  # only what was asked
+
+
+def test_patient_name_is_case_insensitive_and_a_utf8_answer_says_so(archive: Node, tmp_path: Path) -> None:
+    _, responses = findscu(archive, tmp_path, {"QueryRetrieveLevel": "PATIENT", "PatientName": "müller*",
+                                               "SpecificCharacterSet": "ISO_IR 192"}, model="-P")
+    assert [str(r.PatientName) for r in responses] == ["Müller^Jürgen"]
+    assert responses[0].SpecificCharacterSet == "ISO_IR 192"
+
+
+def test_image_level_and_date_range(archive: Node, tmp_path: Path) -> None:
+    _, images = findscu(archive, tmp_path, {"QueryRetrieveLevel": "IMAGE",
+                                            "StudyInstanceUID": archive.study_uid,  # type: ignore[attr-defined]
+                                            "SOPInstanceUID": "", "InstanceNumber": ""})
+    assert sorted(int(image.InstanceNumber) for image in images) == [1, 2, 3]
+    _, studies = findscu(archive, tmp_path, {"QueryRetrieveLevel": "STUDY", "StudyDate": "20250101-",
+                                             "PatientID": ""})
+    assert [study.PatientID for study in studies] == ["P-2"]
+
+
+def test_a_level_outside_the_model_is_refused(archive: Node, tmp_path: Path) -> None:
+    result, responses = findscu(archive, tmp_path, {"QueryRetrieveLevel": "PATIENT", "PatientID": ""}, model="-S")
+    assert responses == []
+    assert "Final Find Response (Error: DataSetDoesNotMatchSOPClass)" in result.stdout + result.stderr  # 0xA900
+
+
+def test_an_unregistered_caller_may_not_query(archive: Node, tmp_path: Path) -> None:
+    result, responses = findscu(archive, tmp_path, {"QueryRetrieveLevel": "STUDY", "PatientID": ""},
+                                calling_aet="STRANGER")
+    assert responses == []
+    assert "Final Find Response (Unknown Status: 0x124)" in result.stdout + result.stderr  # Refused: Not Authorized

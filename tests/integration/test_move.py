@@ -1,0 +1,113 @@
+"""A workstation moves studies to a destination AE (dcmtk movescu → the node's mover → dcmtk storescp)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from pydicom.uid import CTImageStorage, generate_uid
+
+from tests.factory import SampleFile, dataset_start, make_image, save
+from tests.node import Node, free_port, port_accepts, wait_until
+from tests.peers import dcmtk_env, dcmtk_tool, push_files
+
+WORKSTATION = "WORKSTATION"
+
+
+class StoreScp:
+    """dcmtk's storescp as a move destination, keeping what it receives bit for bit."""
+
+    def __init__(self, workdir: Path, ae_title: str = "DEST") -> None:
+        self.ae_title = ae_title
+        self.port = free_port()
+        self.out = workdir / f"received-{ae_title}"
+        self.out.mkdir(parents=True)
+        self.log = workdir / f"storescp-{ae_title}.log"
+        with open(self.log, "w") as output:
+            self.process = subprocess.Popen(
+                [dcmtk_tool("storescp"), "-d", "+B", "+xa", "-aet", ae_title, "-od", str(self.out), str(self.port)],
+                stdout=output, stderr=subprocess.STDOUT, env=dcmtk_env())
+        wait_until(lambda: port_accepts(self.port), 10, "storescp")
+
+    def received(self) -> dict[str, bytes]:
+        found = {}
+        for path in self.out.iterdir():
+            data = path.read_bytes()
+            found[path.name.split(".", 1)[1]] = data[dataset_start(data):]
+        return found
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+def movescu(node: Node, destination: str, keys: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    command = [dcmtk_tool("movescu"), "-v", "-S", "-aet", WORKSTATION, "-aec", node.ae_title, "-aem", destination]
+    for keyword, value in keys.items():
+        command += ["-k", f"{keyword}={value}"]
+    command += ["127.0.0.1", str(node.dicom_port)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, env=dcmtk_env())
+
+
+def register(node: Node, name: str, ae_title: str, port: int, allow: list[str]) -> None:
+    response = httpx.put(f"{node.api}/api/modalities/{name}", timeout=10, json={
+        "ae_title": ae_title, "host": "127.0.0.1", "port": port, "allow": allow})
+    assert response.status_code in (200, 201), response.text
+
+
+@pytest.fixture
+def destination(tmp_path: Path) -> Iterator[StoreScp]:
+    receiver = StoreScp(tmp_path)
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture
+def archive(embedded_node: Node, tmp_path: Path, destination: StoreScp) -> Node:
+    register(embedded_node, "workstation", WORKSTATION, 104, ["echo", "find", "move"])
+    register(embedded_node, "destination", destination.ae_title, destination.port, ["store"])
+    study, series = generate_uid(), generate_uid()
+    datasets = [make_image(CTImageStorage, study, series, patient_id="P-MOVE", instance_number=n + 1)
+                for n in range(12)]
+    files = [SampleFile(save(ds, tmp_path / f"{ds.SOPInstanceUID}.dcm"), "1.2.840.10008.1.2.1", ds.SOPInstanceUID)
+             for ds in datasets]
+    push_files(embedded_node.dicom_port, files)
+    embedded_node.wait_indexed(12)
+    embedded_node.study_uid = study  # type: ignore[attr-defined]
+    return embedded_node
+
+
+def test_a_study_moves_to_the_destination_byte_identical_and_as_the_nodes_ae_title(
+    archive: Node, destination: StoreScp
+) -> None:
+    result = movescu(archive, destination.ae_title, {"QueryRetrieveLevel": "STUDY",
+                                                      "StudyInstanceUID": archive.study_uid})  # type: ignore[attr-defined]
+    output = result.stdout + result.stderr
+    assert "Received Final Move Response (Success)" in output, output
+    received = destination.received()
+    assert len(received) == 12
+    for sop_uid, dataset in received.items():
+        info = archive.get(f"/api/instances/{sop_uid}").json()
+        stored = (archive.data_dir / "objects" / info["study_instance_uid"] / info["series_instance_uid"]
+                  / f"{sop_uid}.dcm").read_bytes()
+        assert dataset == stored[dataset_start(stored):]
+    calling = re.findall(r"Calling Application Name:[ \t]+(\S+)", destination.log.read_text())
+    assert calling and set(calling) == {"PACS"}  # sub-operations use the node's own AE title
+
+
+def test_a_move_that_matches_nothing_succeeds_with_no_suboperations(archive: Node, destination: StoreScp) -> None:
+    for keys in ({"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": "1.2.3.4.5.6.7.8.9"},
+                 {"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": ""}):
+        result = movescu(archive, destination.ae_title, keys)
+        assert "Received Final Move Response (Success)" in result.stdout + result.stderr
+    assert destination.received() == {}
+
+
+def test_an_unknown_destination_gets_a801(archive: Node) -> None:
+    result = movescu(archive, "NOWHERE", {"QueryRetrieveLevel": "STUDY",
+                                          "StudyInstanceUID": archive.study_uid})  # type: ignore[attr-defined]
+    assert "Received Final Move Response (Refused: MoveDestinationUnknown)" in result.stdout + result.stderr

@@ -1,0 +1,83 @@
+"""Indexing is idempotent, audits conflicts, and sends what it cannot index to the dead-letter list."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydicom.uid import generate_uid
+from sqlalchemy import func, select
+
+from services.indexer.indexing import index_events
+from shared.db.models import AuditEvent, DeadLetter, Instance, Patient
+from shared.events import InstanceStored, Reception, utc_now
+from shared.runtime import Runtime
+from tests.archive import ingest, open_archive
+from tests.factory import make_image
+
+
+@pytest.fixture
+def runtime(tmp_path: Path) -> Iterator[Runtime]:
+    archive = open_archive(tmp_path)
+    yield archive
+    archive.close()
+
+
+def count(runtime: Runtime, model: object) -> int:
+    with runtime.sessions() as session:
+        return int(session.scalar(select(func.count()).select_from(model)) or 0)  # type: ignore[arg-type]
+
+
+def stored_event(runtime: Runtime, key: str, data: bytes, sop_uid: str) -> InstanceStored:
+    sha256 = hashlib.sha256(data).hexdigest()
+    runtime.store.put_new(key, data, sha256)
+    event = InstanceStored(
+        sop_instance_uid=sop_uid, sop_class_uid="1.2.840.10008.5.1.4.1.1.2", study_instance_uid="1.2.3",
+        series_instance_uid="1.2.3.4", transfer_syntax="1.2.840.10008.1.2.1", object_key=key, size=len(data),
+        sha256=sha256, reception=Reception(remote_aet="M", called_aet="PACS", remote_ip="127.0.0.1",
+                                           received_at=utc_now()))
+    runtime.ledger.record(event)
+    return event
+
+
+def test_indexing_the_same_instances_twice_adds_nothing(runtime: Runtime) -> None:
+    study = generate_uid()
+    datasets = [make_image(study_uid=study, instance_number=n) for n in range(5)]
+    ingest(runtime, datasets)
+    ingest(runtime, datasets)
+    assert count(runtime, Instance) == 5 and count(runtime, Patient) == 1
+
+
+def test_an_object_that_cannot_be_parsed_goes_to_the_dead_letter_list_and_leaves_the_queue(runtime: Runtime) -> None:
+    event = stored_event(runtime, "1.2.3/1.2.3.4/1.2.3.4.5.dcm", b"\x00" * 128 + b"DICM" + b"garbage" * 10,
+                         "1.2.3.4.5")
+    assert runtime.ledger.count() == 1
+
+    result = index_events(runtime, [event])
+
+    assert (result.indexed, result.dead_lettered) == (0, 1)
+    assert count(runtime, DeadLetter) == 1 and count(runtime, Instance) == 0
+    assert runtime.ledger.count() == 0
+
+
+def test_a_good_instance_beside_a_bad_one_is_still_indexed(runtime: Runtime) -> None:
+    bad = stored_event(runtime, "1.2.3/1.2.3.4/1.2.3.4.6.dcm", b"not dicom at all", "1.2.3.4.6")
+    ingest(runtime, [make_image()])
+    result = index_events(runtime, [bad])
+    assert result.dead_lettered == 1
+    assert count(runtime, Instance) == 1
+
+
+def test_a_study_arriving_under_another_patient_id_is_kept_apart_and_audited(runtime: Runtime) -> None:
+    study = generate_uid()
+    ingest(runtime, [make_image(study_uid=study, patient_id="FIRST")])
+    ingest(runtime, [make_image(study_uid=study, patient_id="SECOND")])
+
+    with runtime.sessions() as session:
+        patients = sorted(session.scalars(select(Patient.patient_id).join(
+            Instance, Instance.patient_fk == Patient.pk)))
+        actions = list(session.scalars(select(AuditEvent.action)))
+    assert patients == ["FIRST", "SECOND"]  # each instance keeps its own patient
+    assert actions == ["patient_conflict"]
