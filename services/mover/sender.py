@@ -83,6 +83,59 @@ def _local_file(store: ObjectStore, key: str, spool_dir: Path) -> Iterator[Path]
         os.unlink(name)
 
 
+def accepted_syntaxes(association: Any, as_scu_only: bool = False) -> dict[str, set[str]]:
+    """SOP class → transfer syntaxes we may send it in on this association."""
+    accepted: dict[str, set[str]] = {}
+    for context in association.accepted_contexts:
+        if as_scu_only and not context.as_scu:
+            continue
+        accepted.setdefault(str(context.abstract_syntax), set()).add(str(context.transfer_syntax[0]))
+    return accepted
+
+
+def send_item(association: Any, accepted: dict[str, set[str]], store: ObjectStore, item: Item, spool_dir: Path,
+              message_id: int = 1) -> tuple[str, str]:
+    """One C-STORE sub-operation on ``association``: (outcome, reason)."""
+    syntaxes = accepted.get(item.sop_class_uid, set())
+    if not syntaxes:
+        return SendOutcome.FAILED, "the destination accepted no context for the SOP class"
+    try:
+        with _local_file(store, item.object_key, spool_dir) as path:
+            if item.transfer_syntax in syntaxes:
+                answer = association.send_c_store(path, msg_id=message_id)
+            else:
+                dataset = _decoded_for(path, syntaxes)
+                if dataset is None:
+                    return SendOutcome.FAILED, "cannot transcode to a syntax the destination accepts"
+                answer = association.send_c_store(dataset, msg_id=message_id)
+    except StorageError:
+        return SendOutcome.FAILED, "object store unavailable"
+    except (OSError, ValueError, AttributeError, RuntimeError) as exc:
+        return SendOutcome.FAILED, f"sending failed ({exc.__class__.__name__})"
+    status = int(answer.Status) if answer is not None and "Status" in answer else None
+    if status is None:
+        return SendOutcome.FAILED, "no response from the destination"
+    if status in SUCCESS_STATUSES:
+        return SendOutcome.COMPLETED, ""
+    if status in WARNING_STATUSES:
+        return SendOutcome.WARNING, f"destination answered 0x{status:04X}"
+    return SendOutcome.FAILED, f"destination answered 0x{status:04X}"
+
+
+def _decoded_for(path: Path, accepted: set[str]) -> pydicom.Dataset | None:
+    """The object decoded for an uncompressed syntax the destination accepts (pynetdicom re-encodes it)."""
+    if not any(ts in accepted for ts in UNCOMPRESSED):
+        return None
+    try:
+        dataset = pydicom.dcmread(path)
+        if dataset.file_meta.TransferSyntaxUID.is_compressed:
+            dataset.decompress()  # needs a pixel data decoder for that syntax; raises when none can
+    except Exception as exc:
+        log.warning("mover.transcode_failed error=%s", exc.__class__.__name__)
+        return None
+    return dataset
+
+
 class StoreSender:
     """One association to one destination; ``send`` makes one C-STORE sub-operation."""
 
@@ -97,9 +150,7 @@ class StoreSender:
                                                evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)])
         if not self._association.is_established:
             raise DestinationUnreachable("association with the destination was not established")
-        self._accepted: dict[str, set[str]] = {}
-        for context in self._association.accepted_contexts:
-            self._accepted.setdefault(str(context.abstract_syntax), set()).add(str(context.transfer_syntax[0]))
+        self._accepted = accepted_syntaxes(self._association)
 
     def close(self) -> None:
         if self._association.is_established:
@@ -110,42 +161,4 @@ class StoreSender:
         return bool(self._association.is_established)
 
     def send(self, item: Item) -> tuple[str, str]:
-        """(outcome, reason) of one C-STORE sub-operation."""
-        accepted = self._accepted.get(item.sop_class_uid, set())
-        if not accepted:
-            return SendOutcome.FAILED, "destination refused the SOP class"
-        try:
-            with _local_file(self._store, item.object_key, self._spool_dir) as path:
-                if item.transfer_syntax in accepted:
-                    answer = self._association.send_c_store(path)
-                else:
-                    dataset = self._transcoded(path, accepted)
-                    if dataset is None:
-                        return SendOutcome.FAILED, "cannot transcode to a syntax the destination accepts"
-                    answer = self._association.send_c_store(dataset)
-        except StorageError:
-            return SendOutcome.FAILED, "object store unavailable"
-        except (OSError, ValueError, AttributeError, RuntimeError) as exc:
-            return SendOutcome.FAILED, f"sending failed ({exc.__class__.__name__})"
-        status = int(answer.Status) if answer is not None and "Status" in answer else None
-        if status is None:
-            return SendOutcome.FAILED, "no response from the destination"
-        if status in SUCCESS_STATUSES:
-            return SendOutcome.COMPLETED, ""
-        if status in WARNING_STATUSES:
-            return SendOutcome.WARNING, f"destination answered 0x{status:04X}"
-        return SendOutcome.FAILED, f"destination answered 0x{status:04X}"
-
-    @staticmethod
-    def _transcoded(path: Path, accepted: set[str]) -> pydicom.Dataset | None:
-        """The object decoded for an uncompressed syntax the destination accepts (pynetdicom re-encodes it)."""
-        if not any(ts in accepted for ts in UNCOMPRESSED):
-            return None
-        try:
-            dataset = pydicom.dcmread(path)
-            if dataset.file_meta.TransferSyntaxUID.is_compressed:
-                dataset.decompress()  # needs a pixel data decoder for that syntax; raises when none can
-        except Exception as exc:
-            log.warning("mover.transcode_failed error=%s", exc.__class__.__name__)
-            return None
-        return dataset
+        return send_item(self._association, self._accepted, self._store, item, self._spool_dir)

@@ -2,9 +2,8 @@
 
 pynetdicom's own C-MOVE service would send the sub-operations from this process. Ours hands them to the mover
 (any replica, possibly on another machine) and answers with pending responses as the job's counters move,
-then the final response once every sub-operation has finished (PS3.4 C.4.2):
-0x0000 all completed; 0xB000 finished with failures or warnings (Failed SOP Instance UID List given);
-0xA702 every sub-operation failed; 0xFE00 cancelled (C-CANCEL); 0xA801 unknown move destination;
+then the final response once every sub-operation has finished (statuses in services.scp.retrieval), or:
+0xA801 unknown move destination;
 0xA900 a level the information model does not have; 0xC000 the index or the queue cannot be reached;
 0x0124 the caller may not move. A request that matches nothing: 0x0000 with zero sub-operations.
 """
@@ -14,12 +13,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from io import BytesIO
 from typing import Any
 
-from pydicom.dataset import Dataset
 from pynetdicom.dimse_primitives import C_MOVE
-from pynetdicom.dsutils import decode, encode
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelMove,
     StudyRootQueryRetrieveInformationModelMove,
@@ -27,7 +23,15 @@ from pynetdicom.sop_class import (
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.scp.find import requested_values
+from services.scp.retrieval import (
+    NOT_AUTHORIZED,
+    SUCCESS,
+    UNABLE_TO_PROCESS,
+    BadRequest,
+    Responder,
+    decode_request,
+    final_status,
+)
 from shared.jobs import Destination, Progress, create_job, fail_unfinished, progress, request_cancel
 from shared.live_config import LiveConfig
 from shared.node_config import ModalityEntry
@@ -39,13 +43,8 @@ MOVE_MODELS = {
     PatientRootQueryRetrieveInformationModelMove: ("PATIENT", "STUDY", "SERIES", "IMAGE"),
     StudyRootQueryRetrieveInformationModelMove: ("STUDY", "SERIES", "IMAGE"),
 }
-PENDING, SUCCESS, CANCELLED = 0xFF00, 0x0000, 0xFE00
-WARNING_SUBOPERATIONS_FAILED = 0xB000
-ALL_SUBOPERATIONS_FAILED = 0xA702
 UNKNOWN_DESTINATION = 0xA801
 IDENTIFIER_DOES_NOT_MATCH = 0xA900
-UNABLE_TO_PROCESS = 0xC000
-NOT_AUTHORIZED = 0x0124
 POLL_SECONDS = 0.1
 STALL_SECONDS = 120.0  # no progress for this long (mover down): the rest of the sub-operations fail
 
@@ -70,21 +69,15 @@ class MoveService:
     def serve(self, assoc: Any, request: C_MOVE, context_id: int) -> None:
         """Answer one C-MOVE request on ``assoc`` (called from the association's reactor thread)."""
         context = next(cx for cx in assoc.accepted_contexts if cx.context_id == context_id)
-        answer = _Responder(assoc, request, context_id, context.transfer_syntax[0])
+        answer = Responder(assoc, request, context_id, context.transfer_syntax[0])
         calling = str(assoc.requestor.ae_title).strip()
         if not self._permits(calling, "move"):
             log.warning("move.refused reason=not_allowed")
             answer.final(NOT_AUTHORIZED)
             return
         try:
-            identifier = decode(request.Identifier, context.transfer_syntax[0].is_implicit_VR,
-                                context.transfer_syntax[0].is_little_endian,
-                                context.transfer_syntax[0].is_deflated)
-            level = str(identifier.get("QueryRetrieveLevel", "")).strip().upper()
-        except Exception:
-            answer.final(IDENTIFIER_DOES_NOT_MATCH)
-            return
-        if level not in MOVE_MODELS.get(str(context.abstract_syntax), ()):
+            level, values = decode_request(context, request, MOVE_MODELS.get(str(context.abstract_syntax), ()))
+        except BadRequest:
             answer.final(IDENTIFIER_DOES_NOT_MATCH)
             return
         target = str(request.MoveDestination or "").strip()
@@ -95,7 +88,6 @@ class MoveService:
             return
         destination = Destination(entry.ae_title, entry.host, entry.port,
                                   entry.local_ae_title or self._node_ae_title)
-        values, _ = requested_values(identifier)
         try:
             with self._sessions.begin() as session:
                 items = instances_to_retrieve(session, level, values)
@@ -118,7 +110,7 @@ class MoveService:
         log.info("move.queued job=%s suboperations=%d", job_id, len(items))
         self._relay(assoc, answer, request, job_id)
 
-    def _relay(self, assoc: Any, answer: "_Responder", request: C_MOVE, job_id: str) -> None:
+    def _relay(self, assoc: Any, answer: Responder, request: C_MOVE, job_id: str) -> None:
         last: Progress | None = None
         last_change = time.monotonic()
         cancel_sent = False
@@ -148,7 +140,7 @@ class MoveService:
                 with self._sessions() as session:
                     done = progress(session, job_id, with_failed_uids=True)
                 assert done is not None
-                answer.final(_final_status(done), done)
+                answer.final(final_status(done), done)
                 return
             if not assoc.is_established or assoc.acse.is_aborted() or not assoc.dul.is_alive():
                 with self._sessions.begin() as session:
@@ -156,46 +148,3 @@ class MoveService:
                 return
 
 
-def _final_status(done: Progress) -> int:
-    if done.state == "cancelled":
-        return CANCELLED
-    if done.failed and not done.completed and not done.warning:
-        return ALL_SUBOPERATIONS_FAILED
-    if done.failed or done.warning:
-        return WARNING_SUBOPERATIONS_FAILED
-    return SUCCESS
-
-
-class _Responder:
-    """Builds and sends the C-MOVE responses of one request."""
-
-    def __init__(self, assoc: Any, request: C_MOVE, context_id: int, transfer_syntax: Any) -> None:
-        self._assoc = assoc
-        self._request = request
-        self._context_id = context_id
-        self._syntax = transfer_syntax
-
-    def _response(self, status: int, counts: Progress | None) -> C_MOVE:
-        response = C_MOVE()
-        response.MessageIDBeingRespondedTo = self._request.MessageID
-        response.AffectedSOPClassUID = self._request.AffectedSOPClassUID
-        response.Status = status
-        if counts is not None:
-            if status == PENDING or status == CANCELLED:
-                response.NumberOfRemainingSuboperations = counts.remaining
-            response.NumberOfCompletedSuboperations = counts.completed
-            response.NumberOfFailedSuboperations = counts.failed
-            response.NumberOfWarningSuboperations = counts.warning
-            if counts.failed_uids and status != PENDING:
-                failed = Dataset()
-                failed.FailedSOPInstanceUIDList = counts.failed_uids
-                encoded = encode(failed, self._syntax.is_implicit_VR, self._syntax.is_little_endian,
-                                 self._syntax.is_deflated)
-                response.Identifier = BytesIO(encoded)
-        return response
-
-    def pending(self, counts: Progress) -> None:
-        self._assoc.dimse.send_msg(self._response(PENDING, counts), self._context_id)
-
-    def final(self, status: int, counts: Progress | None = None) -> None:
-        self._assoc.dimse.send_msg(self._response(status, counts), self._context_id)

@@ -1,5 +1,5 @@
 """The DICOM listener: Verification, every storage SOP class in every transfer syntax pynetdicom knows,
-and Query/Retrieve (Patient Root and Study Root: C-FIND, C-MOVE)."""
+and Query/Retrieve (Patient Root and Study Root: C-FIND, C-MOVE, C-GET)."""
 
 from __future__ import annotations
 
@@ -15,12 +15,14 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, evt
-from pynetdicom.dimse_primitives import C_MOVE
+from pynetdicom.dimse_primitives import C_GET, C_MOVE
 from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
     PatientRootQueryRetrieveInformationModelMove,
     StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
@@ -29,6 +31,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from services.scp import statuses
 from services.scp.access import ASSOCIATION_CEILING, AccessPolicy, AuditBuffer
 from services.scp.find import FindService
+from services.scp.get import GetService
 from services.scp.move import MoveService
 from services.scp.publisher import EventPublisher
 from services.scp.sockets import LowLatencyRequestHandler
@@ -45,21 +48,26 @@ QUERY_RETRIEVE_MODELS = (
     StudyRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelMove,
     StudyRootQueryRetrieveInformationModelMove,
+    PatientRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelGet,
 )
 QUERY_TRANSFER_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian,
                            DeflatedExplicitVRLittleEndian]
 
 
-def _context(abstract_syntax: str, transfer_syntaxes: list[str]) -> PresentationContext:
+def _context(abstract_syntax: str, transfer_syntaxes: list[str], both_roles: bool = False) -> PresentationContext:
     context = PresentationContext()
     context.abstract_syntax = abstract_syntax
     context.transfer_syntax = list(transfer_syntaxes)
+    if both_roles:  # a C-GET requester proposes the SCP role for storage: accept it (role selection)
+        context.scu_role, context.scp_role = True, True
     return context
 
 
 def supported_contexts() -> list[PresentationContext]:
-    storage = [Verification] + [c.abstract_syntax for c in AllStoragePresentationContexts]
-    return ([_context(uid, ALL_TRANSFER_SYNTAXES) for uid in storage]
+    storage = [c.abstract_syntax for c in AllStoragePresentationContexts]
+    return ([_context(Verification, ALL_TRANSFER_SYNTAXES)]
+            + [_context(uid, ALL_TRANSFER_SYNTAXES, both_roles=True) for uid in storage]
             + [_context(uid, QUERY_TRANSFER_SYNTAXES) for uid in QUERY_RETRIEVE_MODELS])
 
 
@@ -78,6 +86,9 @@ class ScpServer:
         self.publisher = EventPublisher(self._send_batch, max_batch=settings.indexer_batch_size)
         self.store_service = StoreService(runtime.store, runtime.ledger, self.publisher)
         self.find_service = FindService(runtime.sessions, settings.find_result_limit)
+        spool_dir = settings.data_dir.resolve() / "spool"
+        spool_dir.mkdir(parents=True, exist_ok=True)
+        self.get_service = GetService(runtime.sessions, runtime.store, self.access.permits, spool_dir)
         self.move_service = MoveService(runtime.sessions, live_config, self.access.permits, settings.ae_title,
                                         self._publish_job)
         self.ae = AE(ae_title=settings.ae_title)
@@ -96,12 +107,14 @@ class ScpServer:
         self.runtime.celery.send_task(RUN_JOB_TASK, args=[job_id], retry=False)
 
     def _route_requests(self, assoc: Any) -> None:
-        """C-MOVE goes to our own service (the mover sends); everything else to pynetdicom's."""
+        """C-MOVE (sent by the mover) and C-GET go to our own services; everything else to pynetdicom's."""
         serve_with_pynetdicom = assoc._serve_request
 
         def serve(message: Any, context_id: int) -> None:
-            if isinstance(message, C_MOVE):
+            if isinstance(message, C_MOVE) and message.is_valid_request:
                 self.move_service.serve(assoc, message, context_id)
+            elif isinstance(message, C_GET) and message.is_valid_request:
+                self.get_service.serve(assoc, message, context_id)
             else:
                 serve_with_pynetdicom(message, context_id)
 

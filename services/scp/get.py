@@ -1,0 +1,105 @@
+"""C-GET SCP: the C-STORE sub-operations go back on the requester's own association (PS3.4 C.4.3).
+
+The requester must have proposed the storage SOP classes with the SCP role (role selection); an instance whose
+SOP class it did not accept that way fails. Objects are streamed from the object store as stored, or decoded for
+an uncompressed syntax the requester accepted (the same rules and counters as C-MOVE: services.mover.sender).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pynetdicom import _config
+from pynetdicom.dimse_primitives import C_GET
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelGet,
+)
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.mover.sender import SendOutcome, accepted_syntaxes, send_item
+from services.scp.retrieval import (
+    CANCELLED,
+    IDENTIFIER_DOES_NOT_MATCH,
+    NOT_AUTHORIZED,
+    SUCCESS,
+    UNABLE_TO_PROCESS,
+    BadRequest,
+    Responder,
+    decode_request,
+    final_status,
+)
+from shared.jobs import Progress
+from shared.query.retrieve import instances_to_retrieve
+from shared.storage import ObjectStore
+
+log = logging.getLogger(__name__)
+
+GET_MODELS = {
+    PatientRootQueryRetrieveInformationModelGet: ("PATIENT", "STUDY", "SERIES", "IMAGE"),
+    StudyRootQueryRetrieveInformationModelGet: ("STUDY", "SERIES", "IMAGE"),
+}
+MAX_MESSAGE_ID = 0xFFFF
+
+
+class GetService:
+    def __init__(self, sessions: sessionmaker[Session], store: ObjectStore, permits: Callable[[str, str], bool],
+                 spool_dir: Path) -> None:
+        _config.STORE_SEND_CHUNKED_DATASET = True  # stored files are streamed, never loaded whole
+        self._sessions = sessions
+        self._store = store
+        self._permits = permits
+        self._spool_dir = spool_dir
+
+    def serve(self, assoc: Any, request: C_GET, context_id: int) -> None:
+        """Answer one C-GET request (called from the association's reactor thread)."""
+        context = next(cx for cx in assoc.accepted_contexts if cx.context_id == context_id)
+        answer = Responder(assoc, request, context_id, context.transfer_syntax[0])
+        if not self._permits(str(assoc.requestor.ae_title).strip(), "get"):
+            log.warning("get.refused reason=not_allowed")
+            answer.final(NOT_AUTHORIZED)
+            return
+        try:
+            level, values = decode_request(context, request, GET_MODELS.get(str(context.abstract_syntax), ()))
+        except BadRequest:
+            answer.final(IDENTIFIER_DOES_NOT_MATCH)
+            return
+        try:
+            with self._sessions() as session:
+                items = instances_to_retrieve(session, level, values)
+        except SQLAlchemyError as exc:
+            log.error("get.index_unavailable error=%s", exc.__class__.__name__)
+            answer.final(UNABLE_TO_PROCESS)
+            return
+        log.info("get.started suboperations=%d", len(items))
+        accepted = accepted_syntaxes(assoc, as_scu_only=True)
+        counts = {SendOutcome.COMPLETED: 0, SendOutcome.WARNING: 0, SendOutcome.FAILED: 0}
+        failed_uids: list[str] = []
+
+        def progress(state: str) -> Progress:
+            return Progress(state, len(items), counts[SendOutcome.COMPLETED], counts[SendOutcome.FAILED],
+                            counts[SendOutcome.WARNING], failed_uids)
+
+        assoc._is_paused = True  # as pynetdicom does while a service runs: our sub-operations use send_c_store
+        try:
+            for position, item in enumerate(items):
+                if request.MessageID in assoc.dimse.cancel_req:
+                    answer.final(CANCELLED, progress("cancelled"))
+                    return
+                if not assoc.is_established:
+                    return
+                message_id = (int(request.MessageID) + position + 1) % MAX_MESSAGE_ID or 1
+                outcome, _reason = send_item(assoc, accepted, self._store, item, self._spool_dir, message_id)
+                counts[outcome] += 1
+                if outcome == SendOutcome.FAILED:
+                    failed_uids.append(item.sop_instance_uid)
+                if position + 1 < len(items):
+                    answer.pending(progress("running"))
+            done = progress("done")
+            answer.final(final_status(done) if items else SUCCESS, done)
+        finally:
+            assoc._is_paused = False

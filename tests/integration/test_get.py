@@ -1,0 +1,76 @@
+"""A workstation pulls instances back on its own association with dcmtk's getscu (C-GET)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pydicom
+from pydicom.uid import CTImageStorage, generate_uid
+
+from tests.factory import SampleFile, dataset_start, make_image, save
+from tests.integration.test_move import register
+from tests.node import Node
+from tests.peers import dcmtk_env, dcmtk_tool, push_files
+
+WORKSTATION = "WORKSTATION"
+
+
+def getscu(node: Node, out: Path, keys: dict[str, str], calling_aet: str = WORKSTATION
+           ) -> subprocess.CompletedProcess[str]:
+    out.mkdir(parents=True, exist_ok=True)
+    command = [dcmtk_tool("getscu"), "-v", "-S", "+B", "-aet", calling_aet, "-aec", node.ae_title, "-od", str(out)]
+    for keyword, value in keys.items():
+        command += ["-k", f"{keyword}={value}"]
+    command += ["127.0.0.1", str(node.dicom_port)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, env=dcmtk_env())
+
+
+def received(out: Path) -> dict[str, Path]:
+    return {re.sub(r"^[A-Z]+\.", "", path.name): path for path in out.iterdir()}  # storescp adds "CT."; getscu not
+
+
+def test_get_a_study_on_the_same_association(embedded_node: Node, tmp_path: Path) -> None:
+    register(embedded_node, "workstation", WORKSTATION, 104, ["find", "get"])
+    study, series = generate_uid(), generate_uid()
+    datasets = [make_image(CTImageStorage, study, series, instance_number=n + 1) for n in range(8)]
+    files = [SampleFile(save(ds, tmp_path / f"{ds.SOPInstanceUID}.dcm"), "1.2.840.10008.1.2.1", ds.SOPInstanceUID)
+             for ds in datasets]
+    push_files(embedded_node.dicom_port, files)
+    embedded_node.wait_indexed(8)
+
+    result = getscu(embedded_node, tmp_path / "pulled", {"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": study})
+
+    output = result.stdout + result.stderr
+    assert "Received C-GET Response (Success)" in output, output
+    assert "Number of Completed Suboperations : 8" in output
+    pulled = received(tmp_path / "pulled")
+    assert sorted(pulled) == sorted(ds.SOPInstanceUID for ds in datasets)
+    for sop_uid, path in pulled.items():
+        info = embedded_node.get(f"/api/instances/{sop_uid}").json()
+        stored = (embedded_node.data_dir / "objects" / info["study_instance_uid"] / info["series_instance_uid"]
+                  / f"{sop_uid}.dcm")
+        got, kept = pydicom.dcmread(path), pydicom.dcmread(stored)
+        if got.file_meta.TransferSyntaxUID == kept.file_meta.TransferSyntaxUID:
+            assert path.read_bytes()[dataset_start(path.read_bytes()):] == \
+                stored.read_bytes()[dataset_start(stored.read_bytes()):]
+        else:  # getscu accepted another uncompressed syntax for the SOP class: sent transcoded, same content
+            assert got == kept
+
+
+def test_get_that_matches_nothing_succeeds_with_no_suboperations(embedded_node: Node, tmp_path: Path) -> None:
+    register(embedded_node, "workstation", WORKSTATION, 104, ["get"])
+    for keys in ({"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": "1.2.3.4.5.6.7"},
+                 {"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": ""}):
+        result = getscu(embedded_node, tmp_path / "none", keys)
+        assert "Received C-GET Response (Success)" in result.stdout + result.stderr
+    assert not list((tmp_path / "none").iterdir())
+
+
+def test_a_caller_not_allowed_to_get_is_refused(embedded_node: Node, tmp_path: Path) -> None:
+    register(embedded_node, "workstation", WORKSTATION, 104, ["find"])
+    result = getscu(embedded_node, tmp_path / "refused", {"QueryRetrieveLevel": "STUDY",
+                                                          "StudyInstanceUID": "1.2.3"})
+    output = result.stdout + result.stderr
+    assert "Received C-GET Response" in output and "0x124" in output.lower().replace("0x0124", "0x124"), output
