@@ -129,7 +129,8 @@ def _decoded_for(path: Path, accepted: set[str]) -> pydicom.Dataset | None:
     try:
         dataset = pydicom.dcmread(path)
         if dataset.file_meta.TransferSyntaxUID.is_compressed:
-            dataset.decompress()  # needs a pixel data decoder for that syntax; raises when none can
+            # Same instance, other encoding: it keeps its SOP Instance UID (pydicom would make a new one).
+            dataset.decompress(generate_instance_uid=False)  # raises when no decoder handles the syntax
     except Exception as exc:
         log.warning("mover.transcode_failed error=%s", exc.__class__.__name__)
         return None

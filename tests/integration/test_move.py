@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import re
+import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pydicom
 import pytest
-from pydicom.uid import CTImageStorage, generate_uid
+from pydicom.encaps import encapsulate
+from pydicom.uid import CTImageStorage, JPEGBaseline8Bit, generate_uid
 
-from tests.factory import SampleFile, dataset_start, make_image, save
+from tests.factory import COMPRESSED_SAMPLES, SampleFile, compressed_copy, dataset_start, make_image, save
 from tests.node import Node, free_port, port_accepts, wait_until
 from tests.peers import dcmtk_env, dcmtk_tool, push_files
 
@@ -21,15 +24,17 @@ WORKSTATION = "WORKSTATION"
 class StoreScp:
     """dcmtk's storescp as a move destination, keeping what it receives bit for bit."""
 
-    def __init__(self, workdir: Path, ae_title: str = "DEST") -> None:
+    def __init__(self, workdir: Path, ae_title: str = "DEST", accept_compressed: bool = True) -> None:
         self.ae_title = ae_title
         self.port = free_port()
         self.out = workdir / f"received-{ae_title}"
         self.out.mkdir(parents=True)
         self.log = workdir / f"storescp-{ae_title}.log"
+        accepted = ["+xa"] if accept_compressed else []  # without it, storescp accepts uncompressed syntaxes only
         with open(self.log, "w") as output:
             self.process = subprocess.Popen(
-                [dcmtk_tool("storescp"), "-d", "+B", "+xa", "-aet", ae_title, "-od", str(self.out), str(self.port)],
+                [dcmtk_tool("storescp"), "-d", "+B", *accepted, "-aet", ae_title, "-od", str(self.out),
+                 str(self.port)],
                 stdout=output, stderr=subprocess.STDOUT, env=dcmtk_env())
         wait_until(lambda: port_accepts(self.port), 10, "storescp")
 
@@ -111,3 +116,53 @@ def test_an_unknown_destination_gets_a801(archive: Node) -> None:
     result = movescu(archive, "NOWHERE", {"QueryRetrieveLevel": "STUDY",
                                           "StudyInstanceUID": archive.study_uid})  # type: ignore[attr-defined]
     assert "Received Final Move Response (Refused: MoveDestinationUnknown)" in result.stdout + result.stderr
+
+
+def test_compressed_instances_are_transcoded_for_a_destination_that_accepts_only_uncompressed(
+    archive: Node, tmp_path: Path
+) -> None:
+    study, series = generate_uid(), generate_uid()
+    samples = [compressed_copy(sample, tmp_path, study, series, "P-MOVE") for sample in COMPRESSED_SAMPLES]
+    push_files(archive.dicom_port, samples)
+    archive.wait_indexed(12 + len(samples))
+    plain = StoreScp(tmp_path, "PLAIN", accept_compressed=False)
+    try:
+        register(archive, "plain", "PLAIN", plain.port, ["store"])
+        result = movescu(archive, "PLAIN", {"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": study})
+        assert "Received Final Move Response (Success)" in result.stdout + result.stderr, result.stdout
+        received = {re.sub(r"^[A-Z]+\.", "", path.name): path for path in plain.out.iterdir()}
+        assert sorted(received) == sorted(sample.sop_instance_uid for sample in samples), (received, samples)
+        for sample in samples:
+            original = pydicom.dcmread(sample.path)
+            original.decompress()
+            got = pydicom.dcmread(received[sample.sop_instance_uid])
+            assert not got.file_meta.TransferSyntaxUID.is_compressed
+            assert got.pixel_array.tobytes() == original.pixel_array.tobytes()
+    finally:
+        plain.stop()
+
+
+def test_an_instance_that_cannot_be_transcoded_is_reported_failed_never_completed(
+    archive: Node, tmp_path: Path
+) -> None:
+    broken = make_image(CTImageStorage, patient_id="P-BROKEN")
+    broken.PixelData = encapsulate([b"\xff\xd8 this is no JPEG \xff\xd9"])
+    broken["PixelData"].VR = "OB"
+    path = save(broken, tmp_path / "broken.dcm", JPEGBaseline8Bit)
+    push_files(archive.dicom_port, [SampleFile(path, JPEGBaseline8Bit, broken.SOPInstanceUID)])
+    archive.wait_indexed(13)
+    plain = StoreScp(tmp_path, "PLAIN", accept_compressed=False)
+    try:
+        register(archive, "plain", "PLAIN", plain.port, ["store"])
+        result = movescu(archive, "PLAIN", {"QueryRetrieveLevel": "STUDY",
+                                            "StudyInstanceUID": broken.StudyInstanceUID})
+        output = result.stdout + result.stderr
+        # 0xA702: every sub-operation failed (nothing is reported completed when nothing arrived)
+        assert "Received Final Move Response (Refused: OutOfResourcesSubOperations)" in output, output
+        assert list(plain.out.iterdir()) == []
+        with sqlite3.connect(archive.data_dir / "index.sqlite3") as connection:
+            job = connection.execute("SELECT state, total, completed, failed FROM jobs").fetchall()
+            failed = connection.execute("SELECT sop_instance_uid FROM job_items WHERE state = 'failed'").fetchall()
+        assert job == [("done", 1, 0, 1)] and failed == [(broken.SOPInstanceUID,)]
+    finally:
+        plain.stop()
