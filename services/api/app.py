@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from services.api.routes import config, health, instances, modalities, status
+from services.api.routes import config, health, instances, jobs, modalities, status
 from shared.runtime import Runtime
 from shared.version import VERSION
 
@@ -13,6 +13,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     app = FastAPI(title="PACS node", version=VERSION,
                   description="Status and configuration of a DICOM PACS node.")
     app.state.runtime = runtime
-    for router in (health.router, status.router, instances.router, config.router, modalities.router):
+    for router in (health.router, status.router, instances.router, config.router, modalities.router,
+                   jobs.router):
         app.include_router(router)
     return app

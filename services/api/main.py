@@ -6,11 +6,15 @@ import uvicorn
 
 from services.api.app import create_app
 from shared.heartbeat import Heartbeat
+from shared.lifecycle import StopRequest
 from shared.runtime import build_runtime
 from shared.settings import Settings
 
 
 def run_api(settings: Settings) -> int:
+    # uvicorn handles SIGTERM/SIGINT itself, then raises the signal again for the handler it found: ours, so
+    # that a clean stop ends with exit code 0 rather than death by the signal.
+    StopRequest().install()
     runtime = build_runtime(settings)
     heartbeat = Heartbeat("api", runtime.sessions, settings.heartbeat_interval_seconds,
                           details=lambda: {"port": settings.api_port})

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config, evt
 from pynetdicom.presentation import build_context
 
@@ -55,17 +55,14 @@ def _nodelay(event: Any) -> None:
 
 
 def contexts_for(items: Iterable[Item]) -> list[Any]:
-    """One context per SOP class and stored syntax (stored first, then uncompressed), at most 128."""
-    wanted: dict[tuple[str, str], None] = {}
+    """Per SOP class and stored syntax a context with that syntax alone (so a destination that accepts it at all
+    gets the object as stored), and per SOP class one with the uncompressed syntaxes; at most 128 in all."""
+    stored: dict[tuple[str, str], None] = {}
     for item in items:
-        wanted[(item.sop_class_uid, item.transfer_syntax)] = None
-    contexts = []
-    for sop_class, syntax in wanted:
-        syntaxes = [syntax] + [ts for ts in UNCOMPRESSED if ts != syntax]
-        contexts.append(build_context(sop_class, syntaxes))
-        if len(contexts) == MAX_CONTEXTS:
-            break
-    return contexts
+        stored[(item.sop_class_uid, item.transfer_syntax)] = None
+    exact = [build_context(sop_class, [syntax]) for sop_class, syntax in stored]
+    fallback = [build_context(sop_class, list(UNCOMPRESSED)) for sop_class in dict.fromkeys(c for c, _ in stored)]
+    return (exact + fallback)[:MAX_CONTEXTS]
 
 
 @contextmanager
@@ -123,14 +120,22 @@ def send_item(association: Any, accepted: dict[str, set[str]], store: ObjectStor
 
 
 def _decoded_for(path: Path, accepted: set[str]) -> pydicom.Dataset | None:
-    """The object decoded for an uncompressed syntax the destination accepts (pynetdicom re-encodes it)."""
-    if not any(ts in accepted for ts in UNCOMPRESSED):
+    """The object decoded for an uncompressed little-endian syntax the destination accepts."""
+    target = next((ts for ts in UNCOMPRESSED if ts in accepted), None)
+    if target is None:
         return None
     try:
         dataset = pydicom.dcmread(path)
-        if dataset.file_meta.TransferSyntaxUID.is_compressed:
+        syntax = dataset.file_meta.TransferSyntaxUID
+        if syntax.is_compressed:
             # Same instance, other encoding: it keeps its SOP Instance UID (pydicom would make a new one).
             dataset.decompress(generate_instance_uid=False)  # raises when no decoder handles the syntax
+        elif not syntax.is_little_endian and "PixelData" in dataset:
+            # Big endian: the pixel words are swapped through their array; other values re-encode as they are.
+            pixels = dataset.pixel_array
+            dataset.PixelData = pixels.astype(pixels.dtype.newbyteorder("<")).tobytes()
+        dataset.file_meta.TransferSyntaxUID = UID(target)
+        dataset.set_original_encoding(target == ImplicitVRLittleEndian, True, dataset.original_character_set)
     except Exception as exc:
         log.warning("mover.transcode_failed error=%s", exc.__class__.__name__)
         return None

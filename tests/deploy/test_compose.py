@@ -43,15 +43,17 @@ ENV_EXAMPLE = DEPLOY / ".env.example"
 DOCKERFILE = DEPLOY / "docker" / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
 
-PACS_SERVICES = {"migrate": "migrate", "scp": "scp", "indexer": "indexer", "api": "api"}  # service -> command
-# The mover service joins this list with C-MOVE (issue 3); compose.yaml marks where it goes.
+PACS_SERVICES = {"migrate": "migrate", "scp": "scp", "indexer": "indexer", "mover": "mover",
+                 "api": "api"}  # service -> command
+LONG_RUNNING = ("scp", "indexer", "mover", "api")
+WORKERS = ("indexer", "mover")  # Celery workers: nothing listens, scaled with --scale
 ALL_SERVICES = {"postgres", "redis", "minio", "minio-init", *PACS_SERVICES}
 ONE_SHOT = {"minio-init", "migrate"}
 # What each pacs service needs to reach (PACS_S3_* only with an s3:// store, which compose always uses).
 STORE_AND_QUEUE = {"PACS_DATABASE_URL", "PACS_BROKER_URL", "PACS_STORAGE_URL", "PACS_S3_ENDPOINT",
                    "PACS_S3_ACCESS_KEY", "PACS_S3_SECRET_KEY"}
 NEEDS = {"migrate": {"PACS_DATABASE_URL"}, "scp": STORE_AND_QUEUE, "indexer": STORE_AND_QUEUE,
-         "api": STORE_AND_QUEUE}
+         "mover": STORE_AND_QUEUE, "api": STORE_AND_QUEUE}
 SECRET_VARIABLES = {"POSTGRES_PASSWORD", "REDIS_PASSWORD", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD",
                     "PACS_S3_ACCESS_KEY", "PACS_S3_SECRET_KEY"}
 
@@ -332,7 +334,7 @@ def test_start_order_waits_for_healthy_dependencies_and_finished_one_shot_jobs(c
                 assert dependency in ONE_SHOT and services[dependency]["restart"] == "no", (name, dependency)
     assert services["minio-init"]["depends_on"] == {"minio": {"condition": "service_healthy"}}
     assert services["migrate"]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
-    for name in ("scp", "indexer", "api"):
+    for name in LONG_RUNNING:
         assert services[name]["depends_on"] == {
             "migrate": {"condition": "service_completed_successfully"},
             "minio-init": {"condition": "service_completed_successfully"},
@@ -364,7 +366,7 @@ def test_each_pacs_service_runs_its_pacs_command_from_the_one_image(compose: dic
 def test_ports_dicom_on_every_interface_api_on_loopback_nothing_else_published(compose: dict[str, Any]) -> None:
     services = compose["services"]
     published = {name: service["ports"] for name, service in services.items() if service.get("ports")}
-    assert set(published) == {"scp", "api"}, "only DICOM and the API are published; indexers scale with --scale"
+    assert set(published) == {"scp", "api"}, "only DICOM and the API are published; workers scale with --scale"
     scp_env, api_env = environment(services["scp"]), environment(services["api"])
     [dicom] = published["scp"]
     assert int(dicom["target"]) == settings_from(scp_env).dicom_port == 11112
@@ -390,8 +392,8 @@ def test_named_volumes_hold_every_durable_state(compose: dict[str, Any]) -> None
     assert used["postgres-data"] == {"postgres:/var/lib/postgresql/data"}
     assert used["redis-data"] == {"redis:/data"}
     assert used["minio-data"] == {"minio:/data"}
-    assert {f"{name}:/var/lib/pacs" for name in ("scp", "indexer", "api")} <= used["pacs-state"]
-    for name in ("scp", "indexer", "api"):
+    assert {f"{name}:/var/lib/pacs" for name in LONG_RUNNING} <= used["pacs-state"]
+    for name in LONG_RUNNING:
         assert environment(services[name])["PACS_DATA_DIR"] == "/var/lib/pacs"
 
 
@@ -412,7 +414,7 @@ def test_each_pacs_service_gets_what_it_needs_and_valid_values(compose: dict[str
     # migrate gets the database and nothing else it could leak.
     assert set(environment(services["migrate"])) == {"PACS_DATABASE_URL", "PACS_LOG_LEVEL"}
     # The long-running services get every option (new options of shared/settings.py must be added here too).
-    for name in ("scp", "indexer", "api"):
+    for name in LONG_RUNNING:
         missing = DEPLOYED_OPTIONS - set(environment(services[name]))
         assert not missing, f"compose.yaml ({name}) and .env.example do not set {sorted(missing)}"
 
@@ -421,12 +423,12 @@ def test_the_urls_point_at_the_dependencies_with_their_own_credentials(compose: 
     services = compose["services"]
     postgres, redis_command = environment(services["postgres"]), services["redis"]["command"]
     mc = environment(services["minio-init"])
-    for name in ("migrate", "scp", "indexer", "api"):
+    for name in ("migrate", *LONG_RUNNING):
         database = urlsplit(environment(services[name])["PACS_DATABASE_URL"])
         assert database.scheme == "postgresql+psycopg" and database.hostname == "postgres"
         assert database.port == 5432 and database.path == f"/{postgres['POSTGRES_DB']}"
         assert (database.username, database.password) == (postgres["POSTGRES_USER"], postgres["POSTGRES_PASSWORD"])
-    for name in ("scp", "indexer", "api"):
+    for name in LONG_RUNNING:
         env = environment(services[name])
         broker = urlsplit(env["PACS_BROKER_URL"])
         assert broker.scheme == "redis" and broker.hostname == "redis" and broker.port == 6379
@@ -453,7 +455,8 @@ def test_stop_grace_periods_leave_time_for_a_clean_stop(compose: dict[str, Any])
     services = compose["services"]
     grace = settings_from(environment(services["scp"])).shutdown_grace_seconds
     assert seconds(services["scp"]["stop_grace_period"]) > grace
-    assert seconds(services["indexer"]["stop_grace_period"]) >= 30
+    for name in WORKERS:
+        assert seconds(services[name]["stop_grace_period"]) >= 30, name
     assert seconds(services["api"]["stop_grace_period"]) > 5  # uvicorn's graceful shutdown
 
 
@@ -485,8 +488,11 @@ def test_scp_healthcheck_connects_to_the_dicom_port_of_its_settings(compose: dic
     assert run_probe(argv, {"PACS_DICOM_PORT": str(free_port())}).returncode != 0
 
 
-def test_indexer_healthcheck_checks_the_broker_it_takes_work_from(compose: dict[str, Any], listener: int) -> None:
-    argv = healthcheck_argv(compose["services"]["indexer"])
+@pytest.mark.parametrize("worker", WORKERS)
+def test_worker_healthchecks_check_the_broker_they_take_work_from(
+    compose: dict[str, Any], listener: int, worker: str
+) -> None:
+    argv = healthcheck_argv(compose["services"][worker])
     up = run_probe(argv, {"PACS_BROKER_URL": f"redis://:secret@127.0.0.1:{listener}/0"})
     assert up.returncode == 0, up.stderr
     assert run_probe(argv, {"PACS_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"}).returncode != 0
@@ -621,5 +627,6 @@ def test_the_readme_explains_deploying_before_the_layout_and_names_files_that_ex
     section = readme.split("## Deploying", 1)[1].split("## Layout", 1)[0]
     for path in set(re.findall(r"deploy/[\w./@-]*\w", section)) - {"deploy/.env"}:  # .env: the user's copy
         assert (REPO / path).exists(), f"README names {path}, which does not exist"
-    for words in ("--scale indexer=", "kubectl apply -k deploy/k8s", "pg_dump", "pg_restore", "mc mirror"):
+    for words in ("--scale indexer=", "--scale mover=", "pacs-mover", "kubectl apply -k deploy/k8s", "pg_dump",
+                  "pg_restore", "mc mirror"):
         assert words in section, words

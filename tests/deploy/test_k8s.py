@@ -32,8 +32,9 @@ from tests.deploy import (
 K8S = DEPLOY / "k8s"
 NAMESPACE = "pacs"
 OLDEST_SCHEMA = "1.25"
-# name -> the pacs command it runs; the mover Deployment joins with C-MOVE (issue 3), see kustomization.yaml.
-DEPLOYMENTS = {"pacs-scp": "scp", "pacs-indexer": "indexer", "pacs-api": "api"}
+# name -> the pacs command it runs.
+DEPLOYMENTS = {"pacs-scp": "scp", "pacs-indexer": "indexer", "pacs-mover": "mover", "pacs-api": "api"}
+WORKERS = ("pacs-indexer", "pacs-mover")  # Celery workers: nothing listens in them
 # ConfigMap values that differ from shared/settings.py's defaults, on purpose (each has a comment there).
 NOT_DEFAULTS = {"PACS_API_HOST", "PACS_DATA_DIR", "PACS_STORAGE_URL", "PACS_S3_ENDPOINT"}
 RUN_AS = 10001  # the Dockerfile's USER
@@ -117,7 +118,7 @@ def test_the_kustomization_lists_every_manifest_and_sets_namespace_and_image(man
 def test_every_manifest_validates_strictly_against_the_kubernetes_schema(
     manifests: list[dict[str, Any]], version: str
 ) -> None:
-    assert len(manifests) >= 14
+    assert len(manifests) >= 17
     for manifest in manifests:
         try:
             kubernetes_validate.validate(without_file(manifest), version, strict=True)
@@ -243,14 +244,15 @@ def listener() -> Iterator[int]:
         yield int(sock.getsockname()[1])
 
 
-def test_the_indexer_is_ready_when_its_broker_is_reachable_and_has_no_liveness_probe(
-    manifests: list[dict[str, Any]], listener: int
+@pytest.mark.parametrize("worker", WORKERS)
+def test_workers_are_ready_when_their_broker_is_reachable_and_have_no_liveness_probe(
+    manifests: list[dict[str, Any]], listener: int, worker: str
 ) -> None:
     import socket
 
-    indexer = the_container(of_kind(manifests, "Deployment")["pacs-indexer"]["spec"]["template"]["spec"])
-    assert "ports" not in indexer and "livenessProbe" not in indexer
-    command = indexer["readinessProbe"]["exec"]["command"]
+    container = the_container(of_kind(manifests, "Deployment")[worker]["spec"]["template"]["spec"])
+    assert "ports" not in container and "livenessProbe" not in container
+    command = container["readinessProbe"]["exec"]["command"]
     assert command[:2] == ["python", "-c"]
     assert run_probe(command, {"PACS_BROKER_URL": f"redis://:pw@127.0.0.1:{listener}/0"}).returncode == 0
     with socket.socket() as sock:
@@ -259,7 +261,7 @@ def test_the_indexer_is_ready_when_its_broker_is_reachable_and_has_no_liveness_p
     assert run_probe(command, {"PACS_BROKER_URL": f"redis://127.0.0.1:{closed}/0"}).returncode != 0
     # The same check as the compose healthcheck.
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
-    assert compose["services"]["indexer"]["healthcheck"]["test"] == ["CMD", *command]
+    assert compose["services"][DEPLOYMENTS[worker]]["healthcheck"]["test"] == ["CMD", *command]
 
 
 def test_stopping_leaves_time_for_running_work(manifests: list[dict[str, Any]]) -> None:
@@ -270,7 +272,8 @@ def test_stopping_leaves_time_for_running_work(manifests: list[dict[str, Any]]) 
         pre_stop = the_container(pod)["lifecycle"]["preStop"]["exec"]["command"]
         assert pre_stop[0] == "sleep"
         assert pod["terminationGracePeriodSeconds"] > float(pre_stop[1]) + grace, name
-    assert deployments["pacs-indexer"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 30
+    for name in WORKERS:
+        assert deployments[name]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 30, name
 
 
 # ---- Services, autoscalers, disruption budgets ------------------------------------------------------------------
@@ -297,7 +300,7 @@ def test_dicom_is_reachable_from_outside_the_cluster_and_the_api_only_inside(man
     assert services["pacs-api"]["spec"]["type"] == "ClusterIP"
 
 
-def test_autoscalers_scale_the_indexer_and_scp_deployments_on_cpu(manifests: list[dict[str, Any]]) -> None:
+def test_autoscalers_scale_the_indexer_mover_and_scp_deployments_on_cpu(manifests: list[dict[str, Any]]) -> None:
     autoscalers = of_kind(manifests, "HorizontalPodAutoscaler")
     deployments = of_kind(manifests, "Deployment")
     targets = set()
@@ -314,7 +317,7 @@ def test_autoscalers_scale_the_indexer_and_scp_deployments_on_cpu(manifests: lis
         assert metric["type"] == "Resource" and metric["resource"]["name"] == "cpu"
         # Utilization is relative to the CPU request, so the target's container must have one.
         assert the_container(deployments[target["name"]]["spec"]["template"]["spec"])["resources"]["requests"]["cpu"]
-    assert targets == {"pacs-indexer", "pacs-scp"}
+    assert targets == {"pacs-indexer", "pacs-mover", "pacs-scp"}
 
 
 def test_a_disruption_budget_covers_each_deployment_with_its_own_selector(manifests: list[dict[str, Any]]) -> None:

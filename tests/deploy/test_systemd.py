@@ -16,9 +16,10 @@ from tests.deploy import DEPLOY, settings_from, unknown_options
 
 SYSTEMD = DEPLOY / "systemd"
 ENV_EXAMPLE = SYSTEMD / "pacs.env.example"
-UNITS = {"pacs-scp.service": "scp", "pacs-indexer@.service": "indexer", "pacs-api.service": "api",
-         "pacs-migrate.service": "migrate"}  # unit -> pacs command; pacs-mover.service comes with C-MOVE (issue 3)
-LONG_RUNNING = {"pacs-scp.service", "pacs-indexer@.service", "pacs-api.service"}
+UNITS = {"pacs-scp.service": "scp", "pacs-indexer@.service": "indexer", "pacs-mover.service": "mover",
+         "pacs-api.service": "api", "pacs-migrate.service": "migrate"}  # unit -> pacs command
+LONG_RUNNING = {"pacs-scp.service", "pacs-indexer@.service", "pacs-mover.service", "pacs-api.service"}
+WORKERS = ("pacs-indexer@.service", "pacs-mover.service")  # Celery workers: a warm shutdown lets work finish
 
 # The directives these units may use, by section (systemd.unit(5), systemd.service(5), systemd.exec(5),
 # systemd.kill(5), systemd.resource-control(5)): a misspelt one would be ignored by systemd with a warning only.
@@ -113,7 +114,8 @@ def test_the_migration_is_a_oneshot_and_the_indexer_a_template() -> None:
 def test_stop_timeouts_leave_time_for_a_clean_stop() -> None:
     grace = settings_from(read_env_file(ENV_EXAMPLE)).shutdown_grace_seconds
     assert float(parse_unit(SYSTEMD / "pacs-scp.service")["Service"]["TimeoutStopSec"]) > grace
-    assert float(parse_unit(SYSTEMD / "pacs-indexer@.service")["Service"]["TimeoutStopSec"]) >= 30
+    for unit in WORKERS:
+        assert float(parse_unit(SYSTEMD / unit)["Service"]["TimeoutStopSec"]) >= 30, unit
 
 
 def test_the_environment_file_sets_options_of_the_node_with_valid_values() -> None:
