@@ -22,17 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.mover.sender import SendOutcome, accepted_syntaxes, send_item
-from services.scp.retrieval import (
-    CANCELLED,
-    IDENTIFIER_DOES_NOT_MATCH,
-    NOT_AUTHORIZED,
-    SUCCESS,
-    UNABLE_TO_PROCESS,
-    BadRequest,
-    Responder,
-    decode_request,
-    final_status,
-)
+from services.scp.retrieval import CANCELLED, SUCCESS, UNABLE_TO_PROCESS, final_status, open_request
 from shared.jobs import Progress
 from shared.query.retrieve import instances_to_retrieve
 from shared.storage import ObjectStore
@@ -57,17 +47,10 @@ class GetService:
 
     def serve(self, assoc: Any, request: C_GET, context_id: int) -> None:
         """Answer one C-GET request (called from the association's reactor thread)."""
-        context = next(cx for cx in assoc.accepted_contexts if cx.context_id == context_id)
-        answer = Responder(assoc, request, context_id, context.transfer_syntax[0])
-        if not self._permits(str(assoc.requestor.ae_title).strip(), "get"):
-            log.warning("get.refused reason=not_allowed")
-            answer.final(NOT_AUTHORIZED)
+        opened = open_request(assoc, request, context_id, "get", self._permits, GET_MODELS)
+        if opened is None:
             return
-        try:
-            level, values = decode_request(context, request, GET_MODELS.get(str(context.abstract_syntax), ()))
-        except BadRequest:
-            answer.final(IDENTIFIER_DOES_NOT_MATCH)
-            return
+        answer, level, values = opened.answer, opened.level, opened.values
         try:
             with self._sessions() as session:
                 items = instances_to_retrieve(session, level, values)

@@ -23,15 +23,7 @@ from pynetdicom.sop_class import (
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.scp.retrieval import (
-    NOT_AUTHORIZED,
-    SUCCESS,
-    UNABLE_TO_PROCESS,
-    BadRequest,
-    Responder,
-    decode_request,
-    final_status,
-)
+from services.scp.retrieval import SUCCESS, UNABLE_TO_PROCESS, Responder, final_status, open_request
 from shared.jobs import Destination, Progress, create_job, fail_unfinished, progress, request_cancel
 from shared.live_config import LiveConfig
 from shared.node_config import ModalityEntry
@@ -44,7 +36,6 @@ MOVE_MODELS = {
     StudyRootQueryRetrieveInformationModelMove: ("STUDY", "SERIES", "IMAGE"),
 }
 UNKNOWN_DESTINATION = 0xA801
-IDENTIFIER_DOES_NOT_MATCH = 0xA900
 POLL_SECONDS = 0.1
 STALL_SECONDS = 120.0  # no progress for this long (mover down): the rest of the sub-operations fail
 
@@ -68,18 +59,10 @@ class MoveService:
 
     def serve(self, assoc: Any, request: C_MOVE, context_id: int) -> None:
         """Answer one C-MOVE request on ``assoc`` (called from the association's reactor thread)."""
-        context = next(cx for cx in assoc.accepted_contexts if cx.context_id == context_id)
-        answer = Responder(assoc, request, context_id, context.transfer_syntax[0])
-        calling = str(assoc.requestor.ae_title).strip()
-        if not self._permits(calling, "move"):
-            log.warning("move.refused reason=not_allowed")
-            answer.final(NOT_AUTHORIZED)
+        opened = open_request(assoc, request, context_id, "move", self._permits, MOVE_MODELS)
+        if opened is None:
             return
-        try:
-            level, values = decode_request(context, request, MOVE_MODELS.get(str(context.abstract_syntax), ()))
-        except BadRequest:
-            answer.final(IDENTIFIER_DOES_NOT_MATCH)
-            return
+        answer, level, values, calling = opened.answer, opened.level, opened.values, opened.calling_aet
         target = str(request.MoveDestination or "").strip()
         entry = self._destination(target)
         if entry is None:

@@ -6,6 +6,9 @@ Instance UID List is given); 0xA702 every sub-operation failed; 0xFE00 cancelled
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
 
@@ -16,12 +19,40 @@ from pynetdicom.dsutils import decode, encode
 from services.scp.find import requested_values
 from shared.jobs import Progress
 
+log = logging.getLogger(__name__)
+
 PENDING, SUCCESS, CANCELLED = 0xFF00, 0x0000, 0xFE00
 WARNING_SUBOPERATIONS_FAILED = 0xB000
 ALL_SUBOPERATIONS_FAILED = 0xA702
 IDENTIFIER_DOES_NOT_MATCH = 0xA900
 UNABLE_TO_PROCESS = 0xC000
 NOT_AUTHORIZED = 0x0124
+
+
+@dataclass(frozen=True)
+class RetrieveRequest:
+    answer: "Responder"
+    level: str
+    values: dict[str, Any]
+    calling_aet: str
+
+
+def open_request(assoc: Any, request: C_MOVE | C_GET, context_id: int, service: str,
+                 permits: Callable[[str, str], bool], models: dict[str, tuple[str, ...]]) -> RetrieveRequest | None:
+    """Check the caller and decode the identifier; on refusal the final response is sent here and None returned."""
+    context = next(cx for cx in assoc.accepted_contexts if cx.context_id == context_id)
+    answer = Responder(assoc, request, context_id, context.transfer_syntax[0])
+    calling = str(assoc.requestor.ae_title).strip()
+    if not permits(calling, service):
+        log.warning("%s.refused reason=not_allowed", service)
+        answer.final(NOT_AUTHORIZED)
+        return None
+    try:
+        level, values = decode_request(context, request, models.get(str(context.abstract_syntax), ()))
+    except BadRequest:
+        answer.final(IDENTIFIER_DOES_NOT_MATCH)
+        return None
+    return RetrieveRequest(answer, level, values, calling)
 
 
 class BadRequest(Exception):
