@@ -16,7 +16,6 @@ import logging
 import os
 import tempfile
 import threading
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +39,6 @@ from shared.settings import Settings
 log = logging.getLogger(__name__)
 
 REFRESH_INTERVAL_SECONDS = 0.5
-CONFIRM_MAX_AGE_SECONDS = 0.05
 CACHE_FILE_NAME = "config-cache.json"
 CACHE_SCHEMA_VERSION = 1
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -139,7 +137,6 @@ class LiveConfig:
         self._first_refresh = threading.Event()
         self._thread: threading.Thread | None = None
         self._database_ok: bool | None = None
-        self._last_refresh = 0.0
         self.refresh_failures = 0
 
     @classmethod
@@ -151,14 +148,14 @@ class LiveConfig:
         """The configuration in force: no I/O."""
         return self._snapshot
 
-    def confirmed(self, max_age_seconds: float = CONFIRM_MAX_AGE_SECONDS) -> ConfigSnapshot:
-        """The configuration re-read from the database unless it was read moments ago.
+    def confirmed(self) -> ConfigSnapshot:
+        """The configuration re-read from the database now.
 
         Used before refusing something (an unknown caller, a move destination, a service): a change made over
         REST an instant ago then takes effect at once, while the fast path never waits for the database.
         While the database is known to be down, the values in force are returned without trying.
         """
-        if self._database_ok is False or time.monotonic() - self._last_refresh < max_age_seconds:
+        if self._database_ok is False:
             return self._snapshot
         return self.refresh_now()
 
@@ -219,7 +216,6 @@ class LiveConfig:
     def refresh_now(self) -> ConfigSnapshot:
         """Read the database now; on failure keep (and return) the values in force."""
         with self._refresh_lock:
-            self._last_refresh = time.monotonic()
             try:
                 with self._sessions() as session:
                     stored = {

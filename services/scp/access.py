@@ -41,6 +41,7 @@ from pynetdicom.sop_class import uid_to_service_class
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.scp.statuses import failure
 from shared.db.models import AuditEvent
 from shared.events import utc_now
 from shared.live_config import ConfigSnapshot, LiveConfig
@@ -338,10 +339,7 @@ class AccessPolicy:
                     service, NOT_AUTHORIZED, remote_ip, calling)
         self.audit.record("request_refused", "refused", calling, remote_ip,
                           {"service": service, "status": NOT_AUTHORIZED, "reason": "service_not_allowed"})
-        answer = Dataset()
-        answer.Status = NOT_AUTHORIZED
-        answer.ErrorComment = f"{service} not allowed for this calling AE title"
-        return answer
+        return failure(NOT_AUTHORIZED, f"{service} not allowed for this calling AE title")
 
     def counters(self) -> dict[str, Any]:
         return {"rejected_associations": dict(self.rejected), "refused_requests": dict(self.refused),

@@ -23,6 +23,8 @@ from typing import Any
 import pynetdicom.association
 import pynetdicom.dul
 
+from services.scp.tcp import quickack
+
 IDLE_WAIT_SECONDS = 0.02
 POLLING_SLEEP_MAX_SECONDS = 0.002  # pynetdicom's polling sleeps are 1 ms; longer sleeps are left alone
 
@@ -74,6 +76,8 @@ def _dul_waiter(dul: Any, wake_fd: int) -> Any:
             pending = getattr(sock, "pending", None)  # TLS may hold decrypted bytes select cannot see
             if pending is not None and pending():
                 return
+            # The ACK for what arrives while we wait is decided on arrival: quick-ACK mode must be on now.
+            quickack(sock)
             watched.append(sock)
         try:
             ready, _, _ = select.select(watched, [], [], IDLE_WAIT_SECONDS)

@@ -24,6 +24,7 @@ from pynetdicom.sop_class import (
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.scp.statuses import failure
 from shared.query.matching import InvalidMatchingKey
 from shared.query.search import Query, TooManyMatches, json_element, run_query
 
@@ -43,13 +44,6 @@ LEVELS_OF_MODEL = {
 }
 UTF8 = "ISO_IR 192"
 _NOT_KEYS = {"QueryRetrieveLevel", "SpecificCharacterSet"}
-
-
-def _failure(status: int, comment: str) -> Dataset:
-    answer = Dataset()
-    answer.Status = status
-    answer.ErrorComment = comment[:64]
-    return answer
 
 
 def requested_values(identifier: Dataset) -> tuple[dict[str, Any], list[str]]:
@@ -117,11 +111,11 @@ class FindService:
             identifier: Dataset = event.identifier
             level = str(identifier.get("QueryRetrieveLevel", "")).strip().upper()
         except Exception:
-            yield _failure(IDENTIFIER_DOES_NOT_MATCH, "identifier cannot be decoded"), None
+            yield failure(IDENTIFIER_DOES_NOT_MATCH, "identifier cannot be decoded"), None
             return
         model = str(event.request.AffectedSOPClassUID)
         if level not in LEVELS_OF_MODEL.get(model, ()):
-            yield _failure(IDENTIFIER_DOES_NOT_MATCH, "query level not in this information model"), None
+            yield failure(IDENTIFIER_DOES_NOT_MATCH, "query level not in this information model"), None
             return
         values, order = requested_values(identifier)
         query = Query(level=level, values=values, limit=self._result_limit, requested=order)
@@ -130,14 +124,14 @@ class FindService:
                 rows = run_query(session, query)
         except TooManyMatches:
             log.info("find.too_many_matches limit=%d", self._result_limit)
-            yield _failure(OUT_OF_RESOURCES, f"more than {self._result_limit} matches: refine the query"), None
+            yield failure(OUT_OF_RESOURCES, f"more than {self._result_limit} matches: refine the query"), None
             return
         except InvalidMatchingKey as exc:
-            yield _failure(UNABLE_TO_PROCESS_KEY, str(exc)), None
+            yield failure(UNABLE_TO_PROCESS_KEY, str(exc)), None
             return
         except SQLAlchemyError as exc:
             log.error("find.index_unavailable error=%s", exc.__class__.__name__)
-            yield _failure(UNABLE_TO_PROCESS_INDEX, "index unavailable"), None
+            yield failure(UNABLE_TO_PROCESS_INDEX, "index unavailable"), None
             return
         log.info("find.done level=%s matches=%d", level, len(rows))
         for row in rows:

@@ -12,17 +12,9 @@ import socket
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
 from services.scp.event_driven import make_event_driven
+from services.scp.tcp import quickack
 
-_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 _RECV_CHUNK = 1 << 20
-
-
-def _quickack(sock: socket.socket) -> None:
-    if _QUICKACK is not None:
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
-        except OSError:
-            pass
 
 
 class LowLatencyAssociationSocket(AssociationSocket):
@@ -31,7 +23,7 @@ class LowLatencyAssociationSocket(AssociationSocket):
         assert sock is not None
         received = bytearray()
         while len(received) < nr_bytes:
-            _quickack(sock)
+            quickack(sock)
             chunk = sock.recv(min(nr_bytes - len(received), _RECV_CHUNK))
             if not chunk:
                 break
@@ -45,7 +37,7 @@ class LowLatencyRequestHandler(RequestHandler):
             self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
-        _quickack(self.request)
+        quickack(self.request)
         assoc = super()._create_association()
         # Same object, our receive path: the socket was already initialised by pynetdicom.
         assoc.dul.socket.__class__ = LowLatencyAssociationSocket

@@ -28,13 +28,6 @@ from shared.uids import InvalidUID
 log = logging.getLogger(__name__)
 
 
-def failure(status: int, comment: str) -> Dataset:
-    answer = Dataset()
-    answer.Status = status
-    answer.ErrorComment = comment[:64]
-    return answer
-
-
 @dataclass
 class StoreCounters:
     stored: int = 0
@@ -71,28 +64,28 @@ class StoreService:
         except UnreadableDataset as exc:
             self.counters.failed += 1
             log.info("store.refused status=0x%04X reason=%s", statuses.CANNOT_UNDERSTAND, exc)
-            return failure(statuses.CANNOT_UNDERSTAND, str(exc))
+            return statuses.failure(statuses.CANNOT_UNDERSTAND, str(exc))
         except InvalidUID as exc:
             self.counters.failed += 1
             log.info("store.refused status=0x%04X reason=%s", statuses.INVALID_IDENTITY, exc)
-            return failure(statuses.INVALID_IDENTITY, str(exc))
+            return statuses.failure(statuses.INVALID_IDENTITY, str(exc))
         if (identity.sop_class_uid != str(request.AffectedSOPClassUID).rstrip("\x00 ")
                 or identity.sop_instance_uid != str(request.AffectedSOPInstanceUID).rstrip("\x00 ")):
             self.counters.failed += 1
             log.info("store.refused status=0x%04X reason=command_dataset_mismatch",
                      statuses.DATASET_DOES_NOT_MATCH_SOP_CLASS)
-            return failure(statuses.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            return statuses.failure(statuses.DATASET_DOES_NOT_MATCH_SOP_CLASS,
                            "SOP Class/Instance UID of dataset and command differ")
         try:
             return self._store_instance(identity, transfer_syntax, dataset, reception_of(event))
         except StorageFull as exc:
             self.counters.failed += 1
             log.error("store.failed status=0x%04X reason=%s", statuses.OUT_OF_RESOURCES_FULL, exc)
-            return failure(statuses.OUT_OF_RESOURCES_FULL, "object store full")
+            return statuses.failure(statuses.OUT_OF_RESOURCES_FULL, "object store full")
         except StorageError as exc:
             self.counters.failed += 1
             log.error("store.failed status=0x%04X reason=%s", statuses.OUT_OF_RESOURCES_UNAVAILABLE, exc)
-            return failure(statuses.OUT_OF_RESOURCES_UNAVAILABLE, "object store unavailable")
+            return statuses.failure(statuses.OUT_OF_RESOURCES_UNAVAILABLE, "object store unavailable")
 
     def _store_instance(
         self, identity: InstanceIdentity, transfer_syntax: str, dataset: bytes, reception: Reception

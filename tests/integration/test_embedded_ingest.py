@@ -34,6 +34,8 @@ def test_200_instances_of_several_classes_and_syntaxes_arrive_indexed_and_byte_i
         info = embedded_node.get(f"/api/instances/{item.sop_instance_uid}").json()
         assert info["transfer_syntax"] == item.transfer_syntax
         assert info["size"] == info["stored_size"]
+        assert (info["remote_aet"], info["called_aet"], info["remote_ip"]) == ("STORESCU", "PACS", "127.0.0.1")
+        assert info["received_at"].endswith("Z") and info["series_last_update"].endswith("Z")
         stored = (embedded_node.data_dir / "objects" / info["study_instance_uid"] / info["series_instance_uid"]
                   / f"{item.sop_instance_uid}.dcm").read_bytes()
         assert stored[:128] == b"\x00" * 128 and stored[128:132] == b"DICM"
@@ -51,3 +53,9 @@ def test_resending_the_same_50_instances_changes_nothing(embedded_node: Node, tm
     status = embedded_node.wait_indexed(50)
     assert status["counts"]["instances"] == 50
     assert {path: path.stat().st_mtime_ns for path in stored_objects(embedded_node)} == objects_before
+
+
+def test_instance_metadata_answers_404_for_an_unknown_uid_and_422_for_a_malformed_one(embedded_node: Node) -> None:
+    assert embedded_node.get("/api/instances/1.2.3.4.5").status_code == 404
+    assert embedded_node.get("/api/instances/not-a-uid").status_code == 422
+    assert embedded_node.get("/api/instances/1." + "2" * 70).status_code == 422

@@ -166,3 +166,11 @@ def test_an_instance_that_cannot_be_transcoded_is_reported_failed_never_complete
         assert job == [("done", 1, 0, 1)] and failed == [(broken.SOPInstanceUID,)]
     finally:
         plain.stop()
+
+
+def test_a_move_by_patient_id_or_accession_number_at_study_level(archive: Node, destination: StoreScp) -> None:
+    by_patient = movescu(archive, destination.ae_title, {"QueryRetrieveLevel": "STUDY", "PatientID": "P-MOVE"})
+    assert "Received Final Move Response (Success)" in by_patient.stdout + by_patient.stderr
+    assert len(destination.received()) == 12
+    by_accession = movescu(archive, destination.ae_title, {"QueryRetrieveLevel": "STUDY", "AccessionNumber": "ACC1"})
+    assert "Received Final Move Response (Success)" in by_accession.stdout + by_accession.stderr
