@@ -8,7 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.factory import study_set, uncompressed_set
+from tests.factory import SampleFile, study_set, uncompressed_set
 from tests.node import PACS, REPO, Node, port_accepts, wait_until
 from tests.peers import dcmtk_env, dcmtk_tool, push_files
 
@@ -35,6 +35,19 @@ def test_a_restart_loses_nothing_and_indexes_what_was_pending(tmp_path: Path) ->
         print(node.logs(), restarted.logs())
 
 
+def start_push(node: Node, files: list[SampleFile], log: Path) -> subprocess.Popen[bytes]:
+    """storescu -v pushing ``files`` in order on one association; its log counts the Success responses."""
+    with open(log, "w") as output:
+        return subprocess.Popen(
+            [dcmtk_tool("storescu"), "-v", "-aec", "PACS", "-xe", "-R", "127.0.0.1", str(node.dicom_port),
+             *[str(item.path) for item in files]],
+            stdout=output, stderr=subprocess.STDOUT, env=dcmtk_env())
+
+
+def acknowledged_in(log: Path) -> int:
+    return log.read_text().count("Received Store Response (Success)")
+
+
 def test_sigterm_during_a_push_keeps_every_acknowledged_instance(tmp_path: Path) -> None:
     node = Node(tmp_path)
     serve = node.service("serve")
@@ -42,20 +55,15 @@ def test_sigterm_during_a_push_keeps_every_acknowledged_instance(tmp_path: Path)
     try:
         node.wait_ready()
         log = tmp_path / "storescu.log"
-        with open(log, "w") as output:
-            push = subprocess.Popen(
-                [dcmtk_tool("storescu"), "-v", "-aec", "PACS", "-xe", "-R", "127.0.0.1", str(node.dicom_port),
-                 *[str(item.path) for item in files]],
-                stdout=output, stderr=subprocess.STDOUT, env=dcmtk_env())
-            time.sleep(0.3)
-            started = time.monotonic()
-            assert serve.process is not None
-            serve.process.send_signal(signal.SIGTERM)
-            assert serve.process.wait(timeout=15) == 0
-            stopped_in = time.monotonic() - started
-            push.wait(timeout=60)
-        sent_log = log.read_text()
-        acknowledged = sent_log.count("Received Store Response (Success)")
+        push = start_push(node, files, log)
+        time.sleep(0.3)
+        started = time.monotonic()
+        assert serve.process is not None
+        serve.process.send_signal(signal.SIGTERM)
+        assert serve.process.wait(timeout=15) == 0
+        stopped_in = time.monotonic() - started
+        push.wait(timeout=60)
+        acknowledged = acknowledged_in(log)
         assert acknowledged > 0
         print(f"stopped in {stopped_in:.2f} s with {acknowledged} of 500 instances acknowledged")
     finally:
@@ -136,21 +144,17 @@ def test_a_second_signal_stops_at_once_and_loses_nothing_acknowledged(tmp_path: 
     try:
         node.wait_ready()
         log = tmp_path / "storescu.log"
-        with open(log, "w") as output:
-            push = subprocess.Popen(
-                [dcmtk_tool("storescu"), "-v", "-aec", "PACS", "-xe", "-R", "127.0.0.1", str(node.dicom_port),
-                 *[str(item.path) for item in files]],
-                stdout=output, stderr=subprocess.STDOUT, env=dcmtk_env())
-            time.sleep(0.5)
-            assert serve.process is not None
-            serve.process.send_signal(signal.SIGTERM)  # a clean stop would let the push finish...
-            time.sleep(0.3)
-            started = time.monotonic()
-            serve.process.send_signal(signal.SIGINT)  # ...the second signal does not wait for it
-            serve.process.wait(timeout=10)
-            stopped_in = time.monotonic() - started
-            push.wait(timeout=60)
-        acknowledged = log.read_text().count("Received Store Response (Success)")
+        push = start_push(node, files, log)
+        time.sleep(0.5)
+        assert serve.process is not None
+        serve.process.send_signal(signal.SIGTERM)  # a clean stop would let the push finish...
+        time.sleep(0.3)
+        started = time.monotonic()
+        serve.process.send_signal(signal.SIGINT)  # ...the second signal does not wait for it
+        serve.process.wait(timeout=10)
+        stopped_in = time.monotonic() - started
+        push.wait(timeout=60)
+        acknowledged = acknowledged_in(log)
         print(f"stopped {stopped_in:.2f} s after the second signal; {acknowledged} of 1500 acknowledged")
         assert stopped_in < 5 and 0 < acknowledged < 1500
     finally:
