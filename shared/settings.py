@@ -124,15 +124,6 @@ class Settings(BaseSettings):
     def embedded_queue_dir(self) -> Path:
         return self.data_dir.resolve() / "queue"
 
-    def as_environment(self) -> dict[str, str]:
-        """These settings as PACS_* variables, so that a child process resolves the same values."""
-        env: dict[str, str] = {}
-        for name, value in self.model_dump(exclude={"config"}).items():
-            if value is None:
-                continue
-            env[ENV_PREFIX + name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
-        return env
-
 
 def load_settings(**flags: Any) -> Settings:
     """Build the settings from flags (None = not given), the environment, the config file and defaults."""

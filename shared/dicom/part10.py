@@ -39,11 +39,3 @@ def encode_file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_
 
 def encode_part10(dataset: bytes, sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str) -> bytes:
     return PREAMBLE + encode_file_meta(sop_class_uid, sop_instance_uid, transfer_syntax_uid) + dataset
-
-
-def dataset_offset(part10: bytes) -> int:
-    """Where the dataset starts in a Part-10 object written by ``encode_part10``."""
-    if part10[128:132] != b"DICM":
-        raise ValueError("not a Part-10 object")
-    group_length = struct.unpack_from("<I", part10, 132 + 8)[0]
-    return 132 + 12 + group_length

@@ -91,16 +91,3 @@ def test_an_unknown_key_in_the_config_file_is_rejected(tmp_path: Path) -> None:
     config = write_config(tmp_path / "pacs.toml", "dicom_prot = 104\n")
     with pytest.raises(ValidationError, match="dicom_prot"):
         load_settings(config=config)
-
-
-def test_as_environment_round_trips(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    original = load_settings(ae_title="ROUNDTRIP", dicom_port=2104, data_dir=tmp_path,
-                             storage_url="s3://bucket", s3_endpoint="127.0.0.1:9000",
-                             check_called_aet=False, sweep_grace_seconds=1.5)
-    environment = original.as_environment()
-    assert environment["PACS_CHECK_CALLED_AET"] == "false"
-    assert "PACS_DATABASE_URL" not in environment  # unset options stay unset
-    for name, value in environment.items():
-        monkeypatch.setenv(name, value)
-    assert load_settings() == original
-

@@ -17,7 +17,6 @@ from pydicom.uid import (
 from shared.dicom.part10 import (
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION_NAME,
-    dataset_offset,
     encode_part10,
 )
 from tests.factory import UNCOMPRESSED_SYNTAXES, dataset_start, encode_dataset, make_image
@@ -58,8 +57,7 @@ def test_preamble_is_zeroed_and_followed_by_dicm() -> None:
 @pytest.mark.parametrize("transfer_syntax", UNCOMPRESSED_SYNTAXES)
 def test_dataset_bytes_are_kept_unchanged(transfer_syntax: str) -> None:
     part10, dataset, _ = part10_of(transfer_syntax)
-    assert part10[dataset_offset(part10):] == dataset
-    assert dataset_offset(part10) == dataset_start(part10)
+    assert part10[dataset_start(part10):] == dataset
 
 
 def test_the_same_input_always_gives_the_same_bytes() -> None:
@@ -72,7 +70,7 @@ def test_the_same_input_always_gives_the_same_bytes() -> None:
 
 def test_odd_length_uids_are_padded_with_nul() -> None:
     part10 = encode_part10(b"", CTImageStorage, "1.2.345", ImplicitVRLittleEndian)  # 25, 7, 17 characters
-    meta = part10[:dataset_offset(part10)]
+    meta = part10[:dataset_start(part10)]
     assert (CTImageStorage + "\x00").encode() in meta
     assert b"1.2.345\x00" in meta
     assert (ImplicitVRLittleEndian + "\x00").encode() in meta
@@ -82,8 +80,3 @@ def test_odd_length_uids_are_padded_with_nul() -> None:
 def test_even_length_uids_are_not_padded() -> None:
     part10 = encode_part10(b"", CTImageStorage, "1.2.34", DeflatedExplicitVRLittleEndian)
     assert b"\x06\x001.2.34" in part10  # length 6, value unpadded
-
-
-def test_dataset_offset_refuses_what_is_not_part10() -> None:
-    with pytest.raises(ValueError):
-        dataset_offset(b"\x00" * 200)
