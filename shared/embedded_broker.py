@@ -2,11 +2,14 @@
 
 A message file is written under a hidden temporary name and renamed into place, so a consumer never reads a
 half-written message; a consumer claims a message by renaming it, which exactly one consumer can do.
-Messages sort by wall-clock time across processes. Used as ``pacsfs://localhost/`` (no server needed).
+Messages sort by wall-clock time across processes. The exchange tables (which queue a routing key goes to) are
+replaced atomically under a lock file: kombu's own version truncates the table before it locks it, so a process
+publishing at that moment could find no queue and drop the message. Used as ``pacsfs://localhost/``.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import time
 import uuid
@@ -44,6 +47,47 @@ class Channel(filesystem.Channel):
             os.remove(claimed)
             return loads(bytes_to_str(payload))
         raise Empty()
+
+
+    def _exchange_lock(self) -> int:
+        self.control_folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.control_folder / ".exchanges.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return fd
+
+    def _write_table(self, exchange: str, table: list[Any]) -> None:
+        final = self._exchange_file(exchange)
+        temporary = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
+        temporary.write_bytes(str_to_bytes(dumps(table)))
+        os.replace(temporary, final)
+
+    def get_table(self, exchange: str) -> list[Any]:
+        try:
+            raw = self._exchange_file(exchange).read_bytes()
+        except FileNotFoundError:
+            return []
+        return [filesystem.exchange_queue_t(*entry) for entry in loads(bytes_to_str(raw))]
+
+    def _queue_bind(self, exchange: str, routing_key: str, pattern: str, queue: str) -> None:
+        binding = filesystem.exchange_queue_t(routing_key or "", pattern or "", queue or "")
+        lock = self._exchange_lock()
+        try:
+            table = self.get_table(exchange)
+            if binding not in table:
+                self._write_table(exchange, [binding, *table])
+        finally:
+            os.close(lock)  # releases the lock
+
+    def _delete(self, queue: str, exchange: str, routing_key: str, pattern: str, *args: Any, **kwargs: Any) -> None:
+        filesystem.virtual.Channel._delete(self, queue, exchange, routing_key, pattern, *args, **kwargs)
+        binding = filesystem.exchange_queue_t(routing_key or "", pattern or "", queue or "")
+        lock = self._exchange_lock()
+        try:
+            table = self.get_table(exchange)
+            if binding in table:
+                self._write_table(exchange, [entry for entry in table if entry != binding])
+        finally:
+            os.close(lock)
 
 
 class Transport(filesystem.Transport):
