@@ -17,8 +17,10 @@ $(STAMP): pyproject.toml
 run: install
 	$(VENV)/bin/pacs serve
 
+PYTEST_ARGS ?= -n 2 --dist loadfile
+
 test: install
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -1,4 +1,4 @@
-"""The `pacs` command: serve | scp | indexer | mover | api | migrate | status | stop.
+"""The `pacs` command: serve | scp | indexer | mover | api | migrate | status | stop | token.
 
 Every field of shared.settings.Settings is also a flag (``--dicom-port``), so that flags, PACS_* variables and
 the TOML file name the same options.
@@ -7,6 +7,8 @@ the TOML file name the same options.
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 import types
 import typing
@@ -16,6 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from services import token_cli
 from shared.dicom.reading import configure_pydicom
 from shared.logs import configure_logging
 from shared.settings import Settings, load_settings
@@ -54,7 +57,12 @@ def _run_serve(settings: Settings) -> int:
 def _run_scp(settings: Settings) -> int:
     from services.scp.main import run_scp
 
-    return run_scp(settings)
+    code = run_scp(settings)
+    # Everything acknowledged is durable and the publisher flushed: leave now. Threads of connections that were
+    # dropped at the stop (hostile peers mid-PDU) would otherwise keep interpreter finalization busy past the
+    # supervisor's grace.
+    logging.shutdown()
+    os._exit(code)
 
 
 def _run_indexer(settings: Settings) -> int:
@@ -113,8 +121,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
         commands.add_parser(name, parents=[flags], help=help_text, description=help_text)
+    token_cli.register(commands, flags)
     arguments = vars(parser.parse_args(argv))
     command = arguments.pop("command")
+    token_arguments = token_cli.split_arguments(arguments) if command == "token" else {}
     try:
         settings = load_settings(**arguments)
     except (ValidationError, ValueError, OSError) as exc:
@@ -122,6 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_level, command)
     configure_pydicom()
+    if command == "token":
+        return token_cli.run(settings, token_arguments)
     run, _ = COMMANDS[command]
     return run(settings)
 

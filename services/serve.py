@@ -16,11 +16,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from pydantic import SecretStr
+
 from shared.db.migrate import upgrade_to_head
 from shared.lifecycle import StopRequest
 from shared.pidfile import is_running, pid_file, read_pid_file, remove_pid_file, write_pid_file
 from shared.queue import broker_transport_options
-from shared.settings import Settings
+from shared.settings import ENV_PREFIX, Settings
 from shared.storage import open_object_store
 
 log = logging.getLogger(__name__)
@@ -36,13 +38,21 @@ def child_arguments(settings: Settings) -> list[str]:
     """The resolved settings as flags, so that a child sees exactly what the parent resolved."""
     arguments: list[str] = []
     for name, value in settings.model_dump(exclude={"config"}).items():
-        if value is None:
-            continue
+        if value is None or isinstance(value, SecretStr):
+            continue  # secrets reach the children through their environment (export_secrets), never argv
         if name == "data_dir":
             value = settings.data_dir.resolve()
         text = str(value).lower() if isinstance(value, bool) else str(value)
         arguments += [f"--{name.replace('_', '-')}", text]
     return arguments
+
+
+def export_secrets(settings: Settings) -> None:
+    """Secret options go to the children in the environment they inherit (not on a command line ps shows)."""
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            os.environ[ENV_PREFIX + name.upper()] = value.get_secret_value()
 
 
 def _die_with_parent() -> None:
@@ -79,9 +89,12 @@ class Child:
 
 def _print_banner(settings: Settings) -> None:
     api_host = "127.0.0.1" if settings.api_host in ("0.0.0.0", "::") else settings.api_host
+    tls = f", DICOM TLS on port {settings.tls_port}" if settings.tls_port else ""
     print(
-        f"PACS node {settings.ae_title!r}: DICOM on port {settings.dicom_port} (AE title {settings.ae_title})\n"
+        f"PACS node {settings.ae_title!r}: DICOM on port {settings.dicom_port}{tls} "
+        f"(AE title {settings.ae_title})\n"
         f"  data directory: {settings.data_dir.resolve()}\n"
+        f"  dashboard: http://{api_host}:{settings.api_port}/\n"
         f"  API: http://{api_host}:{settings.api_port}/api/status  (OpenAPI: http://{api_host}:{settings.api_port}/docs)",
         flush=True,
     )
@@ -103,6 +116,17 @@ def _stop_children(children: list[Child], grace_seconds: float) -> None:
             child.process.wait()
 
 
+def api_startup_refusal(settings: Settings) -> str | None:
+    from services.api.auth import startup_refusal
+    from shared.db.engine import create_index_engine, create_session_factory
+
+    engine = create_index_engine(settings.resolved_database_url)
+    try:
+        return startup_refusal(settings, create_session_factory(engine))
+    finally:
+        engine.dispose()
+
+
 def run_serve(settings: Settings) -> int:
     stop = StopRequest().install()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -119,8 +143,28 @@ def run_serve(settings: Settings) -> int:
         remove_pid_file(settings.data_dir)
 
 
+def tls_refusal(settings: Settings) -> str | None:
+    """Checked before any child starts: a bad TLS certificate must not send the scp child into a restart loop."""
+    from services.scp.tls import TlsConfigurationError, server_context
+
+    try:
+        server_context(settings)
+    except TlsConfigurationError as exc:
+        return f"invalid configuration: DICOM TLS: {exc}"
+    return None
+
+
 def _supervise(settings: Settings, stop: StopRequest) -> int:
+    refused = tls_refusal(settings)
+    if refused is not None:
+        print(f"pacs: {refused}", file=sys.stderr)
+        return 2
     upgrade_to_head(settings.resolved_database_url)
+    refusal = api_startup_refusal(settings)
+    if refusal is not None:
+        print(f"pacs: {refusal}", file=sys.stderr)
+        return 1
+    export_secrets(settings)
     open_object_store(settings).ping()  # creates the local object folder on a first run
     broker_transport_options(settings)  # creates the embedded queue folders when that broker is used
     arguments = child_arguments(settings)

@@ -39,9 +39,16 @@ def report_status(settings: Settings) -> int:
           + ("C-ECHO ok" if echo_problem is None else f"DOWN: {echo_problem}"))
     api_ok = False
     try:
-        response = httpx.get(f"http://{host}:{settings.api_port}/api/status", timeout=5)
+        token = settings.api_admin_token.get_secret_value() if settings.api_admin_token else None
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        response = httpx.get(f"http://{host}:{settings.api_port}/api/status", headers=headers, timeout=5)
         api_ok = response.status_code == 200
-        if api_ok:
+        if response.status_code in (401, 403):  # alive, but the counts need a token (PACS_API_ADMIN_TOKEN)
+            health = httpx.get(f"http://{host}:{settings.api_port}/healthz", timeout=5)
+            api_ok = health.status_code == 200
+            print(f"API    http://{host}:{settings.api_port}  " + ("ok (counts need an API token)" if api_ok
+                                                                    else f"DOWN: HTTP {health.status_code}"))
+        elif api_ok:
             body = response.json()
             counts, queue = body["counts"], body["queue"]
             print(f"API    http://{host}:{settings.api_port}  ok, version {body['version']}")

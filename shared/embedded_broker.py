@@ -4,7 +4,11 @@ A message file is written under a hidden temporary name and renamed into place, 
 half-written message; a consumer claims a message by renaming it, which exactly one consumer can do.
 Messages sort by wall-clock time across processes. The exchange tables (which queue a routing key goes to) are
 replaced atomically under a lock file: kombu's own version truncates the table before it locks it, so a process
-publishing at that moment could find no queue and drop the message. Used as ``pacsfs://localhost/``.
+publishing at that moment could find no queue and drop the message. A binding is written to its table before the
+process-wide kombu state records it: otherwise a second thread that declares the same queue finds the binding
+already known, skips writing it, publishes, reads a table without it and drops the message (measured: the first
+58 of 200 messages lost when two consumer threads declared while a third published). Used as
+``pacsfs://localhost/``.
 """
 
 from __future__ import annotations
@@ -67,6 +71,12 @@ class Channel(filesystem.Channel):
         except FileNotFoundError:
             return []
         return [filesystem.exchange_queue_t(*entry) for entry in loads(bytes_to_str(raw))]
+
+    def queue_bind(self, queue: str, exchange: str | None = None, routing_key: str = "", arguments: Any = None,
+                   **kwargs: Any) -> Any:
+        exchange = exchange or "amq.direct"
+        self._queue_bind(exchange, *self.typeof(exchange).prepare_bind(queue, exchange, routing_key, arguments))
+        return super().queue_bind(queue, exchange, routing_key, arguments, **kwargs)
 
     def _queue_bind(self, exchange: str, routing_key: str, pattern: str, queue: str) -> None:
         binding = filesystem.exchange_queue_t(routing_key or "", pattern or "", queue or "")

@@ -14,8 +14,10 @@ import ipaddress
 import json
 import logging
 import os
+import socket
 import tempfile
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +31,7 @@ from shared.events import iso_utc, utc_now
 from shared.node_config import (
     ModalityEntry,
     NodeConfig,
-    default_config,
+    default_config_for,
     load_modalities,
     merge_stored,
     read_stored_settings,
@@ -39,6 +41,7 @@ from shared.settings import Settings
 log = logging.getLogger(__name__)
 
 REFRESH_INTERVAL_SECONDS = 0.5
+CONFIRM_RETRY_SECONDS = 1.0
 CACHE_FILE_NAME = "config-cache.json"
 CACHE_SCHEMA_VERSION = 1
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -58,13 +61,16 @@ class ConfigSnapshot:
     enabled_services: frozenset[str] = frozenset()
     unknown_callers_allowed: frozenset[str] = frozenset()
     accepted_transfer_syntaxes: frozenset[str] | None = None
+    hosts_by_ae_title: dict[str, frozenset[str]] = field(default_factory=dict)
 
     @classmethod
     def build(cls, config: NodeConfig, modalities: Iterable[ModalityEntry], source: str) -> "ConfigSnapshot":
         entries = tuple(modalities)
         allow: dict[str, set[str]] = {}
-        for entry in entries:  # several entries may share an AE title: their permissions add up
+        hosts: dict[str, set[str]] = {}
+        for entry in entries:  # several entries may share an AE title: their permissions and hosts add up
             allow.setdefault(entry.ae_title, set()).update(entry.allow)
+            hosts.setdefault(entry.ae_title, set()).add(entry.host)
         return cls(
             config=config,
             modalities=entries,
@@ -77,6 +83,7 @@ class ConfigSnapshot:
             unknown_callers_allowed=frozenset(config.unknown_callers_allowed),
             accepted_transfer_syntaxes=(None if config.accepted_transfer_syntaxes is None
                                         else frozenset(config.accepted_transfer_syntaxes)),
+            hosts_by_ae_title={title: frozenset(values) for title, values in hosts.items()},
         )
 
     def is_registered(self, ae_title: str) -> bool:
@@ -94,6 +101,14 @@ class ConfigSnapshot:
             candidates.append(ip.ipv4_mapped)  # a dual-stack listener sees IPv4 callers as ::ffff:a.b.c.d
         return any(candidate in network for candidate in candidates for network in self.networks
                    if candidate.version == network.version)
+
+    def calling_aet_from_wrong_host(self, ae_title: str, address: str) -> bool:
+        """With check_calling_aet_host: a registered calling AE title connecting from none of its modalities' hosts."""
+        hosts = self.hosts_by_ae_title.get(ae_title)
+        if not self.config.check_calling_aet_host or not hosts:
+            return False
+        caller = _canonical_ip(address)
+        return caller is None or not any(caller in host_addresses(host) for host in hosts)
 
     def calling_aet_refused(self, ae_title: str) -> str | None:
         """Why this calling AE title may not associate at all (a stable reason key), or None."""
@@ -114,6 +129,38 @@ class ConfigSnapshot:
 
     def modality(self, name: str) -> ModalityEntry | None:
         return next((entry for entry in self.modalities if entry.name == name), None)
+
+
+def _canonical_ip(text: str) -> str | None:
+    try:
+        ip = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # a dual-stack listener sees IPv4 callers as ::ffff:a.b.c.d
+    return str(ip)
+
+
+HOST_CACHE_SECONDS = 60.0
+_host_addresses: dict[str, tuple[float, frozenset[str]]] = {}
+
+
+def host_addresses(host: str) -> frozenset[str]:
+    """The addresses of a modality's host: itself when it is an address, else what its name resolves to (cached
+    for a minute; an unresolvable name has none)."""
+    literal = _canonical_ip(host)
+    if literal is not None:
+        return frozenset({literal})
+    cached = _host_addresses.get(host)
+    if cached is not None and time.monotonic() - cached[0] < HOST_CACHE_SECONDS:
+        return cached[1]
+    try:
+        resolved = {_canonical_ip(str(info[4][0])) for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        resolved = set()
+    addresses = frozenset(address for address in resolved if address is not None)
+    _host_addresses[host] = (time.monotonic(), addresses)
+    return addresses
 
 
 class LiveConfig:
@@ -137,11 +184,12 @@ class LiveConfig:
         self._first_refresh = threading.Event()
         self._thread: threading.Thread | None = None
         self._database_ok: bool | None = None
+        self._confirm_tried_at = 0.0  # monotonic time confirmed() last read the database itself
         self.refresh_failures = 0
 
     @classmethod
     def for_settings(cls, settings: Settings, sessions: sessionmaker[Session]) -> "LiveConfig":
-        return cls(default_config(settings.check_called_aet), sessions,
+        return cls(default_config_for(settings), sessions,
                    settings.data_dir.resolve() / CACHE_FILE_NAME)
 
     def current(self) -> ConfigSnapshot:
@@ -153,10 +201,13 @@ class LiveConfig:
 
         Used before refusing something (an unknown caller, a move destination, a service): a change made over
         REST an instant ago then takes effect at once, while the fast path never waits for the database.
-        While the database is known to be down, the values in force are returned without trying.
+        While the database is known to be down, it is tried again at most once a second (so that refusals do not
+        each wait for a connection attempt, yet a database that just came back is seen before the next poll).
         """
-        if self._database_ok is False:
+        now = time.monotonic()
+        if self._database_ok is False and now - self._confirm_tried_at < CONFIRM_RETRY_SECONDS:
             return self._snapshot
+        self._confirm_tried_at = now
         return self.refresh_now()
 
     # ---- loading ------------------------------------------------------------------------------------------

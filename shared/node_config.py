@@ -73,6 +73,10 @@ class NodeConfig(BaseModel):
     max_associations: int = Field(
         64, ge=1, le=MAX_ASSOCIATIONS_LIMIT, description="Concurrent associations accepted by each SCP process; "
         "one more gets A-ASSOCIATE-RJ 2/3/2 (rejected-transient, local limit exceeded).")
+    check_calling_aet_host: bool = Field(
+        False, description="A calling AE title that is a registered modality must connect from that modality's "
+        "host (its address, or one its host name resolves to); from anywhere else: A-ASSOCIATE-RJ 1/1/3. "
+        "Unregistered callers are not affected (see unknown_callers_allowed).")
     allowed_calling_aets: list[str] = Field(
         default_factory=list, description="If not empty, only these calling AE titles may associate "
         "(others: A-ASSOCIATE-RJ 1/1/3).")
@@ -85,15 +89,61 @@ class NodeConfig(BaseModel):
     enabled_services: list[ServiceName] = Field(
         default_factory=lambda: list(SERVICES), description="Services the node offers at all; a request for "
         "another is refused (status 0x0124) whoever calls.")
+    patient_name_ignore_accents: bool = Field(
+        False, description="C-FIND and QIDO-RS compare PatientName without accents as well as without case "
+        "(Müller matches MULLER). Off: case-insensitive only.")
     duplicate_policy: Literal["keep_first"] = Field(
         "keep_first", description="Same SOP Instance UID with other content: keep the first object and audit "
         "the conflict (the only policy implemented).")
     storage_layout: Literal["flat", "patient", "study", "series", "date"] = Field(
-        "series", description="Object key scheme for new objects. Stored and shown only for now: the key scheme "
-        "that uses it comes with a later issue (keys are StudyUID/SeriesUID/SOPInstanceUID.dcm today).")
+        "series", description="Folders of new objects (shared.storage.layout): flat; patient (PatientID, "
+        "sanitised); study (StudyUID); series (patient/StudyUID/SeriesUID); date (received day, YYYY/MM/DD). "
+        "Objects already stored keep their keys.")
+    storage_naming: Literal["sop_uid", "instance_number", "timestamp", "sequence"] = Field(
+        "sop_uid", description="File name of new objects, always ending in _<SOPInstanceUID>.dcm or "
+        "<SOPInstanceUID>.dcm: sop_uid, instance_number (6 digits first), timestamp (received, UTC), sequence "
+        "(arrival counter of the receiving process).")
     storage_max_bytes: int | None = Field(
-        None, gt=0, description="Most bytes the object store may hold (null = no limit). Stored and shown; "
-        "enforced by a later issue.")
+        None, gt=0, description="Most bytes of instances the node holds (indexed plus pending); a new instance "
+        "beyond it is refused: C-STORE 0xA700, STOW-RS 507 (null = no limit).")
+    storage_max_instances: int | None = Field(
+        None, gt=0, description="Most instances the node holds (indexed plus pending); refused beyond it as for "
+        "storage_max_bytes (null = no limit).")
+    ingest_compression: Literal["none", "jpeg_ls_lossless", "jpeg2000_lossless", "rle_lossless"] = Field(
+        "none", description="Compress the pixel data of new instances losslessly before they are stored: "
+        "jpeg_ls_lossless, jpeg2000_lossless or rle_lossless (none = store as received). Only native 8/16-bit "
+        "monochrome or RGB little-endian pixel data is compressed, and only when the result decodes to exactly the "
+        "received pixels and is smaller; retrieval transcodes for peers that do not accept it. Costs CPU on the "
+        "ingest path (bench/README.md).")
+    retention_days: int | None = Field(
+        None, gt=0, le=36500, description="Delete studies older than this many days (null = keep forever); "
+        "protected studies are kept. Run by `pacs indexer`; preview with GET /api/retention/preview.")
+    retention_basis: Literal["received", "study_date"] = Field(
+        "received", description="Age of a study for retention: received (its last instance received) or "
+        "study_date (StudyDate; a study received within the last day is kept anyway).")
+    storage_recycle: bool = Field(
+        False, description="With a storage limit set: `pacs indexer` deletes the oldest unprotected studies (none "
+        "that received an instance within the last hour) to keep the node under 90% of its limits, so that "
+        "ingest is not refused; at 100% ingest is still refused (nothing left to recycle, or not fast enough).")
+
+    # Events and routing (shared/routing.py, shared/webhooks.py, services/indexer/events.py)
+    study_stable_seconds: int = Field(
+        60, ge=1, le=86_400, description="A study with no new instance indexed for this long is stable: a "
+        "study_stable event (webhooks, auto-forward rules), once, again after new instances.")
+    webhook_max_attempts: int = Field(
+        10, ge=1, le=100, description="Attempts of one webhook delivery before it is marked failed.")
+    webhook_retry_seconds: int = Field(
+        10, ge=1, le=3600, description="Wait before the first retry of a webhook delivery; doubled at each "
+        "attempt, at most one hour.")
+    forward_max_attempts: int = Field(
+        5, ge=1, le=100, description="Jobs one auto-forward may run (the first and its retries of the instances "
+        "that failed) before it is marked failed.")
+    forward_retry_seconds: int = Field(
+        60, ge=1, le=86_400, description="Wait before the first retry of an auto-forward; doubled at each "
+        "attempt, at most one day.")
+    commitment_wait_seconds: int = Field(
+        30, ge=0, le=600, description="Storage commitment: how long to wait for referenced instances that are "
+        "acknowledged but not yet indexed before reporting them failed.")
 
     @field_validator("unknown_callers_allowed", "enabled_services")
     @classmethod
@@ -133,6 +183,13 @@ CONFIG_KEYS: tuple[str, ...] = tuple(NodeConfig.model_fields)
 def default_config(check_called_aet: bool = True) -> NodeConfig:
     """The configuration before any PATCH: NodeConfig defaults, check_called_aet from the settings."""
     return NodeConfig(check_called_aet=check_called_aet)
+
+
+def default_config_for(settings: Any) -> NodeConfig:
+    """The configuration before any PATCH, with the initial values the settings give (shared.settings.Settings:
+    check_called_aet, storage_layout, storage_max_bytes, ingest_compression)."""
+    return NodeConfig(check_called_aet=settings.check_called_aet, storage_layout=settings.storage_layout,
+                      storage_max_bytes=settings.storage_max_bytes, ingest_compression=settings.ingest_compression)
 
 
 class ConfigError(ValueError):
@@ -188,6 +245,9 @@ class ModalityFields(BaseModel):
     description: str = Field("", max_length=1024, description="Free text.")
     local_ae_title: str | None = Field(
         None, description="Calling AE title the node uses toward this AE (null = the node's own AE title).")
+    facility: str = Field(
+        "", max_length=64, description="The sending facility (site, department) this AE belongs to; "
+        "GET /api/studies?facility= lists the studies its AE titles sent.")
 
     @field_validator("ae_title")
     @classmethod
@@ -257,7 +317,8 @@ def store_settings(session: Session, values: dict[str, Any], now: datetime) -> N
 
 def modality_entry(row: Modality) -> ModalityEntry:
     return ModalityEntry(name=row.name, ae_title=row.ae_title, host=row.host, port=row.port,
-                         allow=list(row.allow), description=row.description, local_ae_title=row.local_ae_title)
+                         allow=list(row.allow), description=row.description, local_ae_title=row.local_ae_title,
+                         facility=row.facility or "")
 
 
 def load_modalities(session: Session) -> list[ModalityEntry]:

@@ -16,7 +16,6 @@ INDEX_INSTANCES_TASK = "pacs.index_instances"
 RECORD_DUPLICATE_TASK = "pacs.record_duplicate"
 MOVE_QUEUE = "pacs.move"
 RUN_JOB_TASK = "pacs.run_job"
-BROKER_VISIBILITY_TIMEOUT_SECONDS = 300
 
 
 def broker_transport_options(settings: Settings) -> dict[str, object]:
@@ -32,8 +31,12 @@ def broker_transport_options(settings: Settings) -> dict[str, object]:
             "store_processed": False,
             "polling_interval": 0.05,
         }
+    visibility = settings.broker_visibility_timeout_seconds
     return {
-        "visibility_timeout": BROKER_VISIBILITY_TIMEOUT_SECONDS,
+        "visibility_timeout": visibility,
+        # Unacknowledged messages past the timeout are restored every few seconds (kombu: every 100 s by default).
+        "unacked_restore_interval": max(1, min(10, visibility // 3)),
+        "unacked_restore_throttle": 1,
         "socket_timeout": 5,
         "socket_connect_timeout": 2,
         "retry_on_timeout": False,

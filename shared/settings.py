@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -33,6 +33,11 @@ class Settings(BaseSettings):
     dicom_port: int = Field(11112, ge=1, le=65535, description="DICOM listening port.")
     api_host: str = Field("127.0.0.1", description="Address the HTTP API binds to.")
     api_port: int = Field(8042, ge=1, le=65535, description="HTTP API port.")
+    api_admin_token: SecretStr | None = Field(
+        None, description="Bootstrap admin token of the HTTP API (a long random secret, sent as "
+        "`Authorization: Bearer …`), for deployments that need one before any `pacs token create`. Keep it in a "
+        "secret store; unset = only tokens from the database."
+    )
     data_dir: Path = Field(Path("data"), description="Where the embedded default keeps index, objects and queue.")
 
     database_url: str | None = Field(
@@ -45,7 +50,8 @@ class Settings(BaseSettings):
     )
     s3_endpoint: str | None = Field(None, description="S3 endpoint as host:port or http(s)://host:port.")
     s3_access_key: str | None = Field(None, description="S3 access key.")
-    s3_secret_key: str | None = Field(None, description="S3 secret key.")
+    s3_secret_key: SecretStr | None = Field(None, description="S3 secret key (a secret: never on a command line "
+                                            "that pacs serve builds, never logged).")
     s3_region: str = Field("us-east-1", description="S3 region name.")
     s3_timeout_seconds: float = Field(
         4.0, gt=0, description="Connect/read timeout of one S3 request; a failed store is answered well "
@@ -54,6 +60,11 @@ class Settings(BaseSettings):
     broker_url: str | None = Field(
         None, description="Celery broker (redis://host:6379/0). Default: an embedded broker that needs no "
         "server, a folder in the data directory."
+    )
+    broker_visibility_timeout_seconds: int = Field(
+        300, ge=1, le=86_400, description="Redis broker: a task taken but not acknowledged for this long is handed "
+        "to another worker (a worker that died). Tasks are idempotent and jobs leased (services/mover/lease.py), "
+        "so a task that runs longer is not run twice."
     )
 
     log_level: str = Field("INFO", description="Log level of the node's own loggers.")
@@ -64,6 +75,10 @@ class Settings(BaseSettings):
         30.0, ge=0, description="Age after which a stored but unindexed object is handed to the indexer again."
     )
     heartbeat_interval_seconds: float = Field(5.0, gt=0, description="How often each service reports it is alive.")
+    move_stall_seconds: float = Field(
+        120.0, gt=0, le=3600, description="A C-MOVE whose job shows no progress for this long (no mover running, "
+        "or the destination stopped answering) ends: its remaining sub-operations count as failed."
+    )
     find_result_limit: int = Field(
         10_000, ge=1, description="Most matches one C-FIND answers; more gets 0xA700 (refine the query)."
     )
@@ -77,8 +92,58 @@ class Settings(BaseSettings):
         10.0, ge=0, description="On SIGTERM, how long running associations may finish before they are aborted."
     )
 
+    # DICOM TLS (PS3.15 Annex B, BCP 195: TLS 1.2 or 1.3): a second listener of the same SCP (services/scp/tls.py).
+    tls_port: int | None = Field(
+        None, ge=1, le=65535, description="Port of the DICOM TLS listener (2762 is the registered DICOM TLS port); "
+        "unset = no TLS listener. The same AE, services and access policy as dicom_port."
+    )
+    tls_certificate: Path | None = Field(
+        None, description="PEM file with the TLS listener's certificate, followed by any intermediate CA "
+        "certificates (required with tls_port)."
+    )
+    tls_private_key: Path | None = Field(
+        None, description="PEM file with the (unencrypted) private key of tls_certificate; unset = the key is in "
+        "the tls_certificate file."
+    )
+    tls_ca_certificates: Path | None = Field(
+        None, description="PEM file with the CA certificates trusted for client certificates. Set: a client "
+        "certificate, when presented, must be issued by one of them; unset: none is asked for."
+    )
+    tls_require_client_certificate: bool = Field(
+        False, description="Refuse TLS connections without a client certificate issued by tls_ca_certificates."
+    )
+
+    # DICOMweb (services/api/dicomweb/).
+    dicomweb_max_request_bytes: int = Field(
+        4 * 1024**3, ge=1, description="Largest STOW-RS request body accepted (spooled to <data_dir>/spool, never "
+        "held in memory); a larger one gets 413."
+    )
+    cors_allowed_origins: str = Field(
+        "", description="Comma-separated origins allowed to call the HTTP API from a browser (CORS), e.g. an OHIF "
+        "viewer served from another origin: https://viewer.example.org. Empty = no cross-origin access."
+    )
+
     # Initial values of the live node configuration (GET/PATCH /api/config override them at run time).
     check_called_aet: bool = Field(True, description="Refuse associations whose called AE title is not ours.")
+    storage_layout: Literal["flat", "patient", "study", "series", "date"] = Field(
+        "series", description="Folders of new objects (flat, patient, study, series = patient/study/series, date = "
+        "received YYYY/MM/DD) until storage_layout is PATCHed in /api/config."
+    )
+    ingest_compression: Literal["none", "jpeg_ls_lossless", "jpeg2000_lossless", "rle_lossless"] = Field(
+        "none", description="Lossless compression of new instances before they are stored (none, jpeg_ls_lossless, "
+        "jpeg2000_lossless, rle_lossless) until ingest_compression is PATCHed in /api/config."
+    )
+    storage_max_bytes: int | None = Field(
+        None, gt=0, description="Most bytes of instances the node holds (C-STORE 0xA700, STOW-RS 507 beyond it) "
+        "until storage_max_bytes is PATCHed in /api/config; unset = no limit."
+    )
+
+    @field_validator("tls_port", "tls_certificate", "tls_private_key", "tls_ca_certificates", "storage_max_bytes",
+                     mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        """``PACS_TLS_PORT=`` (as deployment files write an unset option) means not set."""
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("ae_title")
     @classmethod
@@ -104,6 +169,10 @@ class Settings(BaseSettings):
         return tuple(sources)
 
     # Resolved values: the embedded defaults live under the data directory.
+    @property
+    def cors_origins(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_allowed_origins.split(",") if origin.strip()]
+
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'index.sqlite3'}"

@@ -20,6 +20,7 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification
 
+from shared.dicom.requestor import keep_reactor_off_responses
 from tests.factory import with_file_meta
 from tests.peers import dcmtk_env, dcmtk_tool
 
@@ -110,6 +111,8 @@ def associate(port: int, contexts: Sequence[tuple[str, Sequence[str]]] = ((Verif
         else:
             ae.add_requested_context(abstract)
     assoc = ae.associate("127.0.0.1", port, ae_title=called_aet)
+    if assoc.is_established:
+        keep_reactor_off_responses(assoc)
     by_id = {int(context.context_id): int(context.result)
              for context in list(assoc.accepted_contexts) + list(assoc.rejected_contexts)}
     return Outcome(assoc, _rejection_of(assoc), [by_id[key] for key in sorted(by_id)])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,8 @@ import psycopg
 import pytest
 import redis
 
+from shared.runtime import Runtime
+from tests.archive import open_archive
 from tests.faults import OwnRedis
 from tests.node import Node, free_port, port_accepts, wait_until
 
@@ -35,8 +38,8 @@ def postgres_url() -> Iterator[str]:
 
 @pytest.fixture
 def redis_url() -> Iterator[str]:
-    """A database of the local Redis server, emptied before and after."""
-    db = 9
+    """A database of the local Redis server, emptied before and after (one per pytest-xdist worker)."""
+    db = 9 + int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
     client = redis.Redis.from_url(f"{REDIS_URL}/{db}", socket_connect_timeout=3)
     try:
         client.flushdb()
@@ -92,14 +95,20 @@ def s3_server() -> Iterator[S3Server]:
     server.stop()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def runtime(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Runtime]:
+    """The composition root on a fresh archive, once on SQLite and once on PostgreSQL (modules that need one
+    database only define their own ``runtime``)."""
+    url = request.getfixturevalue("postgres_url") if request.param == "postgresql" else None
+    archive = open_archive(tmp_path / "data", url)
+    yield archive
+    archive.close()
+
+
 @pytest.fixture
 def embedded_node(tmp_path: Path) -> Iterator[Node]:
     """`pacs serve` on a fresh data directory (SQLite, local objects, embedded queue)."""
     node = Node(tmp_path)
     node.service("serve")
-    try:
-        node.wait_ready()
+    with node.running():
         yield node
-    finally:
-        node.stop()
-        print(node.logs())

@@ -172,3 +172,14 @@ def uncompressed_set(out_dir: Path, count: int, transfer_syntax: str = ExplicitV
         files.append(SampleFile(save(ds, out_dir / f"{ds.SOPInstanceUID}.dcm", transfer_syntax), transfer_syntax,
                               ds.SOPInstanceUID))
     return files
+
+
+def deeply_nested_dataset(depth: int) -> bytes:
+    """A dataset (Explicit VR Little Endian) whose ContentSequence nests ``depth`` levels deep, written as a
+    hostile sender would: undefined lengths, so that the nesting costs the sender nothing."""
+    dataset = make_image()
+    del dataset.PixelData
+    opening = bytes.fromhex("4000 30A7") + b"SQ\x00\x00" + b"\xff" * 4 + bytes.fromhex("FEFF 00E0") + b"\xff" * 4
+    leaf = bytes.fromhex("0800 0001") + b"SH" + (4).to_bytes(2, "little") + b"LEAF"
+    closing = bytes.fromhex("FEFF 0DE0") + b"\x00" * 4 + bytes.fromhex("FEFF DDE0") + b"\x00" * 4
+    return encode_dataset(dataset, ExplicitVRLittleEndian) + opening * depth + leaf + closing * depth

@@ -8,7 +8,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,19 @@ REPO = Path(__file__).resolve().parents[1]
 PACS = [sys.executable, "-m", "services.cli"]
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port nothing listens on now, and one this test process has not handed out before: the kernel can give
+    the same free port to two calls in a row (CI once started a node whose DICOM and API ports were the same)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def port_accepts(port: int) -> bool:
@@ -150,6 +160,16 @@ class Node:
     def stop(self) -> None:
         for service in reversed(list(self.services.values())):
             service.stop()
+
+    @contextmanager
+    def running(self) -> Iterator["Node"]:
+        """The node once it is ready; stopped afterwards, its logs printed (pytest shows them when a test fails)."""
+        try:
+            self.wait_ready()
+            yield self
+        finally:
+            self.stop()
+            print(self.logs())
 
     def logs(self) -> str:
         return "\n".join(f"--- {name}\n{service.log()}" for name, service in self.services.items())

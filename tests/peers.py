@@ -16,6 +16,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
+from shared.dicom.requestor import keep_reactor_off_responses
 from tests.factory import SOP_CLASSES, UNCOMPRESSED_SYNTAXES, SampleFile, with_file_meta
 
 # storescu proposes only uncompressed syntaxes unless told; one option per transfer syntax family.
@@ -90,6 +91,7 @@ class StoreClient:
     def __enter__(self) -> "StoreClient":
         self.association = self.ae.associate("127.0.0.1", self.port, ae_title=self.called_aet)
         assert self.association.is_established, "association was not accepted"
+        keep_reactor_off_responses(self.association)
         return self
 
     def __exit__(self, *_exc: object) -> None:
@@ -152,14 +154,9 @@ def send_raw_c_store(association: Any, sop_class_uid: str, sop_instance_uid: str
     request._affected_sop_instance_uid = sop_instance_uid  # bypass the setter: hostile values on purpose
     request.Priority = 2
     request.DataSet = BytesIO(dataset)
-    association._reactor_checkpoint.clear()  # pause the reactor so that it leaves the response to us
-    while not association._is_paused:
-        time.sleep(0.0001)
-    try:
-        association.dimse.send_msg(request, context.context_id)
-        _, response = association.dimse.get_msg(block=True)
-    finally:
-        association._reactor_checkpoint.set()
+    keep_reactor_off_responses(association)  # the association's own thread must leave the response to us
+    association.dimse.send_msg(request, context.context_id)
+    _, response = association.dimse.get_msg(block=True)
     if response is None:
         deadline = time.monotonic() + 5  # the resumed reactor notices the A-ABORT
         while association.is_established and time.monotonic() < deadline:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+
 import uvicorn
 
 from services.api.app import create_app
+from services.api.auth import startup_refusal
 from shared.heartbeat import Heartbeat
 from shared.lifecycle import StopRequest
 from shared.runtime import build_runtime
@@ -16,6 +19,11 @@ def run_api(settings: Settings) -> int:
     # that a clean stop ends with exit code 0 rather than death by the signal.
     StopRequest().install()
     runtime = build_runtime(settings)
+    refusal = startup_refusal(settings, runtime.sessions)
+    if refusal is not None:
+        print(f"pacs: {refusal}", file=sys.stderr)
+        runtime.close()
+        return 1
     heartbeat = Heartbeat("api", runtime.sessions, settings.heartbeat_interval_seconds,
                           details=lambda: {"port": settings.api_port})
     heartbeat.start()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import unicodedata
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import pydicom
 from pydicom.dataset import Dataset
 
+from shared.dicom.names import accent_free, folded
 from shared.uids import require_uid
 
 BULK_DATA_THRESHOLD = 1024  # binary values larger than this are left out of the stored attributes
@@ -52,17 +52,6 @@ class IndexRecord:
     attributes: dict[str, Any]
 
 
-def search_form(text: str) -> str:
-    """Case-folded, accents removed: what case- and accent-insensitive matching compares.
-
-    Only the combining diacritical marks (U+0300-U+036F: Latin, Greek, Cyrillic accents) are removed; marks
-    that change a letter's identity elsewhere (the kana voicing marks of だ, for one) are kept.
-    """
-    decomposed = unicodedata.normalize("NFKD", text)
-    stripped = "".join(ch for ch in decomposed if not 0x300 <= ord(ch) <= 0x36F)
-    return unicodedata.normalize("NFC", stripped).casefold()
-
-
 def _text(dataset: Dataset, keyword: str, limit: int) -> str:
     value = dataset.get(keyword)
     if value is None:
@@ -97,8 +86,8 @@ def extract(part10: bytes) -> IndexRecord:
         record_fields = dict(
             patient_id=_text(dataset, "PatientID", 64),
             patient_name=patient_name,
-            patient_name_folded=patient_name.casefold(),
-            patient_name_search=search_form(patient_name),
+            patient_name_folded=folded(patient_name),
+            patient_name_search=accent_free(patient_name),
             patient_birth_date=_text(dataset, "PatientBirthDate", 8),
             patient_sex=_text(dataset, "PatientSex", 16),
             study_instance_uid=require_uid(dataset.get("StudyInstanceUID"), "Study Instance UID"),

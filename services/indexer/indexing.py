@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
 from services.indexer.extract import IndexRecord, UnindexableObject, extract
+from services.indexer.outbox import record_instance_events
 from services.indexer.upsert import BatchCache, audit, record_dead_letter, upsert_instance
 from shared.events import DuplicateReceived, InstanceStored, utc_now
 from shared.runtime import Runtime
@@ -48,12 +49,15 @@ def _write(runtime: Runtime, loaded: list[tuple[InstanceStored, IndexRecord]],
            failed: list[tuple[InstanceStored, str]], result: BatchResult) -> None:
     with runtime.sessions.begin() as session:
         cache = BatchCache()
+        new: list[tuple[InstanceStored, IndexRecord]] = []
         for event, record in loaded:
             if upsert_instance(session, event, record, cache):
                 result.indexed += 1
+                new.append((event, record))
             else:
                 result.already_indexed += 1
         cache.mark_updated(session, utc_now())
+        record_instance_events(session, new)  # webhooks and auto-forward rules (outbox, same transaction)
         for event, reason in failed:
             record_dead_letter(session, event, reason)
             result.dead_lettered += 1

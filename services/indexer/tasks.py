@@ -31,6 +31,8 @@ def register_tasks(app: Celery, runtime: Callable[[], Runtime]) -> None:
     @app.task(name=INDEX_INSTANCES_TASK, **RETRY_OPTIONS)
     def index_instances(self: Any, events: list[dict[str, Any]]) -> dict[str, int]:
         result = index_events(runtime(), [InstanceStored.model_validate(event) for event in events])
+        if (self.request.delivery_info or {}).get("redelivered"):  # Redis handed it out again (visibility timeout)
+            log.info("index.redelivered indexed=%d already=%d", result.indexed, result.already_indexed)
         log.debug("index.batch indexed=%d already=%d dead_lettered=%d",
                  result.indexed, result.already_indexed, result.dead_lettered)
         return {"indexed": result.indexed}

@@ -1,9 +1,11 @@
-"""`pacs mover`: a Celery worker on the move queue that runs jobs (C-MOVE and REST sends), plus a heartbeat."""
+"""`pacs mover`: a Celery worker on the move queue that runs jobs (C-MOVE and REST sends), plus a heartbeat and
+the orphan pass (jobs whose mover stopped or whose message was lost are handed to the queue again)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from services.mover.lease import OrphanPass
 from services.mover.runner import run_job
 from shared.heartbeat import Heartbeat
 from shared.queue import MOVE_QUEUE, RUN_JOB_TASK
@@ -26,7 +28,11 @@ def run_mover(settings: Settings) -> int:
 
     heartbeat = Heartbeat("mover", runtime.sessions, settings.heartbeat_interval_seconds,
                           details=lambda: {"concurrent_jobs": CONCURRENT_JOBS})
+    orphans = OrphanPass(runtime.sessions, lambda job_id: runtime.celery.send_task(RUN_JOB_TASK, args=[job_id],
+                                                                                   retry=False))
     heartbeat.start()
+    orphans.start()
     run_celery_worker(runtime.celery, MOVE_QUEUE, "threads", CONCURRENT_JOBS, settings.log_level)
+    orphans.stop()
     heartbeat.stop()
     return 0

@@ -1,5 +1,6 @@
 """Run one job: send its pending items in order, count each outcome, honour cancellation. Safe to run again:
-only items still pending are sent."""
+only items still pending are sent, each counted once, and only by the run holding the job's lease
+(services.mover.lease): a second delivery of the job while it runs does nothing."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 from sqlalchemy import select, update
 
+from services.mover.lease import LEASE_SECONDS, LeaseKeeper, claim, new_runner
 from services.mover.sender import DestinationUnreachable, SendOutcome, StoreSender
 from shared.db.models import Job, JobItem
 from shared.events import utc_now
@@ -19,6 +21,8 @@ from shared.runtime import Runtime
 log = logging.getLogger(__name__)
 
 CHUNK = 200
+RECORD_BATCH = 32
+RECORD_SECONDS = 0.2  # C-MOVE pending responses follow the counters at most this late
 CANCEL_CHECK_SECONDS = 0.25
 COUNTER_OF = {SendOutcome.COMPLETED: "completed", SendOutcome.WARNING: "warning", SendOutcome.FAILED: "failed"}
 
@@ -40,12 +44,34 @@ def _pending_items(runtime: Runtime, job_id: str) -> Iterator[tuple[int, Item]]:
             yield row.pk, Item(row.sop_instance_uid, row.sop_class_uid, row.transfer_syntax, row.object_key)
 
 
-def _record(runtime: Runtime, job_id: str, item_pk: int, outcome: str, reason: str) -> None:
-    counter = COUNTER_OF[outcome]
-    with runtime.sessions.begin() as session:
-        session.execute(update(JobItem).where(JobItem.pk == item_pk).values(state=outcome, detail=reason))
-        session.execute(update(Job).where(Job.id == job_id).values(
-            {counter: getattr(Job, counter) + 1, "updated_at": utc_now()}))
+class Outcomes:
+    """The outcomes of sub-operations, written in one transaction per RECORD_BATCH items or RECORD_SECONDS
+    (whichever comes first), not one commit per instance. Each item is counted
+    once: an item no longer pending (failed by a stall, counted by an earlier run) keeps the count it has."""
+
+    def __init__(self, runtime: Runtime, job_id: str) -> None:
+        self._runtime, self._job_id = runtime, job_id
+        self._waiting: dict[tuple[str, str], list[int]] = {}
+        self._count = 0
+        self._since = time.monotonic()
+
+    def add(self, item_pk: int, outcome: str, reason: str) -> None:
+        self._waiting.setdefault((outcome, reason), []).append(item_pk)
+        self._count += 1
+        if self._count >= RECORD_BATCH or time.monotonic() - self._since >= RECORD_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._waiting:
+            with self._runtime.sessions.begin() as session:
+                for (outcome, reason), item_pks in self._waiting.items():
+                    recorded = session.execute(update(JobItem).where(
+                        JobItem.pk.in_(item_pks), JobItem.state == "pending").values(state=outcome, detail=reason))
+                    if recorded.rowcount:
+                        counter = COUNTER_OF[outcome]
+                        session.execute(update(Job).where(Job.id == self._job_id).values(
+                            {counter: getattr(Job, counter) + recorded.rowcount, "updated_at": utc_now()}))
+        self._waiting, self._count, self._since = {}, 0, time.monotonic()
 
 
 def _cancel_requested(runtime: Runtime, job_id: str) -> bool:
@@ -55,16 +81,23 @@ def _cancel_requested(runtime: Runtime, job_id: str) -> bool:
 
 def _finish(runtime: Runtime, job_id: str, state: str, error: str = "") -> None:
     with runtime.sessions.begin() as session:
-        session.execute(update(Job).where(Job.id == job_id).values(
+        session.execute(update(Job).where(Job.id == job_id, Job.state.not_in(FINISHED_STATES)).values(
             state=state, error=error, updated_at=utc_now(), finished_at=utc_now()))
 
 
-def run_job(runtime: Runtime, job_id: str, spool_dir: Path) -> None:
-    with runtime.sessions.begin() as session:
+def run_job(runtime: Runtime, job_id: str, spool_dir: Path, lease_seconds: float = LEASE_SECONDS) -> None:
+    runner = new_runner()
+    if not claim(runtime.sessions, job_id, runner, lease_seconds):
+        log.info("mover.job_not_claimed job=%s (finished, unknown, or running elsewhere)", job_id)
+        return
+    with LeaseKeeper(runtime.sessions, job_id, runner, lease_seconds) as lease:
+        _run_claimed(runtime, job_id, spool_dir, lease)
+
+
+def _run_claimed(runtime: Runtime, job_id: str, spool_dir: Path, lease: LeaseKeeper) -> None:
+    with runtime.sessions() as session:
         job = session.get(Job, job_id)
-        if job is None or job.state in FINISHED_STATES:
-            return
-        job.state, job.updated_at = "running", utc_now()
+        assert job is not None
         destination = Destination(job.destination_ae_title, job.destination_host, job.destination_port,
                                   job.calling_ae_title)
     with runtime.sessions() as session:
@@ -78,20 +111,26 @@ def run_job(runtime: Runtime, job_id: str, spool_dir: Path) -> None:
             fail_unfinished(session, job_id, str(exc))
         return
     next_cancel_check = 0.0
+    outcomes = Outcomes(runtime, job_id)
     try:
         for item_pk, item in _pending_items(runtime, job_id):
+            if lease.lost.is_set():
+                log.warning("mover.job_taken_over job=%s (stopping this run)", job_id)
+                return
             if time.monotonic() >= next_cancel_check:
                 if _cancel_requested(runtime, job_id):
+                    outcomes.flush()
                     _finish(runtime, job_id, "cancelled")
                     log.info("mover.cancelled job=%s", job_id)
                     return
                 next_cancel_check = time.monotonic() + CANCEL_CHECK_SECONDS
             if not sender.alive:
-                _record(runtime, job_id, item_pk, SendOutcome.FAILED, "association with the destination lost")
+                outcomes.add(item_pk, SendOutcome.FAILED, "association with the destination lost")
                 continue
             outcome, reason = sender.send(item)
-            _record(runtime, job_id, item_pk, outcome, reason)
+            outcomes.add(item_pk, outcome, reason)
     finally:
+        outcomes.flush()
         sender.close()
     _finish(runtime, job_id, "done")
     log.info("mover.done job=%s", job_id)

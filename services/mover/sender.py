@@ -19,18 +19,19 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config, evt
 from pynetdicom.presentation import build_context
 
+from shared.dicom.requestor import send_without_waiting_for_the_reactor
+from shared.dicom.transcode import UNCOMPRESSED, to_uncompressed
 from shared.jobs import Destination, Item
 from shared.storage import ObjectStore, StorageError
 from shared.storage.filesystem import FilesystemObjectStore
 
 log = logging.getLogger(__name__)
 
-UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 MAX_CONTEXTS = 128
+DUL_POLL_SECONDS = 0.0001  # the association's DUL thread looks for the response every 0.1 ms, not 1 ms
 SUCCESS_STATUSES = {0x0000}
 WARNING_STATUSES = {0x0001, 0x0107, 0x0116} | set(range(0xB000, 0xC000))
 
@@ -125,17 +126,7 @@ def _decoded_for(path: Path, accepted: set[str]) -> pydicom.Dataset | None:
     if target is None:
         return None
     try:
-        dataset = pydicom.dcmread(path)
-        syntax = dataset.file_meta.TransferSyntaxUID
-        if syntax.is_compressed:
-            # Same instance, other encoding: it keeps its SOP Instance UID (pydicom would make a new one).
-            dataset.decompress(generate_instance_uid=False)  # raises when no decoder handles the syntax
-        elif not syntax.is_little_endian and "PixelData" in dataset:
-            # Big endian: the pixel words are swapped through their array; other values re-encode as they are.
-            pixels = dataset.pixel_array
-            dataset.PixelData = pixels.astype(pixels.dtype.newbyteorder("<")).tobytes()
-        dataset.file_meta.TransferSyntaxUID = UID(target)
-        dataset.set_original_encoding(target == ImplicitVRLittleEndian, True, dataset.original_character_set)
+        dataset = to_uncompressed(pydicom.dcmread(path), target)
     except Exception as exc:
         log.warning("mover.transcode_failed error=%s", exc.__class__.__name__)
         return None
@@ -156,6 +147,8 @@ class StoreSender:
                                                evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)])
         if not self._association.is_established:
             raise DestinationUnreachable("association with the destination was not established")
+        send_without_waiting_for_the_reactor(self._association)
+        self._association.dul._run_loop_delay = DUL_POLL_SECONDS
         self._accepted = accepted_syntaxes(self._association)
 
     def close(self) -> None:

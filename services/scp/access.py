@@ -216,6 +216,10 @@ class AccessPolicy:
         if reason is not None:
             self._reject(assoc, REJECT_CALLING_AET, reason, calling, remote_ip)
             return
+        if snapshot.calling_aet_from_wrong_host(calling, remote_ip):
+            # DICOM has no "wrong address for this AE title" diagnostic: refused as an unrecognised caller.
+            self._reject(assoc, REJECT_CALLING_AET, "calling_aet_wrong_host", calling, remote_ip)
+            return
         if not self._admit(assoc, config.max_associations):
             self._reject(assoc, REJECT_LOCAL_LIMIT, "association_limit", calling, remote_ip)
             return

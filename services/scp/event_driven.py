@@ -71,19 +71,22 @@ def _association_waiter(activity: threading.Event) -> Any:
 def _dul_waiter(dul: Any, wake_fd: int) -> Any:
     def wait() -> None:
         sock = getattr(dul.socket, "socket", None)
-        watched = [wake_fd]
+        # poll, not select: select refuses descriptors above 1023, which a busy listener reaches (and each refusal
+        # would turn this wait into a busy loop).
+        poller = select.poll()
+        poller.register(wake_fd, select.POLLIN)
         if sock is not None and sock.fileno() >= 0:
-            pending = getattr(sock, "pending", None)  # TLS may hold decrypted bytes select cannot see
+            pending = getattr(sock, "pending", None)  # TLS may hold decrypted bytes poll cannot see
             if pending is not None and pending():
                 return
             # The ACK for what arrives while we wait is decided on arrival: quick-ACK mode must be on now.
             quickack(sock)
-            watched.append(sock)
+            poller.register(sock, select.POLLIN)
         try:
-            ready, _, _ = select.select(watched, [], [], IDLE_WAIT_SECONDS)
+            ready = poller.poll(IDLE_WAIT_SECONDS * 1000)
         except (OSError, ValueError):
             return  # the socket was closed meanwhile: let the reactor notice
-        if wake_fd in ready:
+        if any(fd == wake_fd for fd, _ in ready):
             try:
                 os.eventfd_read(wake_fd)
             except BlockingIOError:

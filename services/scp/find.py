@@ -9,6 +9,7 @@ the result limit allows (refine the query), 0xC001 for a matching value that can
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,8 +26,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.scp.statuses import failure
+from shared.live_config import LiveConfig
+from shared.query.dicomjson import json_element
 from shared.query.matching import InvalidMatchingKey
-from shared.query.search import Query, TooManyMatches, json_element, run_query
+from shared.query.search import Query, TooManyMatches, run_query
+from shared.query.sequences import SequenceKey
 
 log = logging.getLogger(__name__)
 
@@ -47,34 +51,38 @@ _NOT_KEYS = {"QueryRetrieveLevel", "SpecificCharacterSet"}
 
 
 def requested_values(identifier: Dataset) -> tuple[dict[str, Any], list[str]]:
-    """Keyword → matching value (text, list, or None for universal) and the keywords to return, in order."""
+    """Keyword → matching value (text, list, SequenceKey, or None for universal) and the keywords to return,
+    in order."""
     values: dict[str, Any] = {}
-    order: list[str] = []
     for element in identifier:
         keyword = element.keyword or keyword_for_tag(element.tag)
         if not keyword or keyword in _NOT_KEYS or element.tag.group == 0x0002:
             continue
-        order.append(keyword)
-        if element.VR == "SQ":
-            values[keyword] = None  # sequence keys are returned; sequence matching is not applied
-            continue
-        value = element.value
-        if value is None or value == "":
-            values[keyword] = None
-        elif isinstance(value, (list, tuple, MultiValue)):
-            values[keyword] = [str(item) for item in value]
-        else:
-            values[keyword] = str(value)
-    return values, order
+        values[keyword] = _query_value(element)
+    return values, list(values)
 
 
-def _element(keyword: str, value: Any, attributes: dict[str, Any] | None) -> DataElement | None:
+def _query_value(element: DataElement) -> Any:
+    if element.VR == "SQ":  # sequence matching on the first (the only allowed) item
+        items = element.value or []
+        return SequenceKey(tuple(requested_values(items[0])[0].items()) if len(items) else ())
+    value = element.value
+    if value is None or value == "":
+        return None
+    if isinstance(value, (list, tuple, MultiValue)):
+        return [str(item) for item in value]
+    return str(value)
+
+
+def _element(keyword: str, value: Any, attributes: dict[str, Any] | None, asked: Any = None) -> DataElement | None:
     tag = tag_for_keyword(keyword)
     if tag is None:
         return None
     vr = dictionary_VR(tag)
     if attributes is not None:
         stored = json_element(attributes, keyword)
+        if isinstance(asked, SequenceKey):
+            stored = asked.answer(stored)
         if stored is not None:
             holder = Dataset.from_json({f"{tag:08X}": stored})
             return holder[tag]
@@ -86,24 +94,52 @@ def _element(keyword: str, value: Any, attributes: dict[str, Any] | None) -> Dat
     return DataElement(tag, vr, str(value) if vr not in ("US", "UL", "SS", "SL") else int(value))
 
 
-def build_response(level: str, row: dict[str, Any], order: list[str]) -> Dataset:
+def build_response(level: str, row: dict[str, Any], order: list[str], asked: dict[str, Any] | None = None) -> Dataset:
+    """The answer for one entity: exactly the requested keys (``asked`` holds their query values, which shape
+    sequence answers)."""
     response = Dataset()
     attributes = row.get("_attributes")
     for keyword in order:
         in_row = keyword in row
-        element = _element(keyword, row.get(keyword), None if in_row else (attributes or {}))
+        element = _element(keyword, row.get(keyword), None if in_row else (attributes or {}),
+                           (asked or {}).get(keyword))
         if element is not None:
             response.add(element)
     response.QueryRetrieveLevel = level
-    if any(isinstance(v, str) and not v.isascii() for v in (str(e.value) for e in response)):
+    if not _is_ascii(response):
         response.SpecificCharacterSet = UTF8
     return response
 
 
+def _is_ascii(dataset: Dataset) -> bool:
+    for element in dataset:
+        if element.VR == "SQ":
+            if not all(_is_ascii(item) for item in element.value or []):
+                return False
+        elif not str(element.value).isascii():
+            return False
+    return True
+
+
+CANCEL_CHECK_EVERY = 16  # answers sent between two chances for a C-CANCEL to be read
+_DRAIN_WAIT_SECONDS = 5.0
+
+
+def _let_incoming_through(assoc: Any) -> None:
+    """Wait until the answers queued so far are sent. pynetdicom's DUL thread reads incoming PDUs only when it has
+    nothing to send, so without this pause a fast query would queue every answer before a C-CANCEL is read."""
+    outgoing = assoc.dul.to_provider_queue
+    deadline = time.monotonic() + _DRAIN_WAIT_SECONDS
+    while not outgoing.empty() and time.monotonic() < deadline:
+        time.sleep(0.0005)
+    time.sleep(0.001)  # one DUL loop: it reads what has arrived
+
+
 class FindService:
-    def __init__(self, sessions: sessionmaker[Session], result_limit: int) -> None:
+    def __init__(self, sessions: sessionmaker[Session], result_limit: int, live_config: LiveConfig) -> None:
         self._sessions = sessions
         self._result_limit = result_limit
+        self._live_config = live_config
 
     def handle(self, event: Any) -> Iterator[tuple[int | Dataset, Dataset | None]]:
         """The EVT_C_FIND handler."""
@@ -118,7 +154,8 @@ class FindService:
             yield failure(IDENTIFIER_DOES_NOT_MATCH, "query level not in this information model"), None
             return
         values, order = requested_values(identifier)
-        query = Query(level=level, values=values, limit=self._result_limit, requested=order)
+        query = Query(level=level, values=values, limit=self._result_limit, requested=order,
+                      ignore_accents=self._live_config.current().config.patient_name_ignore_accents)
         try:
             with self._sessions() as session:
                 rows = run_query(session, query)
@@ -134,8 +171,10 @@ class FindService:
             yield failure(UNABLE_TO_PROCESS_INDEX, "index unavailable"), None
             return
         log.info("find.done level=%s matches=%d", level, len(rows))
-        for row in rows:
+        for index, row in enumerate(rows):
+            if index and index % CANCEL_CHECK_EVERY == 0:
+                _let_incoming_through(event.assoc)
             if event.is_cancelled:
                 yield CANCELLED, None
                 return
-            yield PENDING, build_response(level, row, order)
+            yield PENDING, build_response(level, row, order, values)

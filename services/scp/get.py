@@ -3,11 +3,13 @@
 The requester must have proposed the storage SOP classes with the SCP role (role selection); an instance whose
 SOP class it did not accept that way fails. Objects are streamed from the object store as stored, or decoded for
 an uncompressed syntax the requester accepted (the same rules and counters as C-MOVE: services.mover.sender).
+Pending responses carry the counters at most every PENDING_EVERY_SECONDS, not after every sub-operation.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from shared.query.retrieve import instances_to_retrieve
 from shared.storage import ObjectStore
 
 log = logging.getLogger(__name__)
+PENDING_EVERY_SECONDS = 0.25  # pending C-GET responses (optional, PS3.4 C.4.3.1.3): at most four a second
 
 GET_MODELS = {
     PatientRootQueryRetrieveInformationModelGet: ("PATIENT", "STUDY", "SERIES", "IMAGE"),
@@ -68,6 +71,7 @@ class GetService:
                             counts[SendOutcome.WARNING], failed_uids)
 
         assoc._is_paused = True  # as pynetdicom does while a service runs: our sub-operations use send_c_store
+        next_pending = time.monotonic() + PENDING_EVERY_SECONDS
         try:
             for position, item in enumerate(items):
                 if request.MessageID in assoc.dimse.cancel_req:
@@ -80,8 +84,9 @@ class GetService:
                 counts[outcome] += 1
                 if outcome == SendOutcome.FAILED:
                     failed_uids.append(item.sop_instance_uid)
-                if position + 1 < len(items):
+                if position + 1 < len(items) and time.monotonic() >= next_pending:
                     answer.pending(progress("running"))
+                    next_pending = time.monotonic() + PENDING_EVERY_SECONDS
             done = progress("done")
             answer.final(final_status(done) if items else SUCCESS, done)
         finally:

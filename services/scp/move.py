@@ -37,13 +37,13 @@ MOVE_MODELS = {
 }
 UNKNOWN_DESTINATION = 0xA801
 POLL_SECONDS = 0.1
-STALL_SECONDS = 120.0  # no progress for this long (mover down): the rest of the sub-operations fail
 
 
 class MoveService:
     def __init__(self, sessions: sessionmaker[Session], live: LiveConfig, permits: Callable[[str, str], bool],
-                 node_ae_title: str, publish_job: Callable[[str], None]) -> None:
+                 node_ae_title: str, publish_job: Callable[[str], None], stall_seconds: float = 120.0) -> None:
         self._sessions = sessions
+        self._stall_seconds = stall_seconds  # no progress for this long (mover down): the rest fails
         self._live = live
         self._permits = permits
         self._node_ae_title = node_ae_title
@@ -115,7 +115,7 @@ class MoveService:
                 last, last_change = current, time.monotonic()
                 if not current.finished:
                     answer.pending(current)
-            elif time.monotonic() - last_change > STALL_SECONDS:
+            elif time.monotonic() - last_change > self._stall_seconds:
                 with self._sessions.begin() as session:
                     fail_unfinished(session, job_id, "no progress from the mover")
                 continue

@@ -4,6 +4,8 @@ and Query/Retrieve (Patient Root and Study Root: C-FIND, C-MOVE, C-GET)."""
 from __future__ import annotations
 
 import logging
+import socket
+import ssl
 import threading
 import time
 from typing import Any
@@ -15,7 +17,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, evt
-from pynetdicom.dimse_primitives import C_GET, C_MOVE
+from pynetdicom.dimse_primitives import C_GET, C_MOVE, N_ACTION
 from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
@@ -24,21 +26,28 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
+    StorageCommitmentPushModel,
     Verification,
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
 from services.scp import statuses
 from services.scp.access import ASSOCIATION_CEILING, AccessPolicy, AuditBuffer
+from services.scp.audit_trail import AssociationTrail
+from services.scp.commitment import CommitmentService
 from services.scp.find import FindService
 from services.scp.get import GetService
 from services.scp.move import MoveService
 from services.scp.publisher import EventPublisher
-from services.scp.sockets import LowLatencyRequestHandler
+from services.scp.pdu_guard import PduLimits
+from services.scp.sockets import LowLatencyRequestHandler, SharedContexts
 from services.scp.store import StoreService
+from services.scp.tls import TlsAssociationServer, TlsRequestHandler
+from shared.ingest import StoragePolicy
 from shared.live_config import LiveConfig
 from shared.queue import RUN_JOB_TASK
 from shared.runtime import Runtime
+from shared.storage_usage import StorageUsage
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +77,9 @@ def supported_contexts() -> list[PresentationContext]:
     storage = [c.abstract_syntax for c in AllStoragePresentationContexts]
     return ([_context(Verification, ALL_TRANSFER_SYNTAXES)]
             + [_context(uid, ALL_TRANSFER_SYNTAXES, both_roles=True) for uid in storage]
-            + [_context(uid, QUERY_TRANSFER_SYNTAXES) for uid in QUERY_RETRIEVE_MODELS])
+            + [_context(uid, QUERY_TRANSFER_SYNTAXES) for uid in QUERY_RETRIEVE_MODELS]
+            # Storage commitment (services/scp/commitment.py): either role, for reports on the same association
+            + [_context(StorageCommitmentPushModel, QUERY_TRANSFER_SYNTAXES, both_roles=True)])
 
 
 def handle_echo(_event: Any) -> int:
@@ -78,27 +89,40 @@ def handle_echo(_event: Any) -> int:
 class ScpServer:
     """Owns the AE, the listening server and the event publisher of one SCP process."""
 
-    def __init__(self, runtime: Runtime, live_config: LiveConfig) -> None:
+    def __init__(self, runtime: Runtime, live_config: LiveConfig, tls_context: ssl.SSLContext | None = None) -> None:
         settings = runtime.settings
         self.runtime = runtime
         # Called AE check, callers, addresses, association limit, transfer syntaxes: live, per association.
         self.access = AccessPolicy(live_config, AuditBuffer(runtime.sessions))
+        self.trail = AssociationTrail(self.access.audit)
         self.publisher = EventPublisher(self._send_batch, max_batch=settings.indexer_batch_size)
-        self.store_service = StoreService(runtime.store, runtime.ledger, self.publisher)
-        self.find_service = FindService(runtime.sessions, settings.find_result_limit)
+        # Storage layout, naming and limits: live (shared.ingest); the running totals for the limits refresh in
+        # the background (shared.storage_usage), never on the C-STORE path.
+        self.storage_usage = StorageUsage(runtime.sessions, runtime.store)
+        self.store_service = StoreService(runtime.store, runtime.ledger, self.publisher,
+                                          lambda: StoragePolicy.of(live_config.current().config),
+                                          self.storage_usage, self.access.audit.record)
+        self.find_service = FindService(runtime.sessions, settings.find_result_limit, live_config)
         spool_dir = settings.data_dir.resolve() / "spool"
         spool_dir.mkdir(parents=True, exist_ok=True)
         self.get_service = GetService(runtime.sessions, runtime.store, self.access.permits, spool_dir)
         self.move_service = MoveService(runtime.sessions, live_config, self.access.permits, settings.ae_title,
-                                        self._publish_job)
+                                        self._publish_job, settings.move_stall_seconds)
+        self.commitment_service = CommitmentService(runtime.sessions, runtime.store, live_config, settings.ae_title,
+                                                    self.access.audit)
         self.ae = AE(ae_title=settings.ae_title)
         self.ae.maximum_pdu_size = settings.max_pdu_size
         self.ae.maximum_associations = ASSOCIATION_CEILING  # backstop; the live limit is access.AccessPolicy's
         self.ae.network_timeout = settings.association_idle_timeout_seconds
+        self._pdu_limits = PduLimits(max_p_data_length=settings.max_pdu_size,
+                                     pdu_seconds=settings.association_idle_timeout_seconds)
         self.ae.acse_timeout = 30
         self.ae.dimse_timeout = 60
         self._server: ThreadedAssociationServer | None = None
-        self._thread: threading.Thread | None = None
+        # DICOM TLS (services/scp/tls.py): a second listener with the same AE, handlers and access policy.
+        self._tls_context = tls_context
+        self._tls_server: TlsAssociationServer | None = None
+        self.tls_handshake_failures = 0
 
     def _send_batch(self, task_name: str, payloads: list[dict[str, object]]) -> None:
         self.runtime.celery.send_task(task_name, args=[payloads], retry=False)
@@ -117,6 +141,8 @@ class ScpServer:
                 self.get_service.serve(assoc, message, context_id)
             else:
                 serve_with_pynetdicom(message, context_id)
+                if isinstance(message, N_ACTION):  # its response is sent: the commitment report may follow
+                    self.commitment_service.after_request(assoc)
 
         assoc._serve_request = serve
 
@@ -125,6 +151,17 @@ class ScpServer:
         assert self._server is not None
         return int(self._server.server_address[1])
 
+    @property
+    def tls_port(self) -> int | None:
+        return int(self._tls_server.server_address[1]) if self._tls_server else None
+
+    def _servers(self) -> list[ThreadedAssociationServer]:
+        return [server for server in (self._server, self._tls_server) if server is not None]
+
+    def _tls_handshake_failed(self, remote_ip: str, reason: str) -> None:
+        self.tls_handshake_failures += 1
+        self.access.audit.record("tls_handshake_failed", "refused", "", remote_ip, {"reason": reason})
+
     def start(self) -> None:
         settings = self.runtime.settings
         handlers = [
@@ -132,6 +169,8 @@ class ScpServer:
             (evt.EVT_C_ECHO, self.access.guard("echo", handle_echo)),
             (evt.EVT_C_STORE, self.access.guard("store", self.store_service.handle)),
             (evt.EVT_C_FIND, self.access.guard_generator("find", self.find_service.handle)),
+            (evt.EVT_N_ACTION, self.commitment_service.handle),  # checks its own permission (registered, store)
+            *self.trail.handlers(),  # audit rows and metrics, from notification events only
         ]
         self.publisher.start()
         self.access.start()
@@ -143,31 +182,73 @@ class ScpServer:
             evt_handlers=handlers,
             request_handler=LowLatencyRequestHandler,
         )
-        self._server.daemon_threads = True
-        self._server.route_requests = self._route_requests  # type: ignore[attr-defined]
-        self.ae._servers.append(self._server)
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name="dicom-listener", daemon=True)
-        self._thread.start()
+        self._serve(self._server, "dicom-listener")
         log.info("scp.listening ae_title=%s port=%d", settings.ae_title, self.port)
+        if self._tls_context is not None and settings.tls_port is not None:
+            self._tls_server = TlsAssociationServer(
+                self.ae,
+                (settings.dicom_host, settings.tls_port),
+                settings.ae_title,
+                supported_contexts(),
+                ssl_context=self._tls_context,
+                evt_handlers=handlers,
+                request_handler=TlsRequestHandler,
+            )
+            self._tls_server.tls_handshake_failed = self._tls_handshake_failed  # type: ignore[attr-defined]
+            self._serve(self._tls_server, "dicom-tls-listener")
+            log.info("scp.listening_tls ae_title=%s port=%d client_certificate=%s", settings.ae_title,
+                     self.tls_port, _client_certificate_mode(self._tls_context))
+
+    def _serve(self, server: ThreadedAssociationServer, name: str) -> None:
+        server.daemon_threads = True
+        server.contexts = SharedContexts(server.contexts)
+        server.route_requests = self._route_requests  # type: ignore[attr-defined]
+        server.pdu_limits = self._pdu_limits  # type: ignore[attr-defined]
+        self.ae._servers.append(server)
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name=name, daemon=True).start()
 
     def active_associations(self) -> int:
-        return len(self._server.active_associations) if self._server else 0
+        return sum(len(server.active_associations) for server in self._servers())
 
     def stop(self, grace_seconds: float) -> None:
         """Stop accepting, let running associations finish for ``grace_seconds``, abort the rest."""
-        if self._server is None:
+        servers = self._servers()
+        if not servers:
             return
-        server = self._server
-        server.shutdown()  # stops the accept loop and closes the listening socket
+        for server in servers:
+            server.shutdown()  # stops the accept loop and closes the listening socket
         deadline = time.monotonic() + grace_seconds
         # Only established associations are worth waiting for: a connection that never sent its
         # A-ASSOCIATE-RQ (a port probe) would otherwise hold the stop for the whole ACSE timeout.
-        while any(a.is_established for a in server.active_associations) and time.monotonic() < deadline:
+        while (any(a.is_established for server in servers for a in server.active_associations)
+               and time.monotonic() < deadline):
             time.sleep(0.05)
-        for association in server.active_associations:
-            association.abort()
+        remaining = [association for server in servers for association in server.active_associations]
+        for association in remaining:
+            association.abort(block=False)  # queue an A-ABORT; its DUL thread sends it
+        _drop_connections(remaining, settle_seconds=1.0)
+        self.commitment_service.stop()
         self.publisher.stop(flush_seconds=2.0)
+        self.storage_usage.stop()
         self.access.stop()
-        self._server = None
+        self._server = self._tls_server = None
         log.info("scp.stopped")
+
+
+def _drop_connections(associations: list[Any], settle_seconds: float) -> None:
+    """Close the sockets of associations still alive after ``settle_seconds`` (a peer that never answers the
+    A-ABORT, or sits in the middle of a PDU, must not hold the stop)."""
+    deadline = time.monotonic() + settle_seconds
+    while any(association.is_alive() for association in associations) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for association in associations:
+        sock = getattr(association.dul.socket, "socket", None)
+        if association.is_alive() and sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+def _client_certificate_mode(context: ssl.SSLContext) -> str:
+    return {ssl.CERT_REQUIRED: "required", ssl.CERT_OPTIONAL: "verified_if_presented"}.get(context.verify_mode, "none")

@@ -2,33 +2,92 @@
 
 TCP_NODELAY is set on every accepted socket, and TCP_QUICKACK (which Linux clears after use) before every
 receive, so a client that writes a C-STORE in several small pieces gets its ACKs at once (PERFORMANCE.md).
-Receives are chunked so that a hostile PDU length never allocates more than is actually received.
+Receives are chunked so that a hostile PDU length never allocates more than is actually received, and each PDU
+passes the bounds of services.scp.pdu_guard (length, time to arrive).
 """
 
 from __future__ import annotations
 
+import select
 import socket
+import ssl
+import time
 
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
+from services.scp.dimse_guard import guard_dimse_decoding
 from services.scp.event_driven import make_event_driven
+from services.scp.pdu_guard import PduLimits, check_header
 from services.scp.tcp import quickack
 
 _RECV_CHUNK = 1 << 20
 
 
 class LowLatencyAssociationSocket(AssociationSocket):
+    """pynetdicom reads each PDU as recv(6) (the header) then recv(length) (the body); both pass here."""
+
+    pdu_limits = PduLimits(max_p_data_length=0, pdu_seconds=60.0)  # replaced per listener
+    _reading_body = False
+
+    @property
+    def ready(self) -> bool:
+        """Whether data (or the end of the connection) waits to be read. pynetdicom asks select(), which refuses
+        descriptors above 1023 and so declares every later connection closed; poll() has no such limit."""
+        sock = self.socket
+        if sock is None or self._is_connected is False:
+            return False
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return True  # decrypted bytes buffered in the TLS layer, invisible to poll()
+        try:
+            poller = select.poll()
+            poller.register(sock, select.POLLIN | select.POLLPRI)
+            return bool(poller.poll(0))
+        except (OSError, ValueError):
+            self.event_queue.put("Evt17")  # transport connection closed
+            return False
+
     def recv(self, nr_bytes: int) -> bytearray:
         sock = self.socket
         assert sock is not None
+        deadline = time.monotonic() + self.pdu_limits.pdu_seconds  # reads start only once data is there
+        if self._reading_body:
+            self._reading_body = False
+            return self._receive(sock, nr_bytes, deadline)
+        header = self._receive(sock, nr_bytes, deadline)
+        self._reading_body = check_header(bytes(header), self.pdu_limits, sock)
+        return header
+
+    @staticmethod
+    def _receive(sock: socket.socket, nr_bytes: int, deadline: float) -> bytearray:
         received = bytearray()
-        while len(received) < nr_bytes:
-            quickack(sock)
-            chunk = sock.recv(min(nr_bytes - len(received), _RECV_CHUNK))
-            if not chunk:
-                break
-            received += chunk
+        idle_timeout = sock.gettimeout()
+        try:
+            while len(received) < nr_bytes:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError("a PDU took longer to arrive than the node waits")
+                sock.settimeout(remaining if idle_timeout is None else min(idle_timeout, remaining))
+                quickack(sock)
+                chunk = sock.recv(min(nr_bytes - len(received), _RECV_CHUNK))
+                if not chunk:
+                    break
+                received += chunk
+        finally:
+            sock.settimeout(idle_timeout)
         return received
+
+
+class SharedContexts(list):  # type: ignore[type-arg]
+    """A server's supported presentation contexts, shared by its associations instead of deep-copied for each.
+
+    pynetdicom deep-copies the server's contexts into every new association (``RequestHandler._create_association``):
+    for our few hundred storage contexts that was about half of each association's set-up (a bare echoscu process:
+    51.9 ms median before, 24.5 ms after, 30 runs each, idle machine). Negotiation only reads them (it builds new
+    result contexts), and the narrowed lists of services.scp.access are shared the same way.
+    """
+
+    def __deepcopy__(self, memo: dict[int, object]) -> list:  # type: ignore[type-arg]
+        return list(self)
 
 
 class LowLatencyRequestHandler(RequestHandler):
@@ -41,7 +100,11 @@ class LowLatencyRequestHandler(RequestHandler):
         assoc = super()._create_association()
         # Same object, our receive path: the socket was already initialised by pynetdicom.
         assoc.dul.socket.__class__ = LowLatencyAssociationSocket
+        limits = getattr(self.server, "pdu_limits", None)
+        if limits is not None:
+            assoc.dul.socket.pdu_limits = limits
         make_event_driven(assoc)
+        guard_dimse_decoding(assoc)
         route_requests = getattr(self.server, "route_requests", None)
         if route_requests is not None:
             route_requests(assoc)

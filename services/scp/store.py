@@ -1,29 +1,33 @@
 """C-STORE: make the instance durable in the object store, then answer; indexing happens elsewhere.
 
-Order of work for a new instance: identify (UIDs only) → pending marker → durable object → Success → event.
-A marker whose object never got written is cleaned by the sweeper; an object always has its marker until
-it is indexed. Errors become DIMSE statuses only here.
+Order of work for a new instance: identify (UIDs only) → pending marker → durable object → Success → event
+(the core is shared.ingest, which STOW-RS uses too). Errors become DIMSE statuses only here.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from pydicom.dataset import Dataset
 
 from services.scp import statuses
-from services.scp.identify import InstanceIdentity, UnreadableDataset, identify
 from services.scp.publisher import EventPublisher
-from shared.dicom.part10 import encode_part10
-from shared.events import DuplicateReceived, InstanceStored, Reception, utc_now
+from shared.events import Reception, utc_now
+from shared.ingest import Ingest, IngestOutcome, StoragePolicy
+from shared.ingest_identify import InstanceIdentity, UnreadableDataset, identify
 from shared.pending import PendingLedger
-from shared.queue import INDEX_INSTANCES_TASK, RECORD_DUPLICATE_TASK
-from shared.storage import ObjectStore, PutOutcome, StorageError, StorageFull
-from shared.storage.layout import instance_key
+from shared.storage import ObjectStore, StorageError, StorageFull
+from shared.storage.claims import InstanceBeingDeleted
+from shared.storage_usage import StorageLimitReached, StorageUsage
 from shared.uids import InvalidUID
+
+# (action, outcome, remote AE, remote IP, details): an audit row, written off the C-STORE path (scp.access.AuditBuffer)
+AuditRecord = Callable[[str, str, str, str, dict[str, Any]], None]
+FULL_AUDIT_SECONDS = 10.0  # one storage_full row per caller per this many seconds; the others are counted in it
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +51,37 @@ def reception_of(event: Any) -> Reception:
     )
 
 
+class FullAudit:
+    """``storage_full`` audit rows: the first refusal of a caller (per limit) at once, then at most one row per
+    FULL_AUDIT_SECONDS carrying the number of refusals left out since the previous row."""
+
+    def __init__(self, record: AuditRecord | None) -> None:
+        self._record = record
+        self._last: dict[tuple[str, str, str], tuple[float, int]] = {}
+
+    def refused(self, remote_aet: str, remote_ip: str, exc: StorageFull) -> None:
+        if self._record is None:
+            return
+        limit = exc.limit if isinstance(exc, StorageLimitReached) else "object_store"
+        caller = (remote_aet, remote_ip, limit)
+        now = time.monotonic()
+        last, suppressed = self._last.get(caller, (-FULL_AUDIT_SECONDS, 0))
+        if now - last < FULL_AUDIT_SECONDS:
+            self._last[caller] = (last, suppressed + 1)
+            return
+        if len(self._last) > 10_000:
+            self._last.clear()
+        self._last[caller] = (now, 0)
+        self._record("storage_full", "refused", remote_aet, remote_ip,
+                     {"service": "c_store", "status": "0xA700", "limit": limit, "earlier_refusals": suppressed})
+
+
 class StoreService:
-    def __init__(self, store: ObjectStore, ledger: PendingLedger, publisher: EventPublisher) -> None:
-        self._store = store
-        self._ledger = ledger
-        self._publisher = publisher
+    def __init__(self, store: ObjectStore, ledger: PendingLedger, publisher: EventPublisher,
+                 policy: Callable[[], StoragePolicy] = StoragePolicy, usage: StorageUsage | None = None,
+                 audit: AuditRecord | None = None) -> None:
+        self._ingest = Ingest(store, ledger, publisher.submit, policy, usage)
+        self._full_audit = FullAudit(audit)
         self.counters = StoreCounters()
 
     def handle(self, event: Any) -> int | Dataset:
@@ -76,12 +106,19 @@ class StoreService:
                      statuses.DATASET_DOES_NOT_MATCH_SOP_CLASS)
             return statuses.failure(statuses.DATASET_DOES_NOT_MATCH_SOP_CLASS,
                            "SOP Class/Instance UID of dataset and command differ")
+        reception = reception_of(event)
         try:
-            return self._store_instance(identity, transfer_syntax, dataset, reception_of(event))
+            return self._store_instance(identity, transfer_syntax, dataset, reception)
         except StorageFull as exc:
             self.counters.failed += 1
             log.error("store.failed status=0x%04X reason=%s", statuses.OUT_OF_RESOURCES_FULL, exc)
+            self._full_audit.refused(reception.remote_aet, reception.remote_ip, exc)
             return statuses.failure(statuses.OUT_OF_RESOURCES_FULL, "object store full")
+        except InstanceBeingDeleted:
+            self.counters.failed += 1
+            log.info("store.refused status=0x%04X reason=instance_being_deleted", statuses.OUT_OF_RESOURCES_UNAVAILABLE)
+            return statuses.failure(statuses.OUT_OF_RESOURCES_UNAVAILABLE,
+                                    "this instance is being deleted; send it again later")
         except StorageError as exc:
             self.counters.failed += 1
             log.error("store.failed status=0x%04X reason=%s", statuses.OUT_OF_RESOURCES_UNAVAILABLE, exc)
@@ -90,52 +127,12 @@ class StoreService:
     def _store_instance(
         self, identity: InstanceIdentity, transfer_syntax: str, dataset: bytes, reception: Reception
     ) -> int | Dataset:
-        key = instance_key(identity.study_instance_uid, identity.series_instance_uid, identity.sop_instance_uid)
-        part10 = encode_part10(dataset, identity.sop_class_uid, identity.sop_instance_uid, transfer_syntax)
-        sha256 = hashlib.sha256(part10).hexdigest()
-        already_stored = self._store.stat(key) is not None
-        stored_event = InstanceStored(
-            sop_instance_uid=identity.sop_instance_uid,
-            sop_class_uid=identity.sop_class_uid,
-            study_instance_uid=identity.study_instance_uid,
-            series_instance_uid=identity.series_instance_uid,
-            transfer_syntax=transfer_syntax,
-            object_key=key,
-            size=len(part10),
-            sha256=sha256,
-            reception=reception,
-        )
-        if not already_stored:
-            self._ledger.record(stored_event)
-        try:
-            result = self._store.put_new(key, part10, sha256)
-        except StorageError:
-            if not already_stored:
-                self._forget_marker(identity.sop_instance_uid)
-            raise
-        if result.outcome is PutOutcome.CREATED:
+        ingested = self._ingest.store_instance(identity, transfer_syntax, dataset, reception)
+        if ingested.outcome is IngestOutcome.STORED:
             self.counters.stored += 1
-            self.counters.bytes_stored += len(part10)
-            self._publisher.submit(INDEX_INSTANCES_TASK, stored_event.model_dump(mode="json"))
-            return statuses.SUCCESS
-        if result.outcome is PutOutcome.IDENTICAL:
+            self.counters.bytes_stored += ingested.size
+        elif ingested.outcome is IngestOutcome.IDENTICAL:
             self.counters.identical += 1
-            return statuses.SUCCESS
-        # Same SOP Instance UID, other content: the first is kept (objects are immutable), the conflict audited.
-        self.counters.conflicts += 1
-        log.warning("store.duplicate_conflict kept=first")
-        duplicate = DuplicateReceived(
-            sop_instance_uid=identity.sop_instance_uid,
-            object_key=key,
-            stored_sha256=result.stored_sha256,
-            received_sha256=sha256,
-            reception=reception,
-        )
-        self._publisher.submit(RECORD_DUPLICATE_TASK, duplicate.model_dump(mode="json"))
+        else:
+            self.counters.conflicts += 1
         return statuses.SUCCESS
-
-    def _forget_marker(self, sop_instance_uid: str) -> None:
-        try:
-            self._ledger.resolve(sop_instance_uid)
-        except StorageError:
-            pass  # the sweeper removes markers whose object never appeared

@@ -112,7 +112,7 @@ class Instance(Base):
     pk: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
     sop_class_uid: Mapped[str] = mapped_column(String(64))
-    series_fk: Mapped[int] = mapped_column(ForeignKey("series.pk"), index=True)
+    series_fk: Mapped[int] = mapped_column(ForeignKey("series.pk"))  # indexed with pk: ix_instances_series_fk_pk
     # The instance's own patient; differs from its study's patient only after a recorded conflict.
     patient_fk: Mapped[int] = mapped_column(ForeignKey("patients.pk"), index=True)
     instance_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -165,6 +165,8 @@ class ServiceHeartbeat(Base):
 
 
 Index("ix_instances_series_number", Instance.series_fk, Instance.instance_number)
+# (series_fk, pk): per-series counts and first instances as index-only scans (migration 0006)
+Index("ix_instances_series_fk_pk", Instance.series_fk, Instance.pk)
 
 
 class NodeSetting(Base):
@@ -192,6 +194,7 @@ class Modality(Base):
     allow: Mapped[list[str]] = mapped_column(JSON)  # subset of echo, store, find, move, get
     description: Mapped[str] = mapped_column(Text, default="")
     local_ae_title: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    facility: Mapped[str] = mapped_column(String(64), default="", server_default="", index=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
@@ -217,6 +220,8 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    runner: Mapped[str | None] = mapped_column(String(32), nullable=True)  # the mover run holding the job
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)  # renewed while it runs
 
 
 class JobItem(Base):
@@ -236,3 +241,29 @@ class JobItem(Base):
 
 
 Index("ix_job_items_job_position", JobItem.job_id, JobItem.position)
+
+
+class ApiToken(Base):
+    """A bearer token of the HTTP API. Only the SHA-256 of the secret is kept; the secret is shown once."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # uuid4 hex
+    name: Mapped[str] = mapped_column(String(64), index=True)  # [A-Za-z0-9_.-]{1,64}; unique among live tokens
+    role: Mapped[str] = mapped_column(String(16))  # admin | operator | viewer
+    secret_sha256: Mapped[str] = mapped_column(String(64), unique=True)  # hex digest of the whole token
+    prefix: Mapped[str] = mapped_column(String(16))  # the token's first characters, to recognise it
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_by: Mapped[str] = mapped_column(String(64), default="")
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+Index(
+    "uq_api_tokens_live_name",
+    ApiToken.name,
+    unique=True,
+    sqlite_where=ApiToken.revoked_at.is_(None),
+    postgresql_where=ApiToken.revoked_at.is_(None),
+)

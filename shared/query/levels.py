@@ -1,7 +1,8 @@
 """What each query level holds: its table, its unique key, and the keys answered from indexed columns.
 
 A key that is not listed here is answered (and matched) from the stored DICOM JSON of a representative
-instance of the entity. PatientName matches on a case-folded column (case-insensitive by default).
+instance of the entity. PatientName matches on a case-folded column (case-insensitive by default), or on a
+case-folded column without accents when the live configuration asks for accent-insensitive names.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ class Key:
     column: Any  # the column that holds the value
     match_column: Any = None  # the column matched against, when not the value column (folded names)
     fold: bool = False  # match on the case-folded value
+    accent_free_column: Any = None  # the column matched when accents are ignored too (folded names)
 
     @property
     def matched(self) -> Any:
@@ -27,7 +29,8 @@ class Key:
 
 PATIENT_KEYS = (
     Key("PatientID", "LO", Patient.patient_id),
-    Key("PatientName", "PN", Patient.patient_name, Patient.patient_name_folded, fold=True),
+    Key("PatientName", "PN", Patient.patient_name, Patient.patient_name_folded, fold=True,
+        accent_free_column=Patient.patient_name_search),
     Key("PatientBirthDate", "DA", Patient.patient_birth_date),
     Key("PatientSex", "CS", Patient.patient_sex),
 )

@@ -1,6 +1,6 @@
 """Run a query at one level: SQL for indexed keys, stored DICOM JSON for the others, computed keys on top.
 
-Used by C-FIND (and later QIDO-RS). The result is one dict per matching entity: keyword → value, where a value
+Used by C-FIND and QIDO-RS. The result is one dict per matching entity: keyword → value, where a value
 is text, a number, a list (multi-valued) or a DICOM JSON element (for keys answered from stored attributes).
 """
 
@@ -11,13 +11,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydicom.datadict import dictionary_VR, tag_for_keyword
-from sqlalchemy import Select, and_, exists, func, select
+from sqlalchemy import ColumnElement, Select, and_, exists, func, select
 from sqlalchemy.orm import Session
 
 from shared.db.models import Instance, Patient, Series, Study
+from shared.dicom.names import accent_free, folded
+from shared.query.dicomjson import json_element, json_texts, vr_of
 from shared.query.levels import LEVELS, Key, keys_up_to
 from shared.query.matching import Matcher, parse_matcher
+from shared.query.sequences import SequenceKey
 
 
 class TooManyMatches(Exception):
@@ -30,6 +32,7 @@ class Query:
     values: dict[str, Any]  # keyword → requested value (None or "" for universal matching)
     limit: int = 10_000
     requested: list[str] = field(default_factory=list)  # keywords to return (in order)
+    ignore_accents: bool = False  # PatientName compares without accents too (live config)
 
 
 def _listed(raw: Any) -> list[str]:
@@ -49,37 +52,46 @@ def _join_to_level(level: str) -> Select[Any]:
             .join(Study, Series.study_fk == Study.pk).join(Patient, Instance.patient_fk == Patient.pk))
 
 
-def _matcher_for(key: Key, raw: Any) -> Matcher:
-    if key.fold and isinstance(raw, str):
-        raw = raw.casefold()
-    return parse_matcher(raw, key.vr)
+def _key_condition(key: Key, raw: Any, ignore_accents: bool) -> ColumnElement[bool] | None:
+    """The SQL condition of an indexed key (None for universal matching); names compare in a folded form."""
+    column = key.matched
+    if key.fold:
+        fold = folded
+        if ignore_accents and key.accent_free_column is not None:
+            column, fold = key.accent_free_column, accent_free
+        raw = [fold(str(item)) for item in raw] if isinstance(raw, (list, tuple)) else \
+            fold(raw) if isinstance(raw, str) else raw
+    matcher = parse_matcher(raw, key.vr)
+    return None if matcher.kind == "universal" else matcher.condition(column, key.vr)
 
 
-def _vr_of(keyword: str) -> str:
-    tag = tag_for_keyword(keyword)
-    return str(dictionary_VR(tag)) if tag is not None else "UN"
+JsonMatcher = Matcher | SequenceKey
 
 
-def matching_statement(level: str, values: dict[str, Any]) -> tuple[Select[Any], dict[str, Matcher]]:
+def matching_statement(level: str, values: dict[str, Any], ignore_accents: bool = False,
+                       ) -> tuple[Select[Any], dict[str, JsonMatcher]]:
     """The pks of the entities of ``level`` that the indexed keys match, and the matchers left for the
-    keys outside the index (matched on stored attributes)."""
+    keys outside the index (matched on stored attributes). A value may be a SequenceKey (sequence matching).
+    ``ignore_accents``: PatientName compares without case and accents (otherwise without case only)."""
     level_spec = LEVELS[level]
     indexed = keys_up_to(level)
     statement = _join_to_level(level)
-    json_matchers: dict[str, Matcher] = {}
+    json_matchers: dict[str, JsonMatcher] = {}
     for keyword, raw in values.items():
-        if keyword in indexed:
-            key = indexed[keyword]
-            matcher = _matcher_for(key, raw)
-            if matcher.kind != "universal":
-                statement = statement.where(matcher.condition(key.matched, key.vr))
+        if isinstance(raw, SequenceKey):
+            if not raw.is_universal:
+                json_matchers[keyword] = raw
+        elif keyword in indexed:
+            condition = _key_condition(indexed[keyword], raw, ignore_accents)
+            if condition is not None:
+                statement = statement.where(condition)
         elif keyword == "ModalitiesInStudy" and level == "STUDY":
             wanted = _listed(raw)  # list matching: a study matches if it has any of these modalities
             if wanted:
                 statement = statement.where(exists().where(and_(Series.study_fk == Study.pk,
                                                                  Series.modality.in_(wanted))))
         elif keyword not in level_spec.computed_keys and keyword != "QueryRetrieveLevel":
-            matcher = parse_matcher(raw, _vr_of(keyword))
+            matcher = parse_matcher(raw, vr_of(keyword))
             if matcher.kind != "universal":
                 json_matchers[keyword] = matcher
     return statement, json_matchers
@@ -88,7 +100,7 @@ def matching_statement(level: str, values: dict[str, Any]) -> tuple[Select[Any],
 def run_query(session: Session, query: Query) -> list[dict[str, Any]]:
     level = LEVELS[query.level]
     indexed = keys_up_to(query.level)
-    statement, json_matchers = matching_statement(query.level, query.values)
+    statement, json_matchers = matching_statement(query.level, query.values, query.ignore_accents)
     fetch = None if json_matchers else query.limit + 1
     pks = list(session.scalars(statement.order_by(level.table.pk).limit(fetch)))
     rows = _rows(session, query.level, pks)
@@ -149,34 +161,12 @@ def _representative_documents(session: Session, level: str, pks: list[int]) -> d
     return documents
 
 
-def json_element(attributes: dict[str, Any], keyword: str) -> dict[str, Any] | None:
-    tag = tag_for_keyword(keyword)
-    if tag is None:
-        return None
-    element: dict[str, Any] | None = attributes.get(f"{tag:08X}")
-    return element
-
-
-def _json_text(element: dict[str, Any] | None) -> list[str]:
-    if not element:
-        return []
-    values = element.get("Value") or []
-    texts = []
-    for value in values:
-        if isinstance(value, dict):  # person name
-            texts.append("=".join(value.get(group, "") for group in ("Alphabetic", "Ideographic", "Phonetic"))
-                         .rstrip("="))
-        else:
-            texts.append(str(value))
-    return texts
-
-
-def _json_matches(attributes: dict[str, Any], keyword: str, matcher: Matcher) -> bool:
-    texts = _json_text(json_element(attributes, keyword))
-    vr = _vr_of(keyword)
-    if not texts:
-        return False
-    return any(matcher.matches_text(text, vr) for text in texts)
+def _json_matches(attributes: dict[str, Any], keyword: str, matcher: Matcher | SequenceKey) -> bool:
+    element = json_element(attributes, keyword)
+    if isinstance(matcher, SequenceKey):
+        return matcher.matches(element)
+    vr = vr_of(keyword)
+    return any(matcher.matches_text(text, vr) for text in json_texts(element))
 
 
 def _add_computed(session: Session, level: str, rows: list[dict[str, Any]], wanted: set[str]) -> None:

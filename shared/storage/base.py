@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import BinaryIO, Protocol
 
 _KEY_COMPONENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
-RESERVED_PREFIXES = (".pending/",)
+RESERVED_PREFIXES = (".pending/", ".claims/", ".deleting/")
 
 
 class StorageError(Exception):

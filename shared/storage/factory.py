@@ -27,7 +27,7 @@ def open_object_store(settings: Settings) -> ObjectStore:
             bucket=parsed.netloc,
             endpoint=settings.s3_endpoint,
             access_key=settings.s3_access_key or "",
-            secret_key=settings.s3_secret_key or "",
+            secret_key=settings.s3_secret_key.get_secret_value() if settings.s3_secret_key else "",
             region=settings.s3_region,
             timeout_seconds=settings.s3_timeout_seconds,
         )

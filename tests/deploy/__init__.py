@@ -21,7 +21,8 @@ DEPLOY = REPO / "deploy"
 # PACS_<NAME> -> the Settings field it sets.
 SETTINGS_ENV: dict[str, str] = {ENV_PREFIX + name.upper(): name for name in Settings.model_fields}
 # Options that hold credentials (a password inside a URL, or a key): never in a ConfigMap or a literal.
-CREDENTIAL_OPTIONS = {"PACS_DATABASE_URL", "PACS_BROKER_URL", "PACS_S3_ACCESS_KEY", "PACS_S3_SECRET_KEY"}
+CREDENTIAL_OPTIONS = {"PACS_DATABASE_URL", "PACS_BROKER_URL", "PACS_S3_ACCESS_KEY", "PACS_S3_SECRET_KEY",
+                      "PACS_API_ADMIN_TOKEN"}
 # Options a deployment sets explicitly: all but the TOML file (deployments use the environment instead).
 DEPLOYED_OPTIONS = set(SETTINGS_ENV) - {"PACS_CONFIG"}
 
@@ -40,6 +41,8 @@ def settings_from(env: Mapping[str, str]) -> Settings:
 def default_as_text(name: str) -> str:
     """A Settings field's default, as the string it is written as in an environment file."""
     value = Settings.model_fields[name].default
+    if value is None:
+        return ""  # unset: deployment files write an unset option as an empty value
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 

@@ -55,7 +55,7 @@ STORE_AND_QUEUE = {"PACS_DATABASE_URL", "PACS_BROKER_URL", "PACS_STORAGE_URL", "
 NEEDS = {"migrate": {"PACS_DATABASE_URL"}, "scp": STORE_AND_QUEUE, "indexer": STORE_AND_QUEUE,
          "mover": STORE_AND_QUEUE, "api": STORE_AND_QUEUE}
 SECRET_VARIABLES = {"POSTGRES_PASSWORD", "REDIS_PASSWORD", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD",
-                    "PACS_S3_ACCESS_KEY", "PACS_S3_SECRET_KEY"}
+                    "PACS_S3_ACCESS_KEY", "PACS_S3_SECRET_KEY", "PACS_API_ADMIN_TOKEN"}
 
 
 # ---- compose's variable interpolation (compose-spec "Interpolation") ----------------------------------------
@@ -277,7 +277,7 @@ def test_passwords_and_keys_have_no_default_and_compose_refuses_to_start_without
 def test_no_secret_is_written_in_the_compose_file(example_env: dict[str, str]) -> None:
     text = COMPOSE.read_text()
     for name in SECRET_VARIABLES:
-        if re.search(r"PASSWORD|SECRET", name):
+        if re.search(r"PASSWORD|SECRET|TOKEN", name):
             assert "EXAMPLE" in example_env[name], f".env.example must mark {name} as an example value"
             assert example_env[name] not in text
     # Each option that carries a credential takes it from a required variable, in every service that has it.

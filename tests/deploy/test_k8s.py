@@ -36,7 +36,8 @@ OLDEST_SCHEMA = "1.25"
 DEPLOYMENTS = {"pacs-scp": "scp", "pacs-indexer": "indexer", "pacs-mover": "mover", "pacs-api": "api"}
 WORKERS = ("pacs-indexer", "pacs-mover")  # Celery workers: nothing listens in them
 # ConfigMap values that differ from shared/settings.py's defaults, on purpose (each has a comment there).
-NOT_DEFAULTS = {"PACS_API_HOST", "PACS_DATA_DIR", "PACS_STORAGE_URL", "PACS_S3_ENDPOINT"}
+NOT_DEFAULTS = {"PACS_API_HOST", "PACS_DATA_DIR", "PACS_STORAGE_URL", "PACS_S3_ENDPOINT", "PACS_TLS_CERTIFICATE",
+                "PACS_TLS_PRIVATE_KEY"}
 RUN_AS = 10001  # the Dockerfile's USER
 
 
@@ -202,6 +203,9 @@ def test_every_pod_is_non_root_read_only_without_privileges_and_without_service_
         if name in DEPLOYMENTS:
             assert "emptyDir" in volumes[mounts[config["PACS_DATA_DIR"]]], f"{name}: PACS_DATA_DIR must be writable"
         for volume in volumes.values():
+            if name == "pacs-scp" and volume["name"] == "dicom-tls":  # the DICOM TLS certificates (test_tls.py)
+                assert set(volume) == {"name", "secret"}
+                continue
             assert set(volume) == {"name", "emptyDir"}, f"{name}: only emptyDir volumes"
 
 
@@ -229,7 +233,7 @@ def test_probes_api_ready_and_alive_over_http_scp_on_the_dicom_port(manifests: l
 
     scp = the_container(deployments["pacs-scp"]["spec"]["template"]["spec"])
     ports = {port["name"]: port["containerPort"] for port in scp["ports"]}
-    assert ports == {"dicom": int(config["PACS_DICOM_PORT"])}
+    assert ports == {"dicom": int(config["PACS_DICOM_PORT"]), "dicom-tls": 2762}  # TLS: tests/deploy/test_tls.py
     assert scp["readinessProbe"]["tcpSocket"] == {"port": "dicom"}
     assert scp["livenessProbe"]["tcpSocket"] == {"port": "dicom"}
 
@@ -287,13 +291,15 @@ def test_dicom_is_reachable_from_outside_the_cluster_and_the_api_only_inside(man
     services = of_kind(manifests, "Service")
     assert set(services) == {"pacs-scp", "pacs-api"}
     deployments = of_kind(manifests, "Deployment")
-    for name, target_port, port in (("pacs-scp", "dicom", 11112), ("pacs-api", "http", 8042)):
+    for name, target_port, port in (("pacs-scp", "dicom", 11112), ("pacs-scp", "dicom-tls", 2762),
+                                    ("pacs-api", "http", 8042)):
         spec = services[name]["spec"]
         assert selected(manifests, spec["selector"]) == [name]
-        [service_port] = spec["ports"]
-        assert service_port["port"] == port and service_port["targetPort"] == target_port
+        [service_port] = [item for item in spec["ports"] if item["targetPort"] == target_port]
+        assert service_port["port"] == port and service_port["name"] == target_port
         container = the_container(deployments[name]["spec"]["template"]["spec"])
         assert target_port in {item["name"] for item in container["ports"]}
+    assert len(services["pacs-scp"]["spec"]["ports"]) == 2 and len(services["pacs-api"]["spec"]["ports"]) == 1
     assert services["pacs-scp"]["spec"]["type"] in ("LoadBalancer", "NodePort")
     # The caller's address is kept (remote_ip, IP allowlist).
     assert services["pacs-scp"]["spec"]["externalTrafficPolicy"] == "Local"

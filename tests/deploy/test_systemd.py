@@ -123,7 +123,7 @@ def test_the_environment_file_sets_options_of_the_node_with_valid_values() -> No
     assert unknown_options(env) == []
     assert all(key.startswith("PACS_") for key in env)
     settings = settings_from(env)
-    assert settings.api_host == "127.0.0.1", "no authentication yet: the API stays on loopback"
+    assert settings.api_host == "127.0.0.1", "plain HTTP: the API stays on loopback"
     assert settings.database_url and settings.database_url.startswith("postgresql+psycopg://")
     assert settings.broker_url and settings.broker_url.startswith("redis://")
     assert settings.storage_url and settings.storage_url.startswith("s3://") and settings.s3_endpoint

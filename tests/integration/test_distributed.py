@@ -7,6 +7,7 @@ from pathlib import Path
 import psycopg
 from minio import Minio
 
+from shared.storage.layout import patient_component
 from tests.conftest import S3Server
 from tests.factory import study_set
 from tests.node import Node
@@ -39,11 +40,12 @@ def test_a_study_pushed_to_separate_services_is_stored_in_s3_and_indexed_once_in
 
         s3 = Minio(s3_server.endpoint.removeprefix("http://"), "testing", "testing", secure=False)
         keys = [item.object_name for item in s3.list_objects("pacs", recursive=True)]
-        assert sorted(key for key in keys if key.endswith(".dcm")) == sorted(
-            f"{info['study_instance_uid']}/{info['series_instance_uid']}/{item.sop_instance_uid}.dcm"
+        assert sorted(key for key in keys if key.endswith(".dcm")) == sorted(  # the default layout, on S3
+            f"{patient_component('PID-SET')}/{info['study_instance_uid']}/{info['series_instance_uid']}/{item.sop_instance_uid}.dcm"
             for item in files
             for info in [node.get(f"/api/instances/{item.sop_instance_uid}").json()]
         )
+        assert len([key for key in keys if key.startswith(".claims/")]) == 60  # one claim per SOP Instance UID
         assert not [key for key in keys if key.startswith(".pending/")]
 
         with psycopg.connect(postgres_url.replace("+psycopg", "")) as connection:

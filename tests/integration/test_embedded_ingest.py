@@ -7,6 +7,7 @@ from pathlib import Path
 from tests.factory import dataset_start, study_set
 from tests.node import Node
 from tests.peers import echoscu, push_files, received_by_storescp
+from tests.stored import stored_object
 
 
 def stored_objects(node: Node) -> list[Path]:
@@ -36,8 +37,7 @@ def test_200_instances_of_several_classes_and_syntaxes_arrive_indexed_and_byte_i
         assert info["size"] == info["stored_size"]
         assert (info["remote_aet"], info["called_aet"], info["remote_ip"]) == ("STORESCU", "PACS", "127.0.0.1")
         assert info["received_at"].endswith("Z") and info["series_last_update"].endswith("Z")
-        stored = (embedded_node.data_dir / "objects" / info["study_instance_uid"] / info["series_instance_uid"]
-                  / f"{item.sop_instance_uid}.dcm").read_bytes()
+        stored = stored_object(embedded_node.data_dir, item.sop_instance_uid).read_bytes()
         assert stored[:128] == b"\x00" * 128 and stored[128:132] == b"DICM"
         assert stored[dataset_start(stored):] == sent[item.sop_instance_uid], item.transfer_syntax
 

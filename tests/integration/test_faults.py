@@ -85,6 +85,32 @@ def test_s3_unavailable_answers_a7xx_within_10_seconds_and_ingest_resumes(
         print(node.logs())
 
 
+def test_an_s3_store_that_stalls_answers_a701_before_the_scu_gives_up_and_nothing_is_acknowledged(
+    tmp_path: Path, postgres_url: str, redis_url: str, s3_server: S3Server
+) -> None:
+    proxy = TcpProxy(s3_server.port)
+    proxy.start()
+    env = {**s3_server.env(), "PACS_S3_ENDPOINT": f"http://127.0.0.1:{proxy.port}"}
+    node = distributed_node(tmp_path, postgres_url, redis_url, env)
+    try:
+        start_services(node, "scp", "indexer", "api")
+        with StoreClient(node.dicom_port) as client:
+            assert client.store(make_image()) == 0x0000
+            proxy.stall()  # requests reach the proxy and stay there, as with an overloaded or hung endpoint
+            stalled = make_image()
+            assert client.store(stalled) == STORE_UNAVAILABLE  # an answer, within the client's 30 s DIMSE timeout
+        proxy.resume()
+        with StoreClient(node.dicom_port) as client:
+            assert client.store(make_image()) == 0x0000
+            assert client.store(stalled) == 0x0000  # the modality's retry succeeds (stored once, or now)
+        node.wait_indexed(3, timeout=90)
+    finally:
+        proxy.resume()
+        node.stop()
+        proxy.cut()
+        print(node.logs())
+
+
 def test_redis_down_during_a_push_loses_nothing_and_everything_is_indexed_when_it_returns(
     tmp_path: Path, postgres_url: str, own_redis: OwnRedis
 ) -> None:
@@ -152,6 +178,32 @@ def test_an_indexer_killed_mid_queue_loses_nothing_and_duplicates_nothing(
         node.service("indexer", name="indexer-restarted")
         node.wait_indexed(300, timeout=90)
         assert instance_rows(postgres_url) == (300, 300)
+    finally:
+        node.stop()
+        print(node.logs())
+
+
+def test_indexing_tasks_that_outlast_the_visibility_timeout_index_each_instance_once(
+    tmp_path: Path, postgres_url: str, redis_url: str
+) -> None:
+    """The index is locked for three visibility timeouts: Redis hands the waiting tasks to the other indexer too;
+    when the lock goes, both run them, and each instance is indexed once, nothing dead-lettered."""
+    node = distributed_node(tmp_path, postgres_url, redis_url, {"PACS_BROKER_VISIBILITY_TIMEOUT_SECONDS": "2",
+                                                                "PACS_SWEEP_GRACE_SECONDS": "120"})
+    try:
+        start_services(node, "scp", "api", "indexer")
+        node.service("indexer", name="indexer2")
+        files = study_set(tmp_path / "study", 60)
+        with psycopg.connect(postgres_url.replace("+psycopg", "")) as blocker:
+            blocker.execute("LOCK TABLE instances IN SHARE ROW EXCLUSIVE MODE")  # inserts wait, reads go on
+            push_files(node.dicom_port, files)
+            time.sleep(7)
+            assert node.status()["counts"]["instances"] == 0
+        node.wait_indexed(60, timeout=90)
+        assert instance_rows(postgres_url) == (60, 60)
+        assert node.status()["queue"]["dead_letter"] == 0
+        logs = node.services["indexer"].log() + node.services["indexer2"].log()
+        assert "index.redelivered" in logs, "no task was handed out twice: the fault did not happen"
     finally:
         node.stop()
         print(node.logs())

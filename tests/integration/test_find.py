@@ -11,9 +11,12 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, MRImageStorage, generate_uid
+from pynetdicom import AE
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
+from shared.dicom.requestor import keep_reactor_off_responses
 from tests.factory import SampleFile, make_image, save
-from tests.node import Node
+from tests.node import Node, wait_until
 from tests.peers import dcmtk_env, dcmtk_tool, push_files
 
 WORKSTATION = "WORKSTATION"
@@ -31,6 +34,12 @@ def findscu(node: Node, workdir: Path, keys: dict[str, str], model: str = "-S",
     return result, [pydicom.dcmread(path) for path in sorted(out.glob("rsp*.dcm"))]
 
 
+def code_item(value: str, meaning: str) -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, "LOCAL", meaning
+    return item
+
+
 @pytest.fixture
 def archive(embedded_node: Node, tmp_path: Path) -> Iterator[Node]:
     registered = httpx.put(f"{embedded_node.api}/api/modalities/workstation", json={
@@ -42,6 +51,7 @@ def archive(embedded_node: Node, tmp_path: Path) -> Iterator[Node]:
                            charset="ISO_IR 100", instance_number=n + 1) for n in range(3)]
     for dataset in datasets:
         dataset.StudyDate = "20240110"
+        dataset.ProcedureCodeSequence = [code_item("CTHEAD", "CT head"), code_item("CTNECK", "CT neck")]
     datasets.append(make_image(MRImageStorage, other, patient_id="P-2", patient_name="Doe^John"))
     datasets[-1].StudyDate = "20250301"
     files = [SampleFile(save(ds, tmp_path / f"{ds.SOPInstanceUID}.dcm"), "1.2.840.10008.1.2.1", ds.SOPInstanceUID)
@@ -95,3 +105,94 @@ def test_an_unregistered_caller_may_not_query(archive: Node, tmp_path: Path) -> 
                                 calling_aet="STRANGER")
     assert responses == []
     assert "Final Find Response (Unknown Status: 0x124)" in result.stdout + result.stderr  # Refused: Not Authorized
+
+
+def test_a_sequence_key_matches_an_item_and_answers_only_the_matching_items_asked_keys(
+        archive: Node, tmp_path: Path) -> None:
+    result, [study] = findscu(archive, tmp_path, {
+        "QueryRetrieveLevel": "STUDY", "StudyInstanceUID": "",
+        "ProcedureCodeSequence[0].CodeValue": "CTNECK", "ProcedureCodeSequence[0].CodeMeaning": ""})
+    assert result.returncode == 0, result.stderr
+    assert study.StudyInstanceUID == archive.study_uid  # type: ignore[attr-defined]
+    [item] = study.ProcedureCodeSequence
+    assert (item.CodeValue, item.CodeMeaning) == ("CTNECK", "CT neck")
+    assert "CodingSchemeDesignator" not in item
+    _, none = findscu(archive, tmp_path, {"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": "",
+                                          "ProcedureCodeSequence[0].CodeValue": "MRKNEE"})
+    assert none == []
+
+
+def test_patient_names_ignore_accents_once_configured(archive: Node, tmp_path: Path) -> None:
+    keys = {"QueryRetrieveLevel": "STUDY", "PatientName": "MULLER*", "PatientID": ""}
+    assert findscu(archive, tmp_path, keys)[1] == []
+    changed = httpx.patch(f"{archive.api}/api/config", json={"patient_name_ignore_accents": True}, timeout=10)
+    assert changed.status_code == 200, changed.text
+    wait_until(lambda: findscu(archive, tmp_path, keys)[1], 10, "accent-insensitive matching")
+    assert [study.PatientID for study in findscu(archive, tmp_path, keys)[1]] == ["P-1"]
+
+
+def test_c_cancel_ends_a_running_query_with_fe00(embedded_node: Node, tmp_path: Path) -> None:
+    registered = httpx.put(f"{embedded_node.api}/api/modalities/workstation", json={
+        "ae_title": WORKSTATION, "host": "127.0.0.1", "port": 104, "allow": ["find"]}, timeout=10)
+    assert registered.status_code in (200, 201), registered.text
+    study = generate_uid()
+    files = []
+    for number in range(300):
+        dataset = make_image(CTImageStorage, study, instance_number=number + 1)
+        files.append(SampleFile(save(dataset, tmp_path / f"{number}.dcm"), "1.2.840.10008.1.2.1",
+                                dataset.SOPInstanceUID))
+    push_files(embedded_node.dicom_port, files)
+    embedded_node.wait_indexed(300)
+    command = [dcmtk_tool("findscu"), "-v", "-S", "--cancel", "1", "-aet", WORKSTATION, "-aec",
+               embedded_node.ae_title, "-k", "QueryRetrieveLevel=IMAGE", "-k", f"StudyInstanceUID={study}",
+               "-k", "SOPInstanceUID", "127.0.0.1", str(embedded_node.dicom_port)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, env=dcmtk_env())
+    output = result.stdout + result.stderr
+    assert "Sending Cancel Request" in output, output
+    assert "Final Find Response (Cancel: MatchingTerminatedDueToCancelRequest)" in output, output[-2000:]
+    assert output.count("Find Response: ") < 300
+
+
+CHARSET_NAMES = [
+    ("ISO_IR 100", "Müller^Jürgen"),
+    ("ISO_IR 126", "Διονυσιος^Γεωργιος"),
+    (["", "ISO 2022 IR 87"], "Yamada^Tarou=山田^太郎=やまだ^たろう"),
+    (["", "ISO 2022 IR 149"], "Hong^Gildong=洪^吉洞=홍^길동"),
+    ("GB18030", "Wang^XiaoDong=王^小东"),
+]
+
+
+def test_names_in_every_character_set_are_found_by_queries_in_their_own_set_and_in_utf8(
+        embedded_node: Node, tmp_path: Path) -> None:
+    registered = httpx.put(f"{embedded_node.api}/api/modalities/workstation", json={
+        "ae_title": WORKSTATION, "host": "127.0.0.1", "port": 104, "allow": ["find"]}, timeout=10)
+    assert registered.status_code in (200, 201), registered.text
+    files = []
+    for number, (charset, name) in enumerate(CHARSET_NAMES):
+        dataset = make_image(CTImageStorage, charset=charset, patient_name=name,  # type: ignore[arg-type]
+                             patient_id=f"CS-{number}")
+        files.append(SampleFile(save(dataset, tmp_path / f"{number}.dcm"), "1.2.840.10008.1.2.1",
+                                dataset.SOPInstanceUID))
+    push_files(embedded_node.dicom_port, files)
+    embedded_node.wait_indexed(len(files))
+
+    ae = AE(ae_title=WORKSTATION)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    association = ae.associate("127.0.0.1", embedded_node.dicom_port, ae_title=embedded_node.ae_title)
+    assert association.is_established
+    keep_reactor_off_responses(association)
+    try:
+        for number, (charset, name) in enumerate(CHARSET_NAMES):
+            for query_charset in (charset, "ISO_IR 192"):
+                identifier = Dataset()
+                identifier.SpecificCharacterSet = query_charset
+                identifier.QueryRetrieveLevel = "STUDY"
+                identifier.PatientName = name.upper()  # case-insensitive
+                identifier.PatientID = ""
+                answers = [found for status, found in association.send_c_find(
+                    identifier, StudyRootQueryRetrieveInformationModelFind) if status and status.Status == 0xFF00]
+                assert [(str(found.PatientName), found.PatientID) for found in answers] == [
+                    (name, f"CS-{number}")], (charset, query_charset)
+                assert answers[0].SpecificCharacterSet == "ISO_IR 192"
+    finally:
+        association.release()

@@ -13,6 +13,7 @@ from tests.factory import SampleFile, dataset_start, make_image, save
 from tests.integration.test_move import register
 from tests.node import Node
 from tests.peers import dcmtk_env, dcmtk_tool, push_files
+from tests.stored import stored_object
 
 WORKSTATION = "WORKSTATION"
 
@@ -48,9 +49,7 @@ def test_get_a_study_on_the_same_association(embedded_node: Node, tmp_path: Path
     pulled = received(tmp_path / "pulled")
     assert sorted(pulled) == sorted(ds.SOPInstanceUID for ds in datasets)
     for sop_uid, path in pulled.items():
-        info = embedded_node.get(f"/api/instances/{sop_uid}").json()
-        stored = (embedded_node.data_dir / "objects" / info["study_instance_uid"] / info["series_instance_uid"]
-                  / f"{sop_uid}.dcm")
+        stored = stored_object(embedded_node.data_dir, sop_uid)
         got, kept = pydicom.dcmread(path), pydicom.dcmread(stored)
         if got.file_meta.TransferSyntaxUID == kept.file_meta.TransferSyntaxUID:
             assert path.read_bytes()[dataset_start(path.read_bytes()):] == \

@@ -171,3 +171,10 @@ def test_a_second_signal_stops_at_once_and_loses_nothing_acknowledged(tmp_path: 
             assert restarted.get(f"/api/instances/{item.sop_instance_uid}").status_code == 200
     finally:
         restarted.stop()
+
+
+def test_serve_prints_its_ae_title_port_data_directory_and_dashboard(embedded_node: Node) -> None:
+    banner = embedded_node.services["serve"].log()
+    assert f"DICOM on port {embedded_node.dicom_port} (AE title PACS)" in banner
+    assert f"data directory: {embedded_node.data_dir.resolve()}" in banner
+    assert f"dashboard: http://127.0.0.1:{embedded_node.api_port}/" in banner

@@ -54,9 +54,10 @@ def patch_config(node: Node, **values: Any) -> dict[str, Any]:
     return body
 
 
-def put_modality(node: Node, name: str, ae_title: str, allow: list[str], port: int = 104) -> None:
+def put_modality(node: Node, name: str, ae_title: str, allow: list[str], port: int = 104,
+                 host: str = "127.0.0.1") -> None:
     response = httpx.put(f"{node.api}/api/modalities/{name}", timeout=10,
-                         json={"ae_title": ae_title, "host": "127.0.0.1", "port": port, "allow": allow})
+                         json={"ae_title": ae_title, "host": host, "port": port, "allow": allow})
     assert response.status_code in (200, 201), response.text
 
 
@@ -218,6 +219,23 @@ def test_a_caller_outside_the_ip_allowlist_gets_1_1_3(embedded_node: Node) -> No
     wait_until(lambda: echoscu_answer(port) == ACCEPTED, PROPAGATION, "loopback allowed")
     patch_config(embedded_node, ip_allowlist=[])
     assert echoscu_answer(port) == ACCEPTED
+
+
+def test_a_registered_ae_title_from_another_host_gets_1_1_3_once_hosts_are_checked(embedded_node: Node) -> None:
+    port = embedded_node.dicom_port
+    put_modality(embedded_node, "far", "FARAWAY", ["echo"], host="10.1.2.3")
+    put_modality(embedded_node, "near", "NEARBY", ["echo"], host="localhost")  # a name resolving to 127.0.0.1
+    assert echoscu_answer(port, calling_aet="FARAWAY") == ACCEPTED  # not checked by default
+    patch_config(embedded_node, check_calling_aet_host=True)
+    wait_until(lambda: echoscu_answer(port, calling_aet="FARAWAY") == CALLING_AET_NOT_RECOGNIZED, PROPAGATION,
+               "FARAWAY from 127.0.0.1 refused")
+    assert echoscu_answer(port, calling_aet="NEARBY") == ACCEPTED
+    assert echoscu_answer(port, calling_aet="UNREGISTERED") == ACCEPTED  # unknown callers: unknown_callers_allowed
+    wait_until(lambda: any(details.get("reason") == "calling_aet_wrong_host"
+                           for _, _, _, details in audit_rows(embedded_node, "association_rejected")),
+               PROPAGATION + 5, "the refusal audited")
+    patch_config(embedded_node, check_calling_aet_host=False)
+    wait_until(lambda: echoscu_answer(port, calling_aet="FARAWAY") == ACCEPTED, PROPAGATION, "check off again")
 
 
 def test_a_disabled_service_is_refused_0124_whoever_calls(embedded_node: Node, tmp_path: Path) -> None:

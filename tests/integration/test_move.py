@@ -15,43 +15,17 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import CTImageStorage, JPEGBaseline8Bit, generate_uid
 
 from tests.factory import COMPRESSED_SAMPLES, SampleFile, compressed_copy, dataset_start, make_image, save
-from tests.node import Node, free_port, port_accepts, wait_until
+from tests.destinations import StoreScp
+from tests.node import Node
 from tests.peers import dcmtk_env, dcmtk_tool, push_files
+from tests.stored import stored_object
 
 WORKSTATION = "WORKSTATION"
 
 
-class StoreScp:
-    """dcmtk's storescp as a move destination, keeping what it receives bit for bit."""
-
-    def __init__(self, workdir: Path, ae_title: str = "DEST", accept_compressed: bool = True) -> None:
-        self.ae_title = ae_title
-        self.port = free_port()
-        self.out = workdir / f"received-{ae_title}"
-        self.out.mkdir(parents=True)
-        self.log = workdir / f"storescp-{ae_title}.log"
-        accepted = ["+xa"] if accept_compressed else []  # without it, storescp accepts uncompressed syntaxes only
-        with open(self.log, "w") as output:
-            self.process = subprocess.Popen(
-                [dcmtk_tool("storescp"), "-d", "+B", *accepted, "-aet", ae_title, "-od", str(self.out),
-                 str(self.port)],
-                stdout=output, stderr=subprocess.STDOUT, env=dcmtk_env())
-        wait_until(lambda: port_accepts(self.port), 10, "storescp")
-
-    def received(self) -> dict[str, bytes]:
-        found = {}
-        for path in self.out.iterdir():
-            data = path.read_bytes()
-            found[path.name.split(".", 1)[1]] = data[dataset_start(data):]
-        return found
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
-
-
-def movescu(node: Node, destination: str, keys: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    command = [dcmtk_tool("movescu"), "-v", "-S", "-aet", WORKSTATION, "-aec", node.ae_title, "-aem", destination]
+def movescu(node: Node, destination: str, keys: dict[str, str],
+            calling_aet: str = WORKSTATION) -> subprocess.CompletedProcess[str]:
+    command = [dcmtk_tool("movescu"), "-v", "-S", "-aet", calling_aet, "-aec", node.ae_title, "-aem", destination]
     for keyword, value in keys.items():
         command += ["-k", f"{keyword}={value}"]
     command += ["127.0.0.1", str(node.dicom_port)]
@@ -96,9 +70,7 @@ def test_a_study_moves_to_the_destination_byte_identical_and_as_the_nodes_ae_tit
     received = destination.received()
     assert len(received) == 12
     for sop_uid, dataset in received.items():
-        info = archive.get(f"/api/instances/{sop_uid}").json()
-        stored = (archive.data_dir / "objects" / info["study_instance_uid"] / info["series_instance_uid"]
-                  / f"{sop_uid}.dcm").read_bytes()
+        stored = stored_object(archive.data_dir, sop_uid).read_bytes()
         assert dataset == stored[dataset_start(stored):]
     calling = re.findall(r"Calling Application Name:[ \t]+(\S+)", destination.log.read_text())
     assert calling and set(calling) == {"PACS"}  # sub-operations use the node's own AE title
@@ -110,6 +82,37 @@ def test_a_move_that_matches_nothing_succeeds_with_no_suboperations(archive: Nod
         result = movescu(archive, destination.ae_title, keys)
         assert "Received Final Move Response (Success)" in result.stdout + result.stderr
     assert destination.received() == {}
+
+
+def test_a_caller_not_allowed_to_move_is_refused_and_nothing_is_sent(archive: Node, destination: StoreScp) -> None:
+    register(archive, "query-only", "QUERYONLY", 104, ["echo", "find"])
+    keys = {"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": archive.study_uid}  # type: ignore[attr-defined]
+    for caller in ("QUERYONLY", "STRANGER"):
+        result = movescu(archive, destination.ae_title, keys, calling_aet=caller)
+        assert "Received Final Move Response (Unknown Status: 0x124)" in result.stdout + result.stderr, caller
+    assert destination.received() == {}
+
+
+def test_a_destination_that_is_down_fails_every_suboperation_and_a_reissued_move_completes(
+        archive: Node, tmp_path: Path) -> None:
+    absent = StoreScp(tmp_path, "LATER")
+    absent.stop()  # registered, but nothing listens on its port
+    register(archive, "later", absent.ae_title, absent.port, ["store"])
+    keys = {"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": archive.study_uid}  # type: ignore[attr-defined]
+    result = movescu(archive, absent.ae_title, keys)
+    output = result.stdout + result.stderr
+    assert "Received Final Move Response (Refused: OutOfResourcesSubOperations)" in output, output  # 0xA702
+    [job] = archive.get("/api/jobs?limit=1").json()["jobs"]
+    assert (job["kind"], job["completed"], job["failed"]) == ("c-move", 0, 12)
+
+    restarted = StoreScp(tmp_path / "again", "LATER", port=absent.port)
+    try:
+        result = movescu(archive, restarted.ae_title, keys)
+        output = result.stdout + result.stderr
+        assert "Received Final Move Response (Success)" in output, output
+        assert len(restarted.received()) == 12
+    finally:
+        restarted.stop()
 
 
 def test_an_unknown_destination_gets_a801(archive: Node) -> None:

@@ -20,6 +20,7 @@ from tests.faults import OwnRedis
 from tests.integration.test_move import StoreScp
 from tests.node import Node, free_port, wait_until
 from tests.peers import push_files
+from tests.stored import stored_object
 
 ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 FINISHED = ("done", "failed", "cancelled")
@@ -83,9 +84,7 @@ def finished_job(node: Node, response: httpx.Response, timeout: float = 60) -> d
 
 
 def stored_dataset(node: Node, sop_uid: str) -> bytes:
-    info = node.get(f"/api/instances/{sop_uid}").json()
-    stored = (node.data_dir / "objects" / info["study_instance_uid"] / info["series_instance_uid"]
-              / f"{sop_uid}.dcm").read_bytes()
+    stored = stored_object(node.data_dir, sop_uid).read_bytes()
     return stored[dataset_start(stored):]
 
 

@@ -102,6 +102,18 @@ def test_competing_consumers_see_every_message_exactly_once(settings: Settings, 
     assert message_files(settings) == []
 
 
+def test_consumers_declaring_while_messages_arrive_see_each_once(settings: Settings, app: Celery,
+                                                                  queue_name: str) -> None:
+    """Three threads declare the same queue at once (one publishes right away): no message may find its binding
+    known to the process but not yet in the table, and be dropped."""
+    producer = threading.Thread(target=publish, args=(app, queue_name, N))
+    producer.start()
+    seen = drain_with_two_consumers(app, queue_name, N)
+    producer.join()
+    assert sorted(seen) == list(range(N))
+    assert message_files(settings) == []
+
+
 @pytest.mark.parametrize("name", [".{stamp}_abc.{queue}.msg.tmp", ".{stamp}_abc.{queue}.msg"])
 def test_a_half_written_message_is_never_consumed(settings: Settings, app: Celery, queue_name: str,
                                                   name: str) -> None:

@@ -11,10 +11,11 @@ from fastapi import APIRouter, Body, Depends, HTTPException, Request
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from services.api.auth import actor_of
 from services.api.dependencies import get_runtime, get_session
 from shared.db.models import AuditEvent
 from shared.events import utc_now
-from shared.node_config import CONFIG_KEYS, ConfigError, NodeConfig, apply_patch, default_config, load_config, \
+from shared.node_config import CONFIG_KEYS, ConfigError, NodeConfig, apply_patch, default_config_for, load_config, \
     store_settings
 from shared.runtime import Runtime
 
@@ -38,7 +39,7 @@ def client_ip(request: Request) -> str:
 
 
 def _defaults(runtime: Runtime) -> NodeConfig:
-    return default_config(runtime.settings.check_called_aet)
+    return default_config_for(runtime.settings)
 
 
 @router.get("/api/config", summary="Every key of the live configuration with its current value")
@@ -78,7 +79,8 @@ def patch_config(
             session.add(AuditEvent(
                 occurred_at=now, action="config_changed", outcome="success", remote_aet="",
                 remote_ip=client_ip(request),
-                details={"changes": {key: {"old": old_values[key], "new": value} for key, value in changes.items()}},
+                details={"changes": {key: {"old": old_values[key], "new": value} for key, value in changes.items()},
+                         "actor": actor_of(request)},
             ))
     except SQLAlchemyError as exc:
         raise HTTPException(503, f"index database unavailable ({exc.__class__.__name__})") from exc

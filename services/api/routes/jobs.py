@@ -18,6 +18,7 @@ from sqlalchemy import Select, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from services.api.auth import actor_of
 from services.api.dependencies import get_runtime, get_session
 from services.api.routes.config import client_ip
 from services.api.routes.modalities import ModalityName
@@ -80,7 +81,7 @@ def _validated_send(body: Any) -> dict[str, list[str]]:
             if not is_valid_uid(value):
                 problems.append(_problem(key, f"item {index} is not a valid UID (digits and dots, 1 to 64 "
                                               "characters)", "uid", index))
-        wanted[key] = list(dict.fromkeys(values))
+        wanted[key] = list(dict.fromkeys(value for value in values if isinstance(value, str)))  # {} is unhashable
     if not problems and not any(wanted.values()):
         problems.append(_problem("body", "name at least one UID in studies, series or instances", "missing"))
     if problems:
@@ -155,7 +156,7 @@ def send_to_modality(
             destination = Destination(entry.ae_title, entry.host, entry.port,
                                       entry.local_ae_title or runtime.settings.ae_title)
             items, unmatched = resolve_send(session, wanted)
-            job_id = create_job(session, "rest-store", destination, "rest", items)
+            job_id = create_job(session, "rest-store", destination, actor_of(request)[:64], items)
             if not items:  # nothing to send: the job is done at once, the mover never sees it
                 now = utc_now()
                 session.execute(update(Job).where(Job.id == job_id).values(state="done", updated_at=now,
@@ -166,7 +167,7 @@ def send_to_modality(
                 details={"job_id": job_id, "modality": name, "destination": {
                     "ae_title": destination.ae_title, "host": destination.host, "port": destination.port},
                     "calling_ae_title": destination.calling_ae_title, "requested": wanted,
-                    "total": len(items)},
+                    "total": len(items), "actor": actor_of(request)},
             ))
     except SQLAlchemyError as exc:
         raise _unavailable("index database", exc) from exc
@@ -182,7 +183,7 @@ def send_to_modality(
                     session.add(AuditEvent(
                         occurred_at=utc_now(), action="rest_send", outcome="failure", remote_aet="",
                         remote_ip=client_ip(request), details={"job_id": job_id, "modality": name,
-                                                               "reason": reason},
+                                                               "reason": reason, "actor": actor_of(request)},
                     ))
             except SQLAlchemyError:
                 pass  # the job stays queued and unrun; it is reported as such, and the caller gets 503 anyway
@@ -237,7 +238,7 @@ def get_job(job_id: str = Path(max_length=64), session: Session = Depends(get_se
 def list_jobs(
     state: str | None = Query(None, description="only jobs in this state: " + ", ".join(JOB_STATES)),
     limit: int = Query(100, ge=1, le=MAX_PAGE),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=2_147_483_647),
     session: Session = Depends(get_session),
 ) -> dict[str, Any]:
     if state is not None and state not in JOB_STATES:

@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from services.api.auth import actor_of
 from services.api.dependencies import get_session
 from services.api.routes.config import client_ip, validation_detail
 from shared.db.models import AuditEvent, Modality
@@ -62,7 +63,7 @@ def get_modality(name: str = ModalityName, session: Session = Depends(get_sessio
     "/api/modalities/{name}",
     summary="Create (201) or replace (200) a modality; takes effect for callers at once (within 0.5 s)",
     description="Body: ae_title, host, port (required); allow (default [\"echo\", \"store\"]), description, "
-    "local_ae_title (optional). An invalid body gets 422 naming each bad key; nothing is stored.",
+    "local_ae_title, facility (optional). An invalid body gets 422 naming each bad key; nothing is stored.",
     openapi_extra=BODY_SCHEMA,
 )
 def put_modality(
@@ -92,11 +93,13 @@ def put_modality(
             row.allow = list(entry.allow)
             row.description = entry.description
             row.local_ae_title = entry.local_ae_title
+            row.facility = entry.facility
             row.updated_at = now
             session.add(AuditEvent(
                 occurred_at=now, action="modality_saved", outcome="success", remote_aet="",
                 remote_ip=client_ip(request),
-                details={"name": name, "created": created, "old": previous, "new": values},
+                details={"name": name, "created": created, "old": previous, "new": values,
+                         "actor": actor_of(request)},
             ))
     except SQLAlchemyError as exc:
         raise _unavailable(exc) from exc
@@ -115,7 +118,7 @@ def delete_modality(request: Request, name: str = ModalityName, session: Session
             session.delete(row)
             session.add(AuditEvent(
                 occurred_at=utc_now(), action="modality_deleted", outcome="success", remote_aet="",
-                remote_ip=client_ip(request), details={"name": name, "old": previous},
+                remote_ip=client_ip(request), details={"name": name, "old": previous, "actor": actor_of(request)},
             ))
     except SQLAlchemyError as exc:
         raise _unavailable(exc) from exc

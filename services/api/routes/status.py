@@ -19,6 +19,8 @@ from shared.version import VERSION
 
 router = APIRouter(tags=["status"])
 
+INGEST_WINDOW_MINUTES = 5
+
 
 def _services(session: Session, stale_after: timedelta) -> dict[str, list[dict[str, Any]]]:
     now = utc_now()
@@ -31,7 +33,8 @@ def _services(session: Session, stale_after: timedelta) -> dict[str, list[dict[s
             "alive": now - beat.last_seen <= stale_after,
             "started_at": iso_utc(beat.started_at),
             "last_seen": iso_utc(beat.last_seen),
-            **beat.details,
+            # the listener's counters for /metrics are left out here (GET /metrics shows them)
+            **{key: value for key, value in beat.details.items() if key != "metrics"},
         })
     return services
 
@@ -47,6 +50,8 @@ def status(runtime: Runtime = Depends(get_runtime), session: Session = Depends(g
         }
         stored_bytes = session.scalar(select(func.coalesce(func.sum(Instance.size), 0))) or 0
         dead_letters = session.scalar(select(func.count()).select_from(DeadLetter)) or 0
+        since = utc_now() - timedelta(minutes=INGEST_WINDOW_MINUTES)
+        recent = session.scalar(select(func.count()).select_from(Instance).where(Instance.received_at >= since)) or 0
         stale_after = timedelta(seconds=3 * runtime.settings.heartbeat_interval_seconds)
         services = _services(session, stale_after)
     except SQLAlchemyError as exc:
@@ -65,4 +70,7 @@ def status(runtime: Runtime = Depends(get_runtime), session: Session = Depends(g
                     "url": runtime.store.description},
         "queue": {"pending": pending, "dead_letter": dead_letters},
         "services": services,
+        # received in the last minutes, as indexed (instances still pending are counted once indexed)
+        "ingest": {"window_minutes": INGEST_WINDOW_MINUTES, "instances": recent,
+                   "per_minute": round(recent / INGEST_WINDOW_MINUTES, 1)},
     }

@@ -22,9 +22,23 @@ DEFAULTS = {
     "blocked_calling_aets": [],
     "ip_allowlist": [],
     "enabled_services": ["echo", "store", "find", "move", "get"],
+    "patient_name_ignore_accents": False,
+    "check_calling_aet_host": False,
     "duplicate_policy": "keep_first",
     "storage_layout": "series",
     "storage_max_bytes": None,
+    "storage_naming": "sop_uid",
+    "storage_max_instances": None,
+    "ingest_compression": "none",
+    "retention_days": None,
+    "retention_basis": "received",
+    "storage_recycle": False,
+    "study_stable_seconds": 60,
+    "webhook_max_attempts": 10,
+    "webhook_retry_seconds": 10,
+    "forward_max_attempts": 5,
+    "forward_retry_seconds": 60,
+    "commitment_wait_seconds": 30,
 }
 
 BAD_VALUES = [
@@ -175,7 +189,7 @@ def test_modalities_create_replace_read_list_delete_and_audit(api: Node) -> None
     assert created.status_code == 201, created.text
     body = created.json()
     assert body.pop("updated_at").endswith("Z")
-    assert body == {"name": "ct-3", **MODALITY, "local_ae_title": None}
+    assert body == {"name": "ct-3", **MODALITY, "local_ae_title": None, "facility": ""}
 
     replaced = httpx.put(f"{base}/ct-3", json={"ae_title": "CT3", "host": "ct3.example.org", "port": 11112,
                                                "local_ae_title": "PACS_FOR_CT"}, timeout=10)

@@ -14,7 +14,7 @@ from pydicom.uid import (
     MRImageStorage,
 )
 
-from services.indexer.extract import NO_PATIENT_ID_PREFIX, UnindexableObject, extract, search_form
+from services.indexer.extract import NO_PATIENT_ID_PREFIX, UnindexableObject, extract
 from shared.dicom.part10 import encode_part10
 from tests.factory import UNCOMPRESSED_SYNTAXES, encode_dataset, make_image
 
@@ -43,19 +43,6 @@ def test_the_index_fields_are_read_in_every_transfer_syntax(transfer_syntax: str
         "Test study", "Test series", "CHEST")
     assert record.referring_physician_name == "Referrer^Rita"
     assert (record.size, record.sha256) == (len(data), hashlib.sha256(data).hexdigest())
-
-
-@pytest.mark.parametrize(
-    ("name", "expected"),
-    [("MÜLLER^Jürgen", "muller^jurgen"), ("Ελληνικά^Δοκιμή", "ελληνικα^δοκιμη"), ("Renée^Zoë", "renee^zoe")],
-)
-def test_search_form_removes_case_and_accents(name: str, expected: str) -> None:
-    assert search_form(name) == expected
-
-
-def test_search_form_keeps_the_kana_voicing_marks() -> None:
-    assert search_form("やまだ^だろう") == "やまだ^だろう"
-    assert search_form("ヤマダ") != search_form("ヤマタ")  # ダ and タ are different letters
 
 
 def test_names_are_decoded_with_the_specific_character_set() -> None:

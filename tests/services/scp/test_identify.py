@@ -25,8 +25,10 @@ HOSTILE_UIDS = ["../../x", "1.2." + "3" * 70, "", "1.2.3/../../etc", "1.2.X"]
 
 
 def identity_of(dataset) -> InstanceIdentity:  # type: ignore[no-untyped-def]
+    """The four UIDs, plus the PatientID and InstanceNumber that storage layouts may use."""
     return InstanceIdentity(dataset.SOPClassUID, dataset.SOPInstanceUID, dataset.StudyInstanceUID,
-                            dataset.SeriesInstanceUID)
+                            dataset.SeriesInstanceUID, dataset.get("PatientID"),
+                            int(dataset.InstanceNumber) if "InstanceNumber" in dataset else None)
 
 
 @pytest.mark.parametrize("transfer_syntax", UNCOMPRESSED_SYNTAXES)

@@ -114,3 +114,26 @@ def test_same_uid_with_other_content_keeps_the_first_and_audits_the_conflict(emb
                 "SELECT count(*) FROM audit_events WHERE action = 'duplicate_conflict'").fetchone()[0] == 1
 
     wait_until(audited, 20, "the duplicate conflict in the audit log")
+
+
+def with_vr(encoded: bytes, tag_and_vr: bytes, vr: bytes) -> bytes:
+    """The encoded dataset with one element's VR replaced (Explicit VR Little Endian)."""
+    at = encoded.index(tag_and_vr)
+    return encoded[:at + 4] + vr + encoded[at + 6:]
+
+
+def test_an_unknown_vr_is_refused_before_the_uids_and_dead_lettered_after_them(embedded_node: Node) -> None:
+    """The SCP reads only up to the UIDs (PERFORMANCE.md: decode less): a VR that does not exist before them makes
+    the dataset unreadable (0xC000, nothing written); after them the bytes are stored as received and the indexer,
+    which cannot parse them, lists the instance as a dead letter while the queue keeps flowing."""
+    early, late, fine = make_image(charset="ISO_IR 100"), make_image(), make_image()
+    with StoreClient(embedded_node.dicom_port) as client:
+        refused = send_raw_c_store(client.association, CTImageStorage, early.SOPInstanceUID,
+                                   with_vr(encode_dataset(early), b"\x08\x00\x05\x00CS", b"ZZ"))
+        assert not list((embedded_node.data_dir / "objects").rglob("*.dcm"))
+        stored = send_raw_c_store(client.association, CTImageStorage, late.SOPInstanceUID,
+                                  with_vr(encode_dataset(late), b"\x10\x00\x10\x00PN", b"ZZ"))
+        assert client.store(fine) == 0x0000
+    assert (refused, stored) == (0xC000, 0x0000)
+    wait_until(lambda: embedded_node.status()["queue"]["dead_letter"] == 1, 30, "the dead letter")
+    embedded_node.wait_indexed(1)

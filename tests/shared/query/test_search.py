@@ -6,9 +6,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, MRImageStorage, generate_uid
 
 from shared.query.search import Query, TooManyMatches, run_query
+from shared.query.sequences import SequenceKey
 from shared.runtime import Runtime
 from tests.archive import ingest, open_archive
 from tests.factory import make_image
@@ -24,12 +26,14 @@ def archive(tmp_path: Path) -> Iterator[Runtime]:
         ds = make_image(CTImageStorage, doe_study, ct_series, patient_id="P-DOE", patient_name="Doe^John",
                         instance_number=number + 1)
         ds.StudyDate, ds.StudyTime, ds.InstitutionName = "20240115", "101500", "General Hospital"
+        ds.ProcedureCodeSequence = [code("CTHEAD", "CT head"), code("CTNECK", "CT neck")]
         datasets.append(ds)
     ds = make_image(MRImageStorage, doe_study, mr_series, patient_id="P-DOE", patient_name="Doe^John")
     ds.StudyDate, ds.SeriesNumber = "20240115", 2
     datasets.append(ds)
     ds = make_image(CTImageStorage, roe_study, patient_id="P-ROE", patient_name="Röe^Jane", charset="ISO_IR 100")
     ds.StudyDate, ds.StudyTime, ds.AccessionNumber = "20250301", "230000", "ACC-ROE"
+    ds.ProcedureCodeSequence = [code("CTCHEST", "CT chest")]
     datasets.append(ds)
     ds = make_image(CTImageStorage, empty_name_study, patient_id="P-NONAME", patient_name="")
     ds.StudyDate, ds.StudyTime = "", ""
@@ -40,9 +44,16 @@ def archive(tmp_path: Path) -> Iterator[Runtime]:
     runtime.close()
 
 
-def find(runtime: Runtime, level: str, **values: object) -> list[dict[str, object]]:
+def code(value: str, meaning: str) -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, "LOCAL", meaning
+    return item
+
+
+def find(runtime: Runtime, level: str, ignore_accents: bool = False, **values: object) -> list[dict[str, object]]:
     with runtime.sessions() as session:
-        return run_query(session, Query(level=level, values=dict(values), requested=list(values)))
+        return run_query(session, Query(level=level, values=dict(values), requested=list(values),
+                                        ignore_accents=ignore_accents))
 
 
 def patient_ids(rows: list[dict[str, object]]) -> list[object]:
@@ -63,6 +74,13 @@ def test_patient_name_matches_case_insensitively_and_a_lone_star_matches_empty_n
     assert patient_ids(find(archive, "STUDY", PatientName="röe*")) == ["P-ROE"]
     assert patient_ids(find(archive, "STUDY", PatientName="*")) == ["P-DOE", "P-NONAME", "P-ROE"]
     assert patient_ids(find(archive, "STUDY", PatientName="?oe^*")) == ["P-DOE"]  # not accent-insensitive
+
+
+def test_patient_name_can_also_ignore_accents(archive: Runtime) -> None:
+    assert find(archive, "STUDY", PatientName="ROE^JANE") == []
+    assert patient_ids(find(archive, "STUDY", ignore_accents=True, PatientName="ROE^JANE")) == ["P-ROE"]
+    assert patient_ids(find(archive, "STUDY", ignore_accents=True, PatientName="röe*")) == ["P-ROE"]
+    assert patient_ids(find(archive, "STUDY", ignore_accents=True, PatientName="?oe^*")) == ["P-DOE", "P-ROE"]
 
 
 def test_wildcards_do_not_treat_sql_characters_specially(archive: Runtime) -> None:
@@ -124,3 +142,24 @@ def test_keys_outside_the_index_are_matched_and_answered_from_stored_attributes(
 def test_a_result_limit_refuses_instead_of_flooding(archive: Runtime) -> None:
     with archive.sessions() as session, pytest.raises(TooManyMatches):
         run_query(session, Query(level="IMAGE", values={"SOPInstanceUID": None}, limit=3))
+
+
+def test_a_sequence_key_matches_when_one_stored_item_matches_every_item_key(archive: Runtime) -> None:
+    assert patient_ids(find(archive, "STUDY", ProcedureCodeSequence=SequenceKey((("CodeValue", "CTNECK"),)))) == [
+        "P-DOE"]
+    assert patient_ids(find(archive, "STUDY", ProcedureCodeSequence=SequenceKey((("CodeValue", "CTC*"),)))) == [
+        "P-ROE"]
+    both_in_one_item = SequenceKey((("CodeValue", "CTHEAD"), ("CodeMeaning", "CT neck")))
+    assert find(archive, "STUDY", ProcedureCodeSequence=both_in_one_item) == []
+
+
+def test_a_universal_sequence_key_matches_everything_and_answers_the_matching_items_reduced(
+        archive: Runtime) -> None:
+    assert len(find(archive, "STUDY", ProcedureCodeSequence=SequenceKey())) == 3
+    assert len(find(archive, "STUDY", ProcedureCodeSequence=SequenceKey((("CodeValue", None),)))) == 3
+    key = SequenceKey((("CodeValue", "CTNECK"), ("CodeMeaning", None), ("CodingSchemeVersion", None)))
+    [row] = find(archive, "STUDY", ProcedureCodeSequence=key)
+    stored = row["_attributes"]["00081032"]  # type: ignore[index]
+    assert key.answer(stored) == {"vr": "SQ", "Value": [{
+        "00080100": {"vr": "SH", "Value": ["CTNECK"]}, "00080104": {"vr": "LO", "Value": ["CT neck"]},
+        "00080103": {"vr": "SH"}}]}

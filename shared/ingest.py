@@ -1,0 +1,173 @@
+"""The ingest core shared by C-STORE (services/scp/store.py) and STOW-RS (services/api/dicomweb/stow.py).
+
+Order of work for a new instance: optional lossless compression (the live ``ingest_compression``,
+shared.dicom.compression) → claim (the key of its SOP Instance UID, shared.storage.claims) → storage limits
+(shared.storage_usage) → pending marker → durable object → (the caller answers Success) → event.
+A marker whose object never got written is cleaned by the sweeper; an object always has its marker until it is
+indexed. The key follows the live ``storage_layout`` and ``storage_naming`` (shared.storage.layout); a SOP Instance
+UID seen before keeps the key of its claim, so duplicates are detected whatever the layout. The same SOP Instance
+UID with other content keeps the first object and hands a duplicate event to the indexer, which audits the
+conflict. Storage failures are raised (shared.storage.StorageError and StorageFull; InstanceBeingDeleted when
+the SOP Instance UID's claim is marked by a deletion in progress, shared.deletion): each caller turns them into
+its protocol's answer.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from shared.dicom.compression import SYNTAX_OF, compress
+from shared.dicom.part10 import encode_part10
+from shared.events import DuplicateReceived, InstanceStored, Reception
+from shared.ingest_identify import InstanceIdentity
+from shared.pending import PendingLedger
+from shared.queue import INDEX_INSTANCES_TASK, RECORD_DUPLICATE_TASK
+from shared.storage import ObjectStore, PutOutcome, StorageError
+from shared.storage.claims import ClaimRegistry
+from shared.storage.layout import KeyFacts, layout_key, legacy_instance_key
+from shared.storage_usage import StorageUsage
+
+log = logging.getLogger(__name__)
+
+Submit = Callable[[str, dict[str, object]], None]  # (task name, event payload): hands an event to the queue
+
+
+class IngestOutcome(enum.Enum):
+    STORED = "stored"  # a new object
+    IDENTICAL = "identical"  # the same bytes were already stored: nothing changed
+    CONFLICT = "conflict"  # the SOP Instance UID was stored with other content: the first is kept, audited
+
+
+@dataclass(frozen=True)
+class Ingested:
+    outcome: IngestOutcome
+    object_key: str
+    size: int  # of the Part-10 object as built from what was received
+
+
+@dataclass(frozen=True)
+class StoragePolicy:
+    """The live storage keys that ingest applies (shared.node_config.NodeConfig)."""
+
+    layout: str = "series"
+    naming: str = "sop_uid"
+    max_bytes: int | None = None
+    max_instances: int | None = None
+    compression: str = "none"
+
+    @classmethod
+    def of(cls, config: Any) -> "StoragePolicy":
+        return cls(config.storage_layout, config.storage_naming, config.storage_max_bytes,
+                   config.storage_max_instances, config.ingest_compression)
+
+
+class Ingest:
+    def __init__(self, store: ObjectStore, ledger: PendingLedger, submit: Submit,
+                 policy: Callable[[], StoragePolicy] = StoragePolicy, usage: StorageUsage | None = None) -> None:
+        self._store = store
+        self._ledger = ledger
+        self._submit = submit
+        self._claims = ClaimRegistry(store)
+        self._policy = policy
+        self._usage = usage
+
+    def store_instance(
+        self, identity: InstanceIdentity, transfer_syntax: str, dataset: bytes, reception: Reception
+    ) -> Ingested:
+        """Make one instance durable (the dataset bytes as received or losslessly compressed, our File Meta);
+        raise StorageError (StorageFull, or shared.storage_usage.StorageLimitReached when a configured limit is
+        reached)."""
+        policy = self._policy()
+        received = (dataset, transfer_syntax)
+        compressed = compress(dataset, transfer_syntax, policy.compression)
+        if compressed is not None:
+            dataset, transfer_syntax = compressed.dataset, compressed.transfer_syntax
+        facts = KeyFacts(identity.study_instance_uid, identity.series_instance_uid, identity.sop_instance_uid,
+                         identity.patient_id, identity.instance_number, reception.received_at)
+        legacy = legacy_instance_key(identity.study_instance_uid, identity.series_instance_uid,
+                                     identity.sop_instance_uid)
+        claim = self._claims.resolve(identity.sop_instance_uid, layout_key(policy.layout, policy.naming, facts),
+                                     legacy)
+        key = claim.key
+        part10 = encode_part10(dataset, identity.sop_class_uid, identity.sop_instance_uid, transfer_syntax)
+        sha256 = hashlib.sha256(part10).hexdigest()
+        already_stored = not claim.created and self._store.stat(key) is not None
+        if not already_stored and self._usage is not None:
+            try:
+                self._usage.admit(len(part10), policy.max_bytes, policy.max_instances)
+            except StorageError:
+                if claim.created:
+                    self._release_claim(identity.sop_instance_uid)
+                raise
+        stored_event = InstanceStored(
+            sop_instance_uid=identity.sop_instance_uid,
+            sop_class_uid=identity.sop_class_uid,
+            study_instance_uid=identity.study_instance_uid,
+            series_instance_uid=identity.series_instance_uid,
+            transfer_syntax=transfer_syntax,
+            object_key=key,
+            size=len(part10),
+            sha256=sha256,
+            reception=reception,
+        )
+        if not already_stored:
+            self._ledger.record(stored_event)
+        try:
+            result = self._store.put_new(key, part10, sha256)
+        except StorageError:
+            if not already_stored:
+                self._forget_marker(identity.sop_instance_uid)
+            raise
+        if result.outcome is PutOutcome.CREATED:
+            if self._usage is not None:
+                self._usage.added(len(part10))
+            self._submit(INDEX_INSTANCES_TASK, stored_event.model_dump(mode="json"))
+            return Ingested(IngestOutcome.STORED, key, len(part10))
+        if result.outcome is PutOutcome.IDENTICAL or self._stored_otherwise_encoded(
+                identity, received, transfer_syntax, result.stored_sha256):  # re-sent after a compression change
+            return Ingested(IngestOutcome.IDENTICAL, key, len(part10))
+        # Same SOP Instance UID, other content: the first is kept (objects are immutable), the conflict audited.
+        log.warning("store.duplicate_conflict kept=first")
+        duplicate = DuplicateReceived(
+            sop_instance_uid=identity.sop_instance_uid,
+            object_key=key,
+            stored_sha256=result.stored_sha256,
+            received_sha256=sha256,
+            reception=reception,
+        )
+        self._submit(RECORD_DUPLICATE_TASK, duplicate.model_dump(mode="json"))
+        return Ingested(IngestOutcome.CONFLICT, key, len(part10))
+
+    @staticmethod
+    def _stored_otherwise_encoded(identity: InstanceIdentity, received: tuple[bytes, str], stored_syntax: str,
+                                  stored_sha256: str) -> bool:
+        """Whether the object kept for this SOP Instance UID is the received instance under another encoding this
+        node makes (as received, or compressed by another ``ingest_compression`` value than the current one): an
+        identical re-send after the setting changed, not a conflict. Tried only on a conflict (rare)."""
+        dataset, syntax = received
+        encodings: list[tuple[bytes, str]] = [received] if stored_syntax != syntax else []
+        for method, method_syntax in SYNTAX_OF.items():
+            if method_syntax != stored_syntax:
+                other = compress(dataset, syntax, method)
+                if other is not None:
+                    encodings.append((other.dataset, other.transfer_syntax))
+        return any(hashlib.sha256(encode_part10(candidate, identity.sop_class_uid, identity.sop_instance_uid,
+                                                candidate_syntax)).hexdigest() == stored_sha256
+                   for candidate, candidate_syntax in encodings)
+
+    def _release_claim(self, sop_instance_uid: str) -> None:
+        try:
+            self._claims.release(sop_instance_uid)
+        except StorageError:
+            pass  # a claim without an object: the next send of this instance writes to its key
+
+    def _forget_marker(self, sop_instance_uid: str) -> None:
+        try:
+            self._ledger.resolve(sop_instance_uid)
+        except StorageError:
+            pass  # the sweeper removes markers whose object never appeared

@@ -1,0 +1,61 @@
+"""The accepted-socket wrapper: readiness by poll(), so connections on descriptors above 1023 keep working."""
+
+from __future__ import annotations
+
+import copy
+import os
+import resource
+import socket
+from collections.abc import Iterator
+
+import pytest
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage
+from pynetdicom.presentation import build_context
+from pynetdicom.sop_class import Verification
+
+from services.scp.sockets import LowLatencyAssociationSocket, SharedContexts
+
+
+@pytest.fixture
+def high_descriptors() -> Iterator[None]:
+    """Occupy the descriptors below 1100, as a node with a thousand open connections and files does."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 2048 if hard == resource.RLIM_INFINITY else min(hard, 2048)
+    assert wanted >= 1200, f"the descriptor limit ({hard}) is too low for this test"
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
+    fillers = [os.open("/dev/null", os.O_RDONLY) for _ in range(1100)]
+    try:
+        yield
+    finally:
+        for descriptor in fillers:
+            os.close(descriptor)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def wrapped(sock: socket.socket) -> LowLatencyAssociationSocket:
+    wrapper = object.__new__(LowLatencyAssociationSocket)  # only what `ready` reads
+    wrapper.socket = sock
+    wrapper._is_connected = True
+    return wrapper
+
+
+@pytest.mark.usefixtures("high_descriptors")
+def test_readiness_is_right_on_descriptors_above_1023() -> None:
+    ours, peer = socket.socketpair()
+    try:
+        assert ours.fileno() > 1023
+        connection = wrapped(ours)
+        assert connection.ready is False
+        peer.sendall(b"\x01")
+        assert connection.ready is True
+    finally:
+        ours.close()
+        peer.close()
+
+
+def test_associations_share_the_servers_contexts_instead_of_deep_copying_them() -> None:
+    contexts = SharedContexts([build_context(CTImageStorage, [ExplicitVRLittleEndian]), build_context(Verification)])
+    copied = copy.deepcopy(contexts)  # what pynetdicom does for every new association
+    assert copied == list(contexts) and all(a is b for a, b in zip(copied, contexts))
+    copied.append(build_context(MRImageStorage))
+    assert len(contexts) == 2  # the list is the association's own; the contexts are read, never written
