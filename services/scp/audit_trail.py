@@ -159,22 +159,31 @@ class AssociationTrail:
 
     # ---- events ------------------------------------------------------------------------------------------
 
-    def on_accepted(self, event: Any) -> None:
-        assoc = event.assoc
-        primitive = assoc.requestor.primitive
-        state = _Association(
-            calling=printable_aet(assoc.requestor.ae_title),
-            called=printable_aet(primitive.called_ae_title) if primitive is not None else "",
-            remote_ip=str(assoc.requestor.address), started=time.monotonic(), started_at=utc_now())
-        setattr(assoc, _ATTRIBUTE, state)
+    def _state_of(self, assoc: Any) -> _Association:
+        """The association's bookkeeping, created by whichever event comes first.
+
+        pynetdicom sends the A-ASSOCIATE-AC and only then fires EVT_ACCEPTED in the association thread, while its
+        DUL thread already decodes the peer's first request and fires EVT_DIMSE_RECV: on a loaded machine the
+        request can come first, and its operation must still be counted.
+        """
         with self._lock:
-            self.current += 1
-            self.associations["accepted"] += 1
+            state: _Association | None = getattr(assoc, _ATTRIBUTE, None)
+            if state is None:
+                primitive = assoc.requestor.primitive
+                state = _Association(
+                    calling=printable_aet(assoc.requestor.ae_title),
+                    called=printable_aet(primitive.called_ae_title) if primitive is not None else "",
+                    remote_ip=str(assoc.requestor.address), started=time.monotonic(), started_at=utc_now())
+                setattr(assoc, _ATTRIBUTE, state)
+                self.current += 1
+                self.associations["accepted"] += 1
+            return state
+
+    def on_accepted(self, event: Any) -> None:
+        self._state_of(event.assoc)
 
     def on_dimse_received(self, event: Any) -> None:
-        state: _Association | None = getattr(event.assoc, _ATTRIBUTE, None)
-        if state is None:
-            return
+        state = self._state_of(event.assoc)
         message = event.message
         size = _data_set_bytes(message)
         kind = _REQUESTS.get(type(message).__name__)

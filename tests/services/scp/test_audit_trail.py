@@ -34,13 +34,17 @@ def runtime(tmp_path: Path) -> Iterator[Runtime]:
 class Peer:
     """One association as the trail sees it: events with ``assoc`` and ``message``."""
 
-    def __init__(self, trail: AssociationTrail, calling: str = "MODALITY") -> None:
+    def __init__(self, trail: AssociationTrail, calling: str = "MODALITY", accepted: bool = True) -> None:
         self.trail = trail
         primitive = types.SimpleNamespace(called_ae_title="PACS")
         self.assoc = types.SimpleNamespace(
             requestor=types.SimpleNamespace(ae_title=calling, address="10.1.2.3", primitive=primitive),
             is_released=False)
-        trail.on_accepted(types.SimpleNamespace(assoc=self.assoc))
+        if accepted:
+            self.accept()
+
+    def accept(self) -> None:
+        self.trail.on_accepted(types.SimpleNamespace(assoc=self.assoc))
 
     def receive(self, message: Any) -> None:
         self.trail.on_dimse_received(types.SimpleNamespace(assoc=self.assoc, message=message))
@@ -92,6 +96,23 @@ def test_stores_are_summed_per_association_and_per_slice_of_a_long_one(
     assert metrics["operations"] == {"c_store:success": 6, "c_store:failure": 1}
     assert metrics["store_latency_seconds"]["count"] == 7 and sum(metrics["store_latency_seconds"]["counts"]) == 7
     assert metrics["associations"] == {"accepted": 1, "released": 1} and metrics["associations_current"] == 0
+
+
+def test_a_request_decoded_before_the_accepted_event_is_still_counted(runtime: Runtime) -> None:
+    """pynetdicom fires EVT_ACCEPTED after sending the A-ASSOCIATE-AC; its DUL thread may decode the first C-STORE
+    and fire EVT_DIMSE_RECV before that (seen on a loaded CI machine: the c_store row was missing)."""
+    buffer = AuditBuffer(runtime.sessions)
+    trail = AssociationTrail(buffer)
+    peer = Peer(trail, accepted=False)
+    peer.store(1)
+    peer.accept()
+    peer.store(2)
+    peer.assoc.is_released = True
+    trail.on_released(types.SimpleNamespace(assoc=peer.assoc))
+    events = rows(runtime, buffer)
+    assert [e.action for e in events] == ["association", "c_store"]
+    assert events[1].details["instances"] == 2 and events[0].details["operations"] == {"c_store": 2}
+    assert trail.metrics()["associations"] == {"accepted": 1, "released": 1}
 
 
 def test_a_move_is_one_row_with_its_sub_operation_counts_and_pending_answers_are_not_rows(runtime: Runtime) -> None:
