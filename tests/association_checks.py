@@ -20,11 +20,10 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification
 
-from shared.dicom.requestor import keep_reactor_off_responses
+from shared.dicom.requestor import Rejection, keep_reactor_off_responses, rejection_of
 from tests.factory import with_file_meta
 from tests.peers import dcmtk_env, dcmtk_tool
 
-Rejection = tuple[int, int, int]
 ACCEPTED = "accepted"
 
 # dcmtk (dul.cc, ASC_printRejectParameters) words for A-ASSOCIATE-RJ result, source and diagnostic
@@ -90,13 +89,6 @@ class Outcome:
         return self.association.is_established
 
 
-def _rejection_of(assoc: Association) -> Rejection | None:
-    if not assoc.is_rejected:
-        return None
-    primitive = assoc.acceptor.primitive
-    return int(primitive.result), int(primitive.result_source), int(primitive.diagnostic)
-
-
 def associate(port: int, contexts: Sequence[tuple[str, Sequence[str]]] = ((Verification, ()),),
               called_aet: str = "PACS", calling_aet: str = "PYSCU") -> Outcome:
     """Request an association proposing exactly ``contexts`` [(abstract syntax, [transfer syntaxes])].
@@ -115,7 +107,7 @@ def associate(port: int, contexts: Sequence[tuple[str, Sequence[str]]] = ((Verif
         keep_reactor_off_responses(assoc)
     by_id = {int(context.context_id): int(context.result)
              for context in list(assoc.accepted_contexts) + list(assoc.rejected_contexts)}
-    return Outcome(assoc, _rejection_of(assoc), [by_id[key] for key in sorted(by_id)])
+    return Outcome(assoc, rejection_of(assoc), [by_id[key] for key in sorted(by_id)])
 
 
 def association_answer(port: int, called_aet: str = "PACS", calling_aet: str = "PYSCU") -> Rejection | str:

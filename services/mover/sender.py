@@ -22,7 +22,7 @@ import pydicom
 from pynetdicom import AE, _config, evt
 from pynetdicom.presentation import build_context
 
-from shared.dicom.requestor import send_without_waiting_for_the_reactor
+from shared.dicom.requestor import rejection_of, send_without_waiting_for_the_reactor
 from shared.dicom.transcode import UNCOMPRESSED, to_uncompressed
 from shared.jobs import Destination, Item
 from shared.storage import ObjectStore, StorageError
@@ -146,7 +146,10 @@ class StoreSender:
         self._association = self._ae.associate(destination.host, destination.port, ae_title=destination.ae_title,
                                                evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)])
         if not self._association.is_established:
-            raise DestinationUnreachable("association with the destination was not established")
+            rejection = rejection_of(self._association)
+            raise DestinationUnreachable(
+                "association with the destination was not established" if rejection is None else
+                "the destination rejected the association (result/source/reason %d/%d/%d)" % rejection)
         send_without_waiting_for_the_reactor(self._association)
         self._association.dul._run_loop_delay = DUL_POLL_SECONDS
         self._accepted = accepted_syntaxes(self._association)

@@ -1,12 +1,16 @@
-"""A requestor association's own thread never takes a response meant for the thread that sent the request."""
+"""A requestor association's own thread never takes a response meant for the thread that sent the request, and a
+rejection is read even when pynetdicom reports the association aborted."""
 
 from __future__ import annotations
 
 import queue
 import threading
+import types
 from typing import Any
 
-from shared.dicom.requestor import keep_reactor_off_responses, send_without_waiting_for_the_reactor
+from pynetdicom.pdu_primitives import A_ASSOCIATE, A_P_ABORT
+
+from shared.dicom.requestor import keep_reactor_off_responses, rejection_of, send_without_waiting_for_the_reactor
 
 
 class QueuedMessages:
@@ -77,3 +81,30 @@ def test_requests_go_out_without_waiting_for_the_association_thread_to_pause() -
     unpaused = type(association)
     send_without_waiting_for_the_reactor(association)  # idempotent
     assert type(association) is unpaused
+
+
+def rejected_association(answer: Any, delivered: bool) -> Any:
+    """A requestor association after its request: ``delivered`` = pynetdicom's ACSE took ``answer`` off the DUL."""
+    left_on_the_queue: queue.Queue[Any] = queue.Queue()
+    if not delivered:
+        left_on_the_queue.put(answer)
+    return types.SimpleNamespace(acceptor=types.SimpleNamespace(primitive=answer if delivered else None),
+                                 is_established=False, dul=types.SimpleNamespace(to_user_queue=left_on_the_queue))
+
+
+def rejection(result: int, source: int, diagnostic: int) -> A_ASSOCIATE:
+    primitive = A_ASSOCIATE()
+    primitive.result, primitive.result_source, primitive.diagnostic = result, source, diagnostic
+    return primitive
+
+
+def test_a_rejection_is_read_whether_or_not_pynetdicom_delivered_it() -> None:
+    assert rejection_of(rejected_association(rejection(1, 1, 7), delivered=True)) == (1, 1, 7)
+    # The DUL thread took the RJ and closed the connection before the requesting thread saw the socket connected:
+    # pynetdicom reports an abort and leaves the RJ on the DUL's queue.
+    assert rejection_of(rejected_association(rejection(2, 3, 2), delivered=False)) == (2, 3, 2)
+
+
+def test_an_abort_or_an_acceptance_is_no_rejection() -> None:
+    assert rejection_of(rejected_association(A_P_ABORT(), delivered=False)) is None
+    assert rejection_of(rejected_association(rejection(0, 1, 1), delivered=True)) is None
