@@ -7,7 +7,8 @@ replaced atomically under a lock file: kombu's own version truncates the table b
 publishing at that moment could find no queue and drop the message. A binding is written to its table before the
 process-wide kombu state records it: otherwise a second thread that declares the same queue finds the binding
 already known, skips writing it, publishes, reads a table without it and drops the message (measured: the first
-58 of 200 messages lost when two consumer threads declared while a third published). Used as
+58 of 200 messages lost when two consumer threads declared while a third published). A worker waiting for
+messages notices a warm shutdown at its next poll, not at the end of Celery's 2-second wait. Used as
 ``pacsfs://localhost/``.
 """
 
@@ -15,11 +16,13 @@ from __future__ import annotations
 
 import fcntl
 import os
+import socket
 import time
 import uuid
 from queue import Empty
 from typing import Any
 
+from celery.worker import state as worker_state
 from kombu.transport import TRANSPORT_ALIASES, filesystem
 from kombu.utils.encoding import bytes_to_str, str_to_bytes
 from kombu.utils.json import dumps, loads
@@ -100,8 +103,27 @@ class Channel(filesystem.Channel):
             os.close(lock)
 
 
+def _shutdown_requested() -> bool:
+    """Celery's own test (worker.state.maybe_shutdown): a warm shutdown sets ``should_stop`` to the exit code, 0."""
+    return any(flag is not None and flag is not False
+               for flag in (worker_state.should_stop, worker_state.should_terminate))
+
+
 class Transport(filesystem.Transport):
     Channel = Channel
+
+    def drain_events(self, connection: Any, timeout: float | None = None) -> None:
+        """kombu's polling wait, ended early when the worker has been asked to stop (its loop waits 2 s)."""
+        started = time.monotonic()
+        while True:
+            try:
+                self.cycle.get(self._deliver, timeout=timeout)
+                return
+            except Empty:
+                pass
+            if _shutdown_requested() or (timeout is not None and time.monotonic() - started >= timeout):
+                raise socket.timeout()
+            time.sleep(self.polling_interval if timeout is None else min(self.polling_interval, timeout))
 
 
 def register() -> None:

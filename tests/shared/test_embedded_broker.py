@@ -11,6 +11,7 @@ from queue import Empty
 
 import pytest
 from celery import Celery
+from celery.worker import state as worker_state
 
 from shared.queue import create_celery
 from shared.settings import Settings
@@ -131,3 +132,26 @@ def test_all_its_files_stay_under_the_data_dir(settings: Settings, app: Celery, 
     assert sorted(drain_with_two_consumers(app, queue_name, 3)) == [0, 1, 2]
     outside = [path for path in files_in(tmp_path) if settings.data_dir not in path.parents]
     assert outside == [], f"the embedded broker wrote outside the data dir (e.g. kombu's ./control): {outside}"
+
+
+def test_a_worker_asked_to_stop_stops_waiting_for_messages(app: Celery, queue_name: str,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Celery's loop waits up to 2 s for a message before it looks at its stop flag; the embedded transport
+    looks at that flag at every poll (a warm shutdown sets it to the exit code 0, which is falsy)."""
+    waited: list[BaseException] = []
+    with app.connection() as connection:
+        connection.SimpleQueue(queue_name)  # declared and empty
+
+        def wait_for_a_message() -> None:
+            try:
+                connection.drain_events()  # no timeout: only a message or the stop flag ends it
+            except BaseException as exc:  # noqa: BLE001 - what ended the wait is the result
+                waited.append(exc)
+
+        waiter = threading.Thread(target=wait_for_a_message, daemon=True)
+        waiter.start()
+        time.sleep(0.3)
+        assert waiter.is_alive() and not waited  # nothing to deliver: still waiting
+        monkeypatch.setattr(worker_state, "should_stop", 0)
+        waiter.join(timeout=10)
+        assert not waiter.is_alive() and type(waited[0]).__name__ in ("timeout", "TimeoutError")
