@@ -86,7 +86,8 @@ class Settings(BaseSettings):
         1_048_576, ge=0, description="Maximum PDU size the SCP receives (advertised to callers; 0 = unlimited)."
     )
     association_idle_timeout_seconds: float = Field(
-        60.0, gt=0, description="An association with no traffic for this long is aborted."
+        60.0, gt=0, description="An association (or a connection that has not asked for one yet, at most 30 s) with "
+                               "no traffic for this long is aborted."
     )
     shutdown_grace_seconds: float = Field(
         10.0, ge=0, description="On SIGTERM, how long running associations may finish before they are aborted."

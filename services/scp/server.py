@@ -50,6 +50,7 @@ from shared.runtime import Runtime
 from shared.storage_usage import StorageUsage
 
 log = logging.getLogger(__name__)
+ACSE_TIMEOUT_SECONDS = 30.0
 
 
 QUERY_RETRIEVE_MODELS = (
@@ -116,7 +117,9 @@ class ScpServer:
         self.ae.network_timeout = settings.association_idle_timeout_seconds
         self._pdu_limits = PduLimits(max_p_data_length=settings.max_pdu_size,
                                      pdu_seconds=settings.association_idle_timeout_seconds)
-        self.ae.acse_timeout = 30
+        # ACSE_TIMEOUT_SECONDS bounds the wait for an association request and for ACSE answers; a connection
+        # silent for the idle timeout is closed even before it asked for an association.
+        self.ae.acse_timeout = min(ACSE_TIMEOUT_SECONDS, settings.association_idle_timeout_seconds)
         self.ae.dimse_timeout = 60
         self._server: ThreadedAssociationServer | None = None
         # DICOM TLS (services/scp/tls.py): a second listener with the same AE, handlers and access policy.
