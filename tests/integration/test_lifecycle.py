@@ -119,11 +119,11 @@ def test_pacs_status_reports_a_running_node(embedded_node: Node) -> None:
 def test_start_to_ready_on_a_filled_data_dir_is_reported(tmp_path: Path) -> None:
     node = Node(tmp_path)
     node.service("serve")
-    files = study_set(tmp_path / "study", 2000)
+    files = study_set(tmp_path / "study", 600)
     try:
         node.wait_ready()
         push_files(node.dicom_port, files)
-        node.wait_indexed(2000, timeout=120)
+        node.wait_indexed(600, timeout=120)
     finally:
         node.stop()
     node.service("serve", name="serve-filled")
@@ -131,8 +131,8 @@ def test_start_to_ready_on_a_filled_data_dir_is_reported(tmp_path: Path) -> None
     try:
         node.wait_ready(timeout=30)
         ready_in = time.monotonic() - started
-        print(f"ready in {ready_in:.2f} s on a data dir holding 2000 instances")
-        assert node.status()["counts"]["instances"] == 2000
+        print(f"ready in {ready_in:.2f} s on a data dir holding 600 instances")
+        assert node.status()["counts"]["instances"] == 600
     finally:
         node.stop()
 
