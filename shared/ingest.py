@@ -1,7 +1,7 @@
 """The ingest core shared by C-STORE (services/scp/store.py) and STOW-RS (services/api/dicomweb/stow.py).
 
 Order of work for a new instance: optional lossless compression (the live ``ingest_compression``,
-shared.dicom.compression) → claim (the key of its SOP Instance UID, shared.storage.claims) → storage limits
+shared.dicom.compression; not for a data set the SCP spooled to disk, shared.dicom.spooled, which is streamed) → claim (the key of its SOP Instance UID, shared.storage.claims) → storage limits
 (shared.storage_usage) → pending marker → durable object → (the caller answers Success) → event.
 A marker whose object never got written is cleaned by the sweeper; an object always has its marker until it is
 indexed. The key follows the live ``storage_layout`` and ``storage_naming`` (shared.storage.layout); a SOP Instance
@@ -16,18 +16,21 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import itertools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from shared.dicom.compression import SYNTAX_OF, compress
-from shared.dicom.part10 import encode_part10
+from shared.dicom.part10 import PREAMBLE, encode_file_meta, encode_part10
+from shared.dicom.spooled import SpooledDataset
 from shared.events import DuplicateReceived, InstanceStored, Reception
 from shared.ingest_identify import InstanceIdentity
 from shared.pending import PendingLedger
 from shared.queue import INDEX_INSTANCES_TASK, RECORD_DUPLICATE_TASK
 from shared.storage import ObjectStore, PutOutcome, StorageError
+from shared.storage.base import ObjectData, StreamedData, chunks_of, size_of
 from shared.storage.claims import ClaimRegistry
 from shared.storage.layout import KeyFacts, layout_key, legacy_instance_key
 from shared.storage_usage import StorageUsage
@@ -77,16 +80,20 @@ class Ingest:
         self._usage = usage
 
     def store_instance(
-        self, identity: InstanceIdentity, transfer_syntax: str, dataset: bytes, reception: Reception
+        self, identity: InstanceIdentity, transfer_syntax: str, dataset: bytes | SpooledDataset, reception: Reception
     ) -> Ingested:
-        """Make one instance durable (the dataset bytes as received or losslessly compressed, our File Meta);
+        """Make one instance durable (the dataset bytes as received or losslessly compressed, our File Meta; a data
+        set spooled to disk is stored as received, streamed from its file and never held in memory whole);
         raise StorageError (StorageFull, or shared.storage_usage.StorageLimitReached when a configured limit is
         reached)."""
         policy = self._policy()
-        received = (dataset, transfer_syntax)
-        compressed = compress(dataset, transfer_syntax, policy.compression)
-        if compressed is not None:
-            dataset, transfer_syntax = compressed.dataset, compressed.transfer_syntax
+        if isinstance(dataset, SpooledDataset) and not dataset.spilled:
+            dataset = dataset.getvalue()  # small enough to have stayed in memory
+        received = (dataset, transfer_syntax) if isinstance(dataset, bytes) else None
+        if received is not None:
+            compressed = compress(received[0], transfer_syntax, policy.compression)
+            if compressed is not None:
+                dataset, transfer_syntax = compressed.dataset, compressed.transfer_syntax
         facts = KeyFacts(identity.study_instance_uid, identity.series_instance_uid, identity.sop_instance_uid,
                          identity.patient_id, identity.instance_number, reception.received_at)
         legacy = legacy_instance_key(identity.study_instance_uid, identity.series_instance_uid,
@@ -94,12 +101,13 @@ class Ingest:
         claim = self._claims.resolve(identity.sop_instance_uid, layout_key(policy.layout, policy.naming, facts),
                                      legacy)
         key = claim.key
-        part10 = encode_part10(dataset, identity.sop_class_uid, identity.sop_instance_uid, transfer_syntax)
-        sha256 = hashlib.sha256(part10).hexdigest()
+        part10 = _part10_of(dataset, identity, transfer_syntax)
+        sha256 = _sha256_of(part10)
+        size = size_of(part10)
         already_stored = not claim.created and self._store.stat(key) is not None
         if not already_stored and self._usage is not None:
             try:
-                self._usage.admit(len(part10), policy.max_bytes, policy.max_instances)
+                self._usage.admit(size, policy.max_bytes, policy.max_instances)
             except StorageError:
                 if claim.created:
                     self._release_claim(identity.sop_instance_uid)
@@ -111,7 +119,7 @@ class Ingest:
             series_instance_uid=identity.series_instance_uid,
             transfer_syntax=transfer_syntax,
             object_key=key,
-            size=len(part10),
+            size=size,
             sha256=sha256,
             reception=reception,
         )
@@ -125,12 +133,12 @@ class Ingest:
             raise
         if result.outcome is PutOutcome.CREATED:
             if self._usage is not None:
-                self._usage.added(len(part10))
+                self._usage.added(size)
             self._submit(INDEX_INSTANCES_TASK, stored_event.model_dump(mode="json"))
-            return Ingested(IngestOutcome.STORED, key, len(part10))
-        if result.outcome is PutOutcome.IDENTICAL or self._stored_otherwise_encoded(
-                identity, received, transfer_syntax, result.stored_sha256):  # re-sent after a compression change
-            return Ingested(IngestOutcome.IDENTICAL, key, len(part10))
+            return Ingested(IngestOutcome.STORED, key, size)
+        if result.outcome is PutOutcome.IDENTICAL or (received is not None and self._stored_otherwise_encoded(
+                identity, received, transfer_syntax, result.stored_sha256)):  # re-sent after a compression change
+            return Ingested(IngestOutcome.IDENTICAL, key, size)
         # Same SOP Instance UID, other content: the first is kept (objects are immutable), the conflict audited.
         log.warning("store.duplicate_conflict kept=first")
         duplicate = DuplicateReceived(
@@ -141,7 +149,7 @@ class Ingest:
             reception=reception,
         )
         self._submit(RECORD_DUPLICATE_TASK, duplicate.model_dump(mode="json"))
-        return Ingested(IngestOutcome.CONFLICT, key, len(part10))
+        return Ingested(IngestOutcome.CONFLICT, key, size)
 
     @staticmethod
     def _stored_otherwise_encoded(identity: InstanceIdentity, received: tuple[bytes, str], stored_syntax: str,
@@ -171,3 +179,18 @@ class Ingest:
             self._ledger.resolve(sop_instance_uid)
         except StorageError:
             pass  # the sweeper removes markers whose object never appeared
+
+
+def _part10_of(dataset: bytes | SpooledDataset, identity: InstanceIdentity, transfer_syntax: str) -> ObjectData:
+    """The object: zeroed preamble, our File Meta, the data set; streamed from its spool file when it has one."""
+    if isinstance(dataset, bytes):
+        return encode_part10(dataset, identity.sop_class_uid, identity.sop_instance_uid, transfer_syntax)
+    header = PREAMBLE + encode_file_meta(identity.sop_class_uid, identity.sop_instance_uid, transfer_syntax)
+    return StreamedData(len(header) + dataset.size, lambda: itertools.chain((header,), dataset.chunks()))
+
+
+def _sha256_of(data: ObjectData) -> str:
+    digest = hashlib.sha256()
+    for chunk in chunks_of(data):
+        digest.update(chunk)
+    return digest.hexdigest()

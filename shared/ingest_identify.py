@@ -8,13 +8,14 @@ Instance Number (0020,0013), which keeps the ingest path cheap.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from io import BytesIO
 
 from pydicom.filereader import read_dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, UID
 
-from shared.uids import require_uid
+from shared.uids import InvalidUID, require_uid
 
 SOP_CLASS_UID = 0x00080016
 SOP_INSTANCE_UID = 0x00080018
@@ -114,6 +115,27 @@ def identify(dataset: bytes, transfer_syntax_uid: str) -> InstanceIdentity:
         patient_id=_patient_id(values.get(PATIENT_ID)),
         instance_number=_instance_number(values.get(INSTANCE_NUMBER)),
     )
+
+
+HEAD_STEPS = (1 << 20, 64 << 20)  # how much of a spooled data set identify reads: a prefix, then a larger one
+
+
+def identify_head(head: Callable[[int], bytes], size: int, transfer_syntax_uid: str) -> InstanceIdentity:
+    """Identify a data set too large to hold in memory from its first bytes (``head(n)``: at most n of them).
+
+    The identifying elements come first in a data set; a prefix that ends before them (or inside one) is grown
+    once; what the larger prefix gives is the answer (its error too: an invalid UID, or a header larger than the
+    node reads).
+    """
+    *smaller, largest = HEAD_STEPS
+    for limit in smaller:
+        prefix = head(limit)
+        try:
+            return identify(prefix, transfer_syntax_uid)
+        except (UnreadableDataset, InvalidUID):
+            if len(prefix) >= size:
+                raise  # the whole data set was read: it really is malformed
+    return identify(head(largest), transfer_syntax_uid)
 
 
 def _patient_id(value: object) -> str | None:

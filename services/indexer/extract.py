@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from io import BytesIO
-from typing import Any
+from typing import Any, BinaryIO
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -14,6 +14,7 @@ from shared.dicom.names import accent_free, folded
 from shared.uids import require_uid
 
 BULK_DATA_THRESHOLD = 1024  # binary values larger than this are left out of the stored attributes
+HASH_CHUNK_BYTES = 1 << 20
 NO_PATIENT_ID_PREFIX = "~no-id~"  # longer than any legal PatientID once a UID follows: never collides
 
 
@@ -74,9 +75,24 @@ def _leave_out_bulk(_element: Any) -> str:
     return ""
 
 
-def extract(part10: bytes) -> IndexRecord:
+def _size_and_sha256(part10: bytes | BinaryIO) -> tuple[int, str]:
+    if isinstance(part10, bytes):
+        return len(part10), hashlib.sha256(part10).hexdigest()
+    digest, size = hashlib.sha256(), 0
+    part10.seek(0)
+    while chunk := part10.read(HASH_CHUNK_BYTES):
+        digest.update(chunk)
+        size += len(chunk)
+    part10.seek(0)
+    return size, digest.hexdigest()
+
+
+def extract(part10: bytes | BinaryIO) -> IndexRecord:
+    """The index record of a stored object: its bytes, or a seekable file (hashed a chunk at a time, parsed up to
+    the pixel data, so a large object is never held whole)."""
+    size, sha256 = _size_and_sha256(part10)
     try:
-        dataset = pydicom.dcmread(BytesIO(part10), stop_before_pixels=True)
+        dataset = pydicom.dcmread(BytesIO(part10) if isinstance(part10, bytes) else part10, stop_before_pixels=True)
         attributes = dataset.to_json_dict(
             bulk_data_threshold=BULK_DATA_THRESHOLD,
             bulk_data_element_handler=_leave_out_bulk,
@@ -115,8 +131,8 @@ def extract(part10: bytes) -> IndexRecord:
     patient_key = record_fields["patient_id"] or NO_PATIENT_ID_PREFIX + str(record_fields["study_instance_uid"])
     return IndexRecord(
         patient_key=patient_key,
-        size=len(part10),
-        sha256=hashlib.sha256(part10).hexdigest(),
+        size=size,
+        sha256=sha256,
         attributes=attributes,
         **record_fields,  # type: ignore[arg-type]
     )

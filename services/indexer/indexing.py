@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
@@ -12,9 +17,12 @@ from services.indexer.outbox import record_instance_events
 from services.indexer.upsert import BatchCache, audit, record_dead_letter, upsert_instance
 from shared.events import DuplicateReceived, InstanceStored, utc_now
 from shared.runtime import Runtime
-from shared.storage import ObjectNotFound, StorageError
+from shared.storage import ObjectNotFound, ObjectStore, StorageError, StorageUnavailable
 
 log = logging.getLogger(__name__)
+
+COPY_IN_MEMORY_BYTES = 16 << 20
+COPY_CHUNK_BYTES = 1 << 20
 
 
 class TransientIndexError(Exception):
@@ -30,13 +38,35 @@ class BatchResult:
 
 def _load(runtime: Runtime, event: InstanceStored) -> IndexRecord:
     try:
-        part10 = runtime.store.get(event.object_key)
+        with _readable(runtime.store, event.object_key) as part10:
+            record = extract(part10)
     except ObjectNotFound as exc:
         raise UnindexableObject("stored object is missing") from exc
-    record = extract(part10)
+    except OSError as exc:  # reading a local object failed: retried like any storage failure
+        raise StorageUnavailable(f"object read failed ({exc.__class__.__name__})") from exc
     if record.sop_instance_uid != event.sop_instance_uid:
         raise UnindexableObject("stored object has another SOP Instance UID than its event")
     return record
+
+
+@contextmanager
+def _readable(store: ObjectStore, key: str) -> Iterator[BinaryIO]:
+    """The object as a seekable file that extract() reads only up to the pixel data: a local object directly, a
+    remote one once copied (to memory while small, then to disk), so a 1 GB instance is never held whole and a
+    network failure mid-copy stays a storage failure (retried), not an unreadable object (dead-lettered)."""
+    with store.open(key) as stream:
+        if stream.seekable():
+            yield stream
+            return
+        with tempfile.SpooledTemporaryFile(max_size=COPY_IN_MEMORY_BYTES) as copy:
+            try:
+                shutil.copyfileobj(stream, copy, COPY_CHUNK_BYTES)
+            except StorageError:
+                raise
+            except Exception as exc:  # the SDK's stream raises its own kinds
+                raise StorageUnavailable(f"object store read failed ({exc.__class__.__name__})") from exc
+            copy.seek(0)
+            yield copy  # type: ignore[misc]
 
 
 def _is_transient(exc: SQLAlchemyError) -> bool:

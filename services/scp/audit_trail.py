@@ -33,6 +33,7 @@ from pynetdicom import evt
 from pynetdicom.pdu_primitives import A_RELEASE
 
 from services.scp.access import AuditBuffer, printable_aet
+from shared.dicom.spooled import SpooledDataset
 from shared.events import iso_utc, utc_now
 
 # Upper bounds (seconds) of the C-STORE latency histogram: request fully received to response sent.
@@ -62,6 +63,8 @@ def outcome_of(status: int) -> str:
 
 def _data_set_bytes(message: Any) -> int:
     data = getattr(message, "data_set", None)
+    if isinstance(data, SpooledDataset):
+        return data.size  # without reading a spilled one back
     getbuffer = getattr(data, "getbuffer", None)
     if getbuffer is not None:
         return getbuffer().nbytes

@@ -40,6 +40,7 @@ from services.scp.get import GetService
 from services.scp.move import MoveService
 from services.scp.publisher import EventPublisher
 from services.scp.pdu_guard import PduLimits
+from services.scp.spooling import ReceivedSpool
 from services.scp.sockets import LowLatencyRequestHandler, SharedContexts
 from services.scp.store import StoreService
 from services.scp.tls import TlsAssociationServer, TlsRequestHandler
@@ -107,6 +108,7 @@ class ScpServer:
         spool_dir = settings.data_dir.resolve() / "spool"
         spool_dir.mkdir(parents=True, exist_ok=True)
         self.get_service = GetService(runtime.sessions, runtime.store, self.access.permits, spool_dir)
+        self._received_spool = ReceivedSpool(spool_dir)
         self.move_service = MoveService(runtime.sessions, live_config, self.access.permits, settings.ae_title,
                                         self._publish_job, settings.move_stall_seconds)
         self.commitment_service = CommitmentService(runtime.sessions, runtime.store, live_config, settings.ae_title,
@@ -207,6 +209,7 @@ class ScpServer:
         server.contexts = SharedContexts(server.contexts)
         server.route_requests = self._route_requests  # type: ignore[attr-defined]
         server.pdu_limits = self._pdu_limits  # type: ignore[attr-defined]
+        server.received_spool = self._received_spool  # type: ignore[attr-defined]
         self.ae._servers.append(server)
         threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name=name, daemon=True).start()
 

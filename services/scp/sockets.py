@@ -18,6 +18,7 @@ from pynetdicom.transport import AssociationSocket, RequestHandler
 from services.scp.dimse_guard import guard_dimse_decoding
 from services.scp.event_driven import make_event_driven
 from services.scp.pdu_guard import PduLimits, check_header
+from services.scp.spooling import spool_received_datasets
 from services.scp.tcp import quickack
 
 _RECV_CHUNK = 1 << 20
@@ -105,6 +106,9 @@ class LowLatencyRequestHandler(RequestHandler):
             assoc.dul.socket.pdu_limits = limits
         make_event_driven(assoc)
         guard_dimse_decoding(assoc)
+        spool = getattr(self.server, "received_spool", None)
+        if spool is not None:
+            spool_received_datasets(assoc, spool)
         route_requests = getattr(self.server, "route_requests", None)
         if route_requests is not None:
             route_requests(assoc)

@@ -18,7 +18,8 @@ from services.scp import statuses
 from services.scp.publisher import EventPublisher
 from shared.events import Reception, utc_now
 from shared.ingest import Ingest, IngestOutcome, StoragePolicy
-from shared.ingest_identify import InstanceIdentity, UnreadableDataset, identify
+from shared.dicom.spooled import SpooledDataset
+from shared.ingest_identify import InstanceIdentity, UnreadableDataset, identify, identify_head
 from shared.pending import PendingLedger
 from shared.storage import ObjectStore, StorageError, StorageFull
 from shared.storage.claims import InstanceBeingDeleted
@@ -86,11 +87,20 @@ class StoreService:
 
     def handle(self, event: Any) -> int | Dataset:
         """The EVT_C_STORE handler."""
+        received = event.request.DataSet
+        try:
+            # A large data set stays in its spool file (services.scp.spooling); a small one is read into bytes.
+            spilled = isinstance(received, SpooledDataset) and received.spilled
+            return self._handle(event, received if spilled else received.getvalue())
+        finally:
+            received.close()  # a spool file is removed with it
+
+    def _handle(self, event: Any, dataset: bytes | SpooledDataset) -> int | Dataset:
         request = event.request
         transfer_syntax = str(event.context.transfer_syntax)
-        dataset: bytes = request.DataSet.getvalue()
         try:
-            identity = identify(dataset, transfer_syntax)
+            identity = (identify(dataset, transfer_syntax) if isinstance(dataset, bytes)
+                        else identify_head(dataset.head, dataset.size, transfer_syntax))
         except UnreadableDataset as exc:
             self.counters.failed += 1
             log.info("store.refused status=0x%04X reason=%s", statuses.CANNOT_UNDERSTAND, exc)
@@ -125,7 +135,7 @@ class StoreService:
             return statuses.failure(statuses.OUT_OF_RESOURCES_UNAVAILABLE, "object store unavailable")
 
     def _store_instance(
-        self, identity: InstanceIdentity, transfer_syntax: str, dataset: bytes, reception: Reception
+        self, identity: InstanceIdentity, transfer_syntax: str, dataset: bytes | SpooledDataset, reception: Reception
     ) -> int | Dataset:
         ingested = self._ingest.store_instance(identity, transfer_syntax, dataset, reception)
         if ingested.outcome is IngestOutcome.STORED:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import BinaryIO, Protocol
@@ -46,6 +46,29 @@ class PutResult:
 
 
 @dataclass(frozen=True)
+class StreamedData:
+    """Content too large to hold in memory (a spooled C-STORE data set): its size, and its bytes read chunk by
+    chunk on demand; each call of ``chunks`` starts from the beginning (a retried write reads it again)."""
+
+    size: int
+    chunks: Callable[[], Iterator[bytes]]
+
+
+ObjectData = bytes | StreamedData
+
+
+def size_of(data: ObjectData) -> int:
+    return data.size if isinstance(data, StreamedData) else len(data)
+
+
+def chunks_of(data: ObjectData) -> Iterator[bytes]:
+    if isinstance(data, StreamedData):
+        yield from data.chunks()
+    else:
+        yield data
+
+
+@dataclass(frozen=True)
 class ObjectInfo:
     key: str
     size: int
@@ -72,7 +95,7 @@ class ObjectStore(Protocol):
 
     description: str  # where the store is, without credentials
 
-    def put_new(self, key: str, data: bytes, sha256: str) -> PutResult:
+    def put_new(self, key: str, data: ObjectData, sha256: str) -> PutResult:
         """Store ``data`` durably under ``key`` unless the key exists; never overwrite."""
         ...
 

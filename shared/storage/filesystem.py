@@ -13,12 +13,14 @@ from pathlib import Path
 from typing import BinaryIO
 
 from shared.storage.base import (
+    ObjectData,
     ObjectInfo,
     ObjectNotFound,
     PutOutcome,
     PutResult,
     StorageFull,
     StorageUnavailable,
+    chunks_of,
     validate_key,
 )
 
@@ -83,14 +85,15 @@ class FilesystemObjectStore:
                 self._known_dirs.clear()
             self._known_dirs.add(directory)
 
-    def _write_temp(self, directory: Path, data: bytes, durable: bool) -> Path:
+    def _write_temp(self, directory: Path, data: ObjectData, durable: bool) -> Path:
         temp = directory / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
+            for chunk in chunks_of(data):
+                view = memoryview(chunk)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
             if durable:
                 os.fsync(fd)
         except BaseException:
@@ -100,7 +103,7 @@ class FilesystemObjectStore:
         os.close(fd)
         return temp
 
-    def _write_temp_in(self, directory: Path, data: bytes, durable: bool) -> Path:
+    def _write_temp_in(self, directory: Path, data: ObjectData, durable: bool) -> Path:
         try:
             self._ensure_dir(directory)
             return self._write_temp(directory, data, durable)
@@ -111,7 +114,7 @@ class FilesystemObjectStore:
             self._ensure_dir(directory)
             return self._write_temp(directory, data, durable)
 
-    def put_new(self, key: str, data: bytes, sha256: str) -> PutResult:
+    def put_new(self, key: str, data: ObjectData, sha256: str) -> PutResult:
         path = self._path(key)
         temp: Path | None = None
         try:

@@ -19,6 +19,7 @@ from minio import Minio
 from minio.error import MinioException, S3Error
 
 from shared.storage.base import (
+    ObjectData,
     ObjectInfo,
     ObjectNotFound,
     PutOutcome,
@@ -26,10 +27,13 @@ from shared.storage.base import (
     StorageError,
     StorageFull,
     StorageUnavailable,
+    chunks_of,
+    size_of,
     validate_key,
 )
 
 _SHA256_META = "sha256"
+_PART_BYTES = 16 << 20
 _FULL_CODES = {"XMinioStorageFull", "QuotaExceeded", "XMinioAdminBucketQuotaExceeded", "EntityTooLarge"}
 _MISSING_CODES = {"NoSuchKey", "NoSuchObject", "ResourceNotFound"}
 _NETWORK_ERRORS = (urllib3.exceptions.HTTPError, OSError, MinioException)
@@ -46,6 +50,26 @@ def _translate(exc: BaseException) -> StorageError:
         return StorageUnavailable(f"object store refused the request ({exc.code})")
     return StorageUnavailable(f"object store unreachable ({exc.__class__.__name__})")
 
+
+class _ChunkReader(io.RawIOBase):
+    """A readable stream over chunks (what the minio SDK reads an upload from)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        while not self._pending:
+            self._pending = next(self._chunks, b"")
+            if not self._pending:
+                return 0
+        count = min(len(buffer), len(self._pending))
+        buffer[:count] = self._pending[:count]
+        self._pending = self._pending[count:]
+        return count
 
 class _ClosingStream(io.RawIOBase):
     """A readable stream over a urllib3 response that releases the connection on close."""
@@ -131,7 +155,7 @@ class S3ObjectStore:
             return str(recorded)
         return hashlib.sha256(self.get(key)).hexdigest()
 
-    def put_new(self, key: str, data: bytes, sha256: str) -> PutResult:
+    def put_new(self, key: str, data: ObjectData, sha256: str) -> PutResult:
         validate_key(key)
         return self._with_bucket(lambda: self._put_new(key, data, sha256))
 
@@ -146,7 +170,7 @@ class S3ObjectStore:
             self._ensure_bucket()
             return write()
 
-    def _put_new(self, key: str, data: bytes, sha256: str) -> PutResult:
+    def _put_new(self, key: str, data: ObjectData, sha256: str) -> PutResult:
         try:
             existing = self._stored_sha256(key)
             if existing is not None:
@@ -155,10 +179,11 @@ class S3ObjectStore:
             self._client.put_object(
                 self.bucket,
                 key,
-                io.BytesIO(data),
-                len(data),
+                io.BytesIO(data) if isinstance(data, bytes) else _ChunkReader(chunks_of(data)),
+                size_of(data),
                 content_type="application/dicom",
                 metadata={_SHA256_META: sha256},
+                part_size=_PART_BYTES,  # a large object goes up in parts of this size (memory stays flat)
             )
         except _NETWORK_ERRORS as exc:
             self._forget_bucket_if_missing(exc)

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.factory import dataset_start, study_set
+from pydicom import dcmread
+
+from services.scp.spooling import SPOOL_ABOVE_BYTES
+from tests.factory import dataset_start, make_image, save, study_set
 from tests.node import Node
+from tests.association_checks import storescu_answer
 from tests.peers import echoscu, push_files, received_by_storescp
 from tests.stored import stored_object
 
@@ -40,6 +44,27 @@ def test_200_instances_of_several_classes_and_syntaxes_arrive_indexed_and_byte_i
         stored = stored_object(embedded_node.data_dir, item.sop_instance_uid).read_bytes()
         assert stored[:128] == b"\x00" * 128 and stored[128:132] == b"DICM"
         assert stored[dataset_start(stored):] == sent[item.sop_instance_uid], item.transfer_syntax
+
+
+def test_an_instance_larger_than_the_spool_limit_is_stored_from_disk_byte_identical(
+    embedded_node: Node, tmp_path: Path
+) -> None:
+    """The SCP spools a data set over SPOOL_ABOVE_BYTES to an anonymous file and streams it into the store."""
+    image = make_image(rows=3072, columns=3072)  # 18 MiB of pixel data
+    path = save(image, tmp_path / "large.dcm")
+    assert path.stat().st_size > SPOOL_ABOVE_BYTES
+    for _ in range(2):  # the second send is an identical re-send: Success, nothing new
+        assert storescu_answer(embedded_node.dicom_port, path) == "Success"
+
+    status = embedded_node.wait_indexed(1)
+    assert status["counts"]["instances"] == 1 and status["queue"]["dead_letter"] == 0
+    info = embedded_node.get(f"/api/instances/{image.SOPInstanceUID}").json()
+    assert info["size"] == info["stored_size"] > SPOOL_ABOVE_BYTES
+    stored = stored_object(embedded_node.data_dir, image.SOPInstanceUID)
+    stored_bytes, sent_bytes = stored.read_bytes(), path.read_bytes()
+    assert stored_bytes[dataset_start(stored_bytes):] == sent_bytes[dataset_start(sent_bytes):]
+    assert dcmread(stored).PixelData == image.PixelData
+    assert [p for p in (embedded_node.data_dir / "spool").rglob("*") if p.is_file()] == []
 
 
 def test_resending_the_same_50_instances_changes_nothing(embedded_node: Node, tmp_path: Path) -> None:

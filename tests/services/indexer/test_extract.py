@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 import random
 
 import pytest
@@ -43,6 +44,15 @@ def test_the_index_fields_are_read_in_every_transfer_syntax(transfer_syntax: str
         "Test study", "Test series", "CHEST")
     assert record.referring_physician_name == "Referrer^Rita"
     assert (record.size, record.sha256) == (len(data), hashlib.sha256(data).hexdigest())
+
+
+def test_a_stored_file_is_read_as_a_stream_with_the_same_record(tmp_path: Path) -> None:
+    """Large objects are indexed from a file, hashed a chunk at a time and parsed up to the pixel data."""
+    data = part10(make_image(rows=1024, columns=1024))  # 2 MiB: two hash chunks
+    path = tmp_path / "object.dcm"
+    path.write_bytes(data)
+    with path.open("rb") as stream:
+        assert extract(stream) == extract(data)
 
 
 def test_names_are_decoded_with_the_specific_character_set() -> None:

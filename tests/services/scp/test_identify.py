@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import zlib
+from collections.abc import Callable
 
 import pytest
 from pydicom.uid import (
@@ -16,6 +17,7 @@ from pydicom.uid import (
 )
 
 from services.scp.identify import InstanceIdentity, UnreadableDataset, identify
+from shared.ingest_identify import HEAD_STEPS, identify_head
 from shared.uids import InvalidUID
 from tests.factory import UNCOMPRESSED_SYNTAXES, encode_dataset, make_image
 
@@ -121,3 +123,40 @@ def test_the_refusal_never_quotes_the_hostile_value() -> None:
     with pytest.raises(InvalidUID) as raised:
         identify(encode_dataset(dataset), ExplicitVRLittleEndian)
     assert "SECRET" not in str(raised.value)
+
+
+def head_of(encoded: bytes) -> tuple[Callable[[int], bytes], list[int]]:
+    """A spooled data set's ``head``, recording how much of it was asked for."""
+    asked: list[int] = []
+
+    def head(length: int) -> bytes:
+        asked.append(length)
+        return encoded[:length]
+
+    return head, asked
+
+
+def test_a_spooled_data_set_is_identified_from_its_first_mebibyte() -> None:
+    dataset = make_image(rows=1024, columns=1024)  # 2 MiB of pixels after the header
+    encoded = encode_dataset(dataset, ExplicitVRLittleEndian)
+    head, asked = head_of(encoded)
+    assert identify_head(head, len(encoded), ExplicitVRLittleEndian) == identity_of(dataset)
+    assert asked == [1 << 20]
+
+
+def test_a_spooled_data_set_whose_header_outgrows_the_first_prefix_is_read_further() -> None:
+    dataset = make_image()
+    dataset.add_new(0x00070010, "LO", "BIG HEADER")
+    dataset.add_new(0x00071000, "OB", b"\0" * (3 << 20))  # sorts before (0008,0016)
+    encoded = encode_dataset(dataset, ExplicitVRLittleEndian)
+    head, asked = head_of(encoded)
+    assert identify_head(head, len(encoded), ExplicitVRLittleEndian) == identity_of(dataset)
+    assert asked == list(HEAD_STEPS)
+
+
+def test_a_hostile_uid_in_a_spooled_data_set_is_refused_as_such() -> None:
+    dataset = make_image(rows=1024, columns=1024)
+    dataset.SOPInstanceUID = "1.2.3/../../etc"
+    encoded = encode_dataset(dataset, ExplicitVRLittleEndian)
+    with pytest.raises(InvalidUID):
+        identify_head(head_of(encoded)[0], len(encoded), ExplicitVRLittleEndian)

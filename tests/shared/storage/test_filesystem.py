@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.storage.base import InvalidKey, ObjectNotFound, PutOutcome, StorageUnavailable, validate_key
+from shared.storage.base import InvalidKey, ObjectNotFound, PutOutcome, StorageUnavailable, StreamedData, validate_key
 from shared.storage.filesystem import FilesystemObjectStore
 
 KEY = "1.2.3/1.2.3.4/1.2.3.4.5.dcm"
@@ -166,3 +166,14 @@ def test_the_root_is_created_on_first_write(store: FilesystemObjectStore, root: 
     assert not root.exists()
     store.put_new(KEY, b"x", sha(b"x"))
     assert (root / KEY).is_file()
+
+
+def test_streamed_data_is_written_chunk_by_chunk_and_compared_like_bytes(store: FilesystemObjectStore,
+                                                                         root: Path) -> None:
+    chunks = [bytes([n]) * 1000 for n in range(5)]
+    whole = b"".join(chunks)
+    streamed = StreamedData(len(whole), lambda: iter(chunks))
+    assert store.put_new(KEY, streamed, sha(whole)).outcome is PutOutcome.CREATED
+    assert store.get(KEY) == whole
+    assert store.put_new(KEY, streamed, sha(whole)).outcome is PutOutcome.IDENTICAL
+    assert store.put_new(KEY, StreamedData(3, lambda: iter([b"abc"])), sha(b"abc")).outcome is PutOutcome.CONFLICT

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 from minio import Minio
 
-from shared.storage.base import InvalidKey, ObjectNotFound, PutOutcome, StorageUnavailable
+from shared.storage.base import InvalidKey, ObjectNotFound, PutOutcome, StorageUnavailable, StreamedData
 from shared.storage.s3 import S3ObjectStore
 from tests.conftest import S3Server
 
@@ -164,3 +164,15 @@ def test_a_store_rebuilt_empty_gets_its_bucket_back_on_the_next_write(
     store.put_hint(".pending/1.4.json", b"{}")  # the very first write after the outage succeeds
     assert store.put_new("1.2/1.3/1.4.dcm", b"x", sha(b"x")).outcome is PutOutcome.CREATED
     assert raw.bucket_exists(bucket)
+
+
+def test_streamed_data_larger_than_a_part_is_uploaded_in_parts(store: S3ObjectStore, raw: Minio,
+                                                               bucket: str) -> None:
+    chunk = bytes(range(256)) * 4096  # 1 MiB
+    count = 20  # more than one 16 MiB part
+    streamed = StreamedData(len(chunk) * count, lambda: iter([chunk] * count))
+    digest = hashlib.sha256(chunk * count).hexdigest()
+    assert store.put_new(KEY, streamed, digest).outcome is PutOutcome.CREATED
+    assert hashlib.sha256(raw.get_object(bucket, KEY).read()).hexdigest() == digest
+    assert "-" in raw.stat_object(bucket, KEY).etag  # a multipart upload's ETag names its parts
+    assert store.put_new(KEY, streamed, digest).outcome is PutOutcome.IDENTICAL
