@@ -138,6 +138,7 @@ class StoreSender:
 
     def __init__(self, store: ObjectStore, destination: Destination, items: list[Item], spool_dir: Path) -> None:
         _config.STORE_SEND_CHUNKED_DATASET = True  # paths are streamed from disk, never loaded whole
+        _config.LOG_HANDLER_LEVEL = "none"  # pynetdicom's log handlers format every PDU and message we send
         self._store = store
         self._spool_dir = spool_dir
         self._ae = AE(ae_title=destination.calling_ae_title)

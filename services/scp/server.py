@@ -16,7 +16,7 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
-from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, evt
+from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, _config, evt
 from pynetdicom.dimse_primitives import C_GET, C_MOVE, N_ACTION
 from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
 from pynetdicom.sop_class import (
@@ -92,6 +92,10 @@ class ScpServer:
     """Owns the AE, the listening server and the event publisher of one SCP process."""
 
     def __init__(self, runtime: Runtime, live_config: LiveConfig, tls_context: ssl.SSLContext | None = None) -> None:
+        # pynetdicom's own log handlers format every PDU and DIMSE message, under the association's lock, and copy
+        # each received data set whole to see whether it is empty (a spooled 1 GB instance read back into memory).
+        # Our audit trail and metrics observe the same events without that cost.
+        _config.LOG_HANDLER_LEVEL = "none"
         settings = runtime.settings
         self.runtime = runtime
         # Called AE check, callers, addresses, association limit, transfer syntaxes: live, per association.
