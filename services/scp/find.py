@@ -121,7 +121,8 @@ def _is_ascii(dataset: Dataset) -> bool:
     return True
 
 
-CANCEL_CHECK_EVERY = 16  # answers sent between two chances for a C-CANCEL to be read
+CANCEL_CHECK_EVERY = 64  # answers sent between two chances for a C-CANCEL to be read (a query of up to this many
+# answers never pauses for it: each pause waits for the queued answers to be sent, a few ms of its latency)
 _DRAIN_WAIT_SECONDS = 5.0
 
 
