@@ -93,9 +93,11 @@ class ScpServer:
 
     def __init__(self, runtime: Runtime, live_config: LiveConfig, tls_context: ssl.SSLContext | None = None) -> None:
         # pynetdicom's own log handlers format every PDU and DIMSE message, under the association's lock, and copy
-        # each received data set whole to see whether it is empty (a spooled 1 GB instance read back into memory).
+        # each received data set whole to see whether it is empty (a spooled 1 GB instance read back into memory);
+        # it also formats every query identifier and C-FIND answer for its log (patient data, never shown by us).
         # Our audit trail and metrics observe the same events without that cost.
         _config.LOG_HANDLER_LEVEL = "none"
+        _config.LOG_REQUEST_IDENTIFIERS = _config.LOG_RESPONSE_IDENTIFIERS = False
         settings = runtime.settings
         self.runtime = runtime
         # Called AE check, callers, addresses, association limit, transfer syntaxes: live, per association.
