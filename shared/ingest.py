@@ -2,7 +2,8 @@
 
 Order of work for a new instance: optional lossless compression (the live ``ingest_compression``,
 shared.dicom.compression; not for a data set the SCP spooled to disk, shared.dicom.spooled, which is streamed)
-→ claim (the key of its SOP Instance UID, shared.storage.claims) → storage limits (shared.storage_usage) → pending marker → durable object → (the caller answers Success) → event.
+→ claim (the key of its SOP Instance UID, shared.storage.claims) → storage limits (shared.storage_usage)
+→ pending marker → durable object → (the caller answers Success) → event.
 A marker whose object never got written is cleaned by the sweeper; an object always has its marker until it is
 indexed. The key follows the live ``storage_layout`` and ``storage_naming`` (shared.storage.layout); a SOP Instance
 UID seen before keeps the key of its claim, so duplicates are detected whatever the layout. The same SOP Instance
