@@ -68,13 +68,31 @@ def _association_waiter(activity: threading.Event) -> Any:
     return wait
 
 
-def _dul_waiter(dul: Any, wake_fd: int) -> Any:
+class _DulWakeup:
+    """Wakes the DUL thread when a primitive is queued for sending, with a system call only if it sleeps.
+
+    A C-STORE of a large instance queues one primitive per PDU; signalling each of them cost a write on the
+    eventfd and a GIL hand-off to a DUL thread that was busy sending anyway (py-spy: ~19 % of a C-GET's thread).
+    The DUL announces its sleep, then looks at its queue once more before it sleeps: a primitive queued before
+    the announcement is found by that look, one queued after it finds the announcement and signals.
+    """
+
+    def __init__(self) -> None:
+        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.sleeping = False
+
+    def notify(self) -> None:
+        if self.sleeping:
+            os.eventfd_write(self.fd, 1)
+
+
+def _dul_waiter(dul: Any, wakeup: _DulWakeup) -> Any:
     def wait() -> None:
         sock = getattr(dul.socket, "socket", None)
         # poll, not select: select refuses descriptors above 1023, which a busy listener reaches (and each refusal
         # would turn this wait into a busy loop).
         poller = select.poll()
-        poller.register(wake_fd, select.POLLIN)
+        poller.register(wakeup.fd, select.POLLIN)
         if sock is not None and sock.fileno() >= 0:
             pending = getattr(sock, "pending", None)  # TLS may hold decrypted bytes poll cannot see
             if pending is not None and pending():
@@ -82,13 +100,18 @@ def _dul_waiter(dul: Any, wake_fd: int) -> Any:
             # The ACK for what arrives while we wait is decided on arrival: quick-ACK mode must be on now.
             quickack(sock)
             poller.register(sock, select.POLLIN)
+        wakeup.sleeping = True
         try:
+            if not dul.to_provider_queue.empty():
+                return  # queued before the sleep was announced: nobody will signal it
             ready = poller.poll(IDLE_WAIT_SECONDS * 1000)
         except (OSError, ValueError):
             return  # the socket was closed meanwhile: let the reactor notice
-        if any(fd == wake_fd for fd, _ in ready):
+        finally:
+            wakeup.sleeping = False
+        if any(fd == wakeup.fd for fd, _ in ready):
             try:
-                os.eventfd_read(wake_fd)
+                os.eventfd_read(wakeup.fd)
             except BlockingIOError:
                 pass
 
@@ -103,7 +126,7 @@ def make_event_driven(association: Any) -> None:
     association.dimse.msg_queue = _NotifyingQueue(activity.set)
     dul = association.dul
     dul.to_user_queue = _NotifyingQueue(activity.set)
-    wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-    weakref.finalize(dul, os.close, wake_fd)
-    dul.to_provider_queue = _NotifyingQueue(lambda: os.eventfd_write(wake_fd, 1))
-    dul._pacs_wait = _dul_waiter(dul, wake_fd)
+    wakeup = _DulWakeup()
+    weakref.finalize(dul, os.close, wakeup.fd)
+    dul.to_provider_queue = _NotifyingQueue(wakeup.notify)
+    dul._pacs_wait = _dul_waiter(dul, wakeup)

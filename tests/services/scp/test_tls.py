@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import queue
 import resource
 import select
 import socket
@@ -184,9 +185,11 @@ def test_waits_return_at_once_while_decrypted_bytes_wait_in_the_tls_buffer(
             return self.poller.poll(timeout)
 
     monkeypatch.setattr(event_driven.select, "poll", RecordingPoll)
-    wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+    wakeup = event_driven._DulWakeup()
+    wake_fd = wakeup.fd
     try:
-        wait = event_driven._dul_waiter(SimpleNamespace(socket=SimpleNamespace(socket=server)), wake_fd)
+        wait = event_driven._dul_waiter(SimpleNamespace(socket=SimpleNamespace(socket=server),
+                                                        to_provider_queue=queue.Queue()), wakeup)
         wait()
         assert watched == [], "the wait polled although the TLS buffer held data"
         assert server.recv(7) == b"PDU-TWO" and server.pending() == 0
@@ -259,7 +262,7 @@ def test_waits_work_on_descriptors_above_1023(monkeypatch: pytest.MonkeyPatch, d
     left, right = socket.socketpair()
     high = socket.socket(fileno=fcntl.fcntl(left.fileno(), fcntl.F_DUPFD_CLOEXEC, 1088))
     left.close()
-    wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+    wakeup = event_driven._DulWakeup()
     monkeypatch.setattr(event_driven, "IDLE_WAIT_SECONDS", 60.0)
     sending = threading.Event()
 
@@ -272,11 +275,12 @@ def test_waits_work_on_descriptors_above_1023(monkeypatch: pytest.MonkeyPatch, d
     sender.start()
     try:
         assert high.fileno() >= 1024
-        event_driven._dul_waiter(SimpleNamespace(socket=SimpleNamespace(socket=high)), wake_fd)()
+        event_driven._dul_waiter(SimpleNamespace(socket=SimpleNamespace(socket=high), to_provider_queue=queue.Queue()),
+                                 wakeup)()
         assert sending.is_set(), "the wait returned before anything arrived"
         assert high.recv(3) == b"PDU"
     finally:
         sender.join(10)
-        os.close(wake_fd)
+        os.close(wakeup.fd)
         high.close()
         right.close()
