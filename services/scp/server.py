@@ -31,7 +31,7 @@ from pynetdicom.sop_class import (
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
-from services.scp import statuses
+from services.scp import negotiation, statuses
 from services.scp.access import ASSOCIATION_CEILING, AccessPolicy, AuditBuffer
 from services.scp.audit_trail import AssociationTrail
 from services.scp.commitment import CommitmentService
@@ -98,6 +98,7 @@ class ScpServer:
         # Our audit trail and metrics observe the same events without that cost.
         _config.LOG_HANDLER_LEVEL = "none"
         _config.LOG_REQUEST_IDENTIFIERS = _config.LOG_RESPONSE_IDENTIFIERS = False
+        negotiation.install()  # transfer syntaxes in the requestor's order of preference
         settings = runtime.settings
         self.runtime = runtime
         # Called AE check, callers, addresses, association limit, transfer syntaxes: live, per association.
