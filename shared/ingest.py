@@ -26,12 +26,13 @@ from typing import Any
 from shared.dicom.compression import SYNTAX_OF, compress
 from shared.dicom.part10 import PREAMBLE, encode_file_meta, encode_part10
 from shared.dicom.spooled import SpooledDataset
+from shared.digest import size_and_sha256
 from shared.events import DuplicateReceived, InstanceStored, Reception
 from shared.ingest_identify import InstanceIdentity
 from shared.pending import PendingLedger
 from shared.queue import INDEX_INSTANCES_TASK, RECORD_DUPLICATE_TASK
 from shared.storage import ObjectStore, PutOutcome, StorageError
-from shared.storage.base import ObjectData, StreamedData, chunks_of, size_of
+from shared.storage.base import ObjectData, StreamedData, chunks_of
 from shared.storage.claims import ClaimRegistry
 from shared.storage.layout import KeyFacts, layout_key, legacy_instance_key
 from shared.storage_usage import StorageUsage
@@ -103,8 +104,7 @@ class Ingest:
                                      legacy)
         key = claim.key
         part10 = _part10_of(dataset, identity, transfer_syntax)
-        sha256 = _sha256_of(part10)
-        size = size_of(part10)
+        size, sha256 = size_and_sha256(chunks_of(part10))
         already_stored = not claim.created and self._store.stat(key) is not None
         if not already_stored and self._usage is not None:
             try:
@@ -188,10 +188,3 @@ def _part10_of(dataset: bytes | SpooledDataset, identity: InstanceIdentity, tran
         return encode_part10(dataset, identity.sop_class_uid, identity.sop_instance_uid, transfer_syntax)
     header = PREAMBLE + encode_file_meta(identity.sop_class_uid, identity.sop_instance_uid, transfer_syntax)
     return StreamedData(len(header) + dataset.size, lambda: itertools.chain((header,), dataset.chunks()))
-
-
-def _sha256_of(data: ObjectData) -> str:
-    digest = hashlib.sha256()
-    for chunk in chunks_of(data):
-        digest.update(chunk)
-    return digest.hexdigest()

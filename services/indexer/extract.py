@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Any, BinaryIO
@@ -11,10 +10,10 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from shared.dicom.names import accent_free, folded
+from shared.digest import read_chunks, size_and_sha256
 from shared.uids import require_uid
 
 BULK_DATA_THRESHOLD = 1024  # binary values larger than this are left out of the stored attributes
-HASH_CHUNK_BYTES = 1 << 20
 NO_PATIENT_ID_PREFIX = "~no-id~"  # longer than any legal PatientID once a UID follows: never collides
 
 
@@ -77,14 +76,11 @@ def _leave_out_bulk(_element: Any) -> str:
 
 def _size_and_sha256(part10: bytes | BinaryIO) -> tuple[int, str]:
     if isinstance(part10, bytes):
-        return len(part10), hashlib.sha256(part10).hexdigest()
-    digest, size = hashlib.sha256(), 0
+        return size_and_sha256([part10])
     part10.seek(0)
-    while chunk := part10.read(HASH_CHUNK_BYTES):
-        digest.update(chunk)
-        size += len(chunk)
+    measured = size_and_sha256(read_chunks(part10))
     part10.seek(0)
-    return size, digest.hexdigest()
+    return measured
 
 
 def extract(part10: bytes | BinaryIO) -> IndexRecord:

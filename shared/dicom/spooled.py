@@ -17,7 +17,8 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any, BinaryIO
 
-CHUNK_BYTES = 1 << 20
+from shared.digest import CHUNK_BYTES, read_chunks
+
 
 
 class SpooledDataset(BytesIO):
@@ -69,8 +70,7 @@ class SpooledDataset(BytesIO):
             return
         self._file.flush()
         self._file.seek(0)
-        while chunk := self._file.read(chunk_bytes):
-            yield chunk
+        yield from read_chunks(self._file, chunk_bytes)
 
     # Reading it as a stream (pynetdicom decodes a C-FIND identifier that way) reads the spool file once spilled.
     def read(self, size: int | None = -1) -> bytes:

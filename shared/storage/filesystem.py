@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import threading
 import uuid
@@ -12,6 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO
 
+from shared.digest import read_chunks, size_and_sha256
 from shared.storage.base import (
     ObjectData,
     ObjectInfo,
@@ -43,11 +43,8 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _sha256_of_file(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return size_and_sha256(read_chunks(stream))[1]
 
 
 class FilesystemObjectStore:
