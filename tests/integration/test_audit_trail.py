@@ -191,6 +191,10 @@ def test_status_reports_the_ingest_rate_and_hides_the_raw_counters(node: Node, s
     assert status["ingest"]["window_minutes"] == 5 and status["ingest"]["instances"] >= STORED
     assert status["ingest"]["per_minute"] == round(status["ingest"]["instances"] / 5, 1)
     assert all("metrics" not in beat for beat in status["services"]["scp"])
+    # Each service's heartbeat: every service `pacs serve` runs is listed, alive, with when it was last seen.
+    for service in ("scp", "indexer", "mover", "api"):
+        [beat] = status["services"][service]
+        assert beat["alive"] is True and beat["last_seen"].endswith("Z") and beat["started_at"].endswith("Z")
 
 
 def test_studies_are_listed_and_filtered_by_sending_ae(node: Node, session: dict[str, Any]) -> None:

@@ -38,9 +38,12 @@ def _as_json(row: AuditEvent) -> dict[str, Any]:
 @router.get(
     "/api/audit",
     summary="Audit events, newest first, paged and filtered",
-    description="Actions: association, c_echo, c_store, c_find, c_move, c_get (from the DICOM listeners), "
-    "association_rejected, request_refused, duplicate_conflict, patient_conflict, config_changed, modality_saved, "
-    "modality_deleted, rest_send, token_created, token_revoked. Several values of a filter: comma-separated.",
+    description="Actions. DICOM listeners: association, c_echo, c_store, c_find, c_move, c_get, "
+    "association_rejected, request_refused, tls_handshake_failed, storage_full, storage_commitment. Indexer: "
+    "duplicate_conflict, patient_conflict, retention_deleted, recycled. REST: config_changed, modality_saved, "
+    "modality_deleted, rest_send, stow, token_created, token_revoked, webhook_saved, webhook_deleted, "
+    "routing_rule_saved, routing_rule_deleted, study_deleted, series_deleted, instance_deleted, study_protected, "
+    "study_unprotected. Several values of a filter: comma-separated.",
 )
 def list_audit_events(
     action: str | None = Query(None, max_length=500, description="action(s), comma-separated"),
