@@ -1,9 +1,11 @@
 """The dashboard at /, loaded in headless Debian Chromium (driven by Playwright) against a real `pacs serve`:
 node identity, studies pushed with storescu, the C-STORE transaction, search, a hostile patient name shown as
-text, the token prompt once tokens exist, and a screenshot in the test's directory."""
+text, the live ingest rate moving while instances arrive, the token prompt once tokens exist, and a screenshot in
+the test's directory."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -157,6 +159,29 @@ def test_the_dashboard_shows_the_node_its_studies_and_transactions(embedded_node
     assert page.evaluate("window.__pwned") is None
     assert not problems, problems
     print(f"screenshot: {tmp_path / 'dashboard.png'}")
+
+
+def test_the_dashboard_shows_the_live_ingest_rate_while_instances_arrive(embedded_node: Node, browser: Browser,
+                                                                        tmp_path: Path) -> None:
+    node = embedded_node
+    page, problems = open_dashboard(browser, node)
+    expect(page.locator("#connection")).to_have_text("live", timeout=WAIT_MS)
+    # A rate needs two refreshes (5 s apart) of the listener's counter: nothing arrived, so 0.
+    expect(page.locator("#ingest-now")).to_have_text("0.0 / s", timeout=WAIT_MS)
+    expect(page.locator("#ingest-window")).to_have_text("0 / min")
+    expect(page.locator("#ingest-spark .spark-peak")).to_have_text("peak 0.0 / s")
+
+    images = [(f"Rate^Patient{index}", f"PID-RATE-{index}", CT) for index in range(30)]
+    push(node, tmp_path, "CT_RATE", *images)
+    node.wait_indexed(len(images))
+    # The page polls on its own: the listener's counter moves, then the indexed count of the API's window.
+    expect(page.locator("#ingest-now")).to_have_text(re.compile(r"^(?!0\.0 )\d+(\.\d)? / s$"), timeout=WAIT_MS)
+    expect(page.locator("#ingest-spark .spark-peak")).not_to_have_text("peak 0.0 / s")
+    expect(page.locator("#ingest-window")).to_have_text("6 / min", timeout=WAIT_MS)  # 30 in the 5-minute window
+    expect(page.locator("#count-instances")).to_have_text("30", timeout=WAIT_MS)
+    assert page.locator("#ingest-spark svg rect").count() >= 2
+    page.locator("#ingest").screenshot(path=str(tmp_path / "dashboard-ingest.png"))
+    assert not problems, problems
 
 
 def test_the_dashboard_asks_for_a_token_once_tokens_exist(embedded_node: Node, browser: Browser,
