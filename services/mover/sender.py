@@ -20,9 +20,13 @@ from typing import Any
 
 import pydicom
 from pynetdicom import AE, _config, evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.presentation import build_context
 
+from shared.dicom.message_writer import MessageWriter, write_messages_directly, writer_of
+from shared.dicom.part10 import skip_file_meta
 from shared.dicom.requestor import rejection_of, send_without_waiting_for_the_reactor
+from shared.dicom.store_request import StoreRequest
 from shared.dicom.transcode import UNCOMPRESSED, to_uncompressed
 from shared.jobs import Destination, Item
 from shared.storage import ObjectStore, StorageError
@@ -81,36 +85,74 @@ def _local_file(store: ObjectStore, key: str, spool_dir: Path) -> Iterator[Path]
         os.unlink(name)
 
 
-def accepted_syntaxes(association: Any, as_scu_only: bool = False) -> dict[str, set[str]]:
-    """SOP class → transfer syntaxes we may send it in on this association."""
-    accepted: dict[str, set[str]] = {}
+Accepted = dict[str, dict[str, int]]  # SOP class → transfer syntax → presentation context ID
+
+
+def accepted_syntaxes(association: Any, as_scu_only: bool = False) -> Accepted:
+    """SOP class → the transfer syntaxes we may send it in on this association, with their context IDs."""
+    accepted: Accepted = {}
     for context in association.accepted_contexts:
         if as_scu_only and not context.as_scu:
             continue
-        accepted.setdefault(str(context.abstract_syntax), set()).add(str(context.transfer_syntax[0]))
+        syntaxes = accepted.setdefault(str(context.abstract_syntax), {})
+        syntaxes.setdefault(str(context.transfer_syntax[0]), int(context.context_id))
     return accepted
 
 
-def send_item(association: Any, accepted: dict[str, set[str]], store: ObjectStore, item: Item, spool_dir: Path,
+def _status_of_response(association: Any, message_id: int) -> int | None:
+    """The status of the C-STORE response to ``message_id``; None (and the association aborted) without one."""
+    _context_id, response = association.dimse.get_msg(block=True)
+    if not isinstance(response, C_STORE) or response.MessageIDBeingRespondedTo != message_id \
+            or response.Status is None:
+        log.warning("mover.no_store_response")
+        association.abort()
+        return None
+    return int(response.Status)
+
+
+def _send_as_stored(association: Any, writer: MessageWriter, context_id: int, store: ObjectStore, item: Item,
+                    message_id: int) -> int | None:
+    """The stored object, streamed from the store after its File Meta; its response status."""
+    request = StoreRequest(item.sop_class_uid, item.sop_instance_uid, message_id)
+    with store.open(item.object_key) as stream:
+        skip_file_meta(stream)
+        writer.send_stored_object(context_id, request, stream)
+    return _status_of_response(association, message_id)
+
+
+def _send_with_pynetdicom(association: Any, syntaxes: dict[str, int], store: ObjectStore, item: Item,
+                          spool_dir: Path, message_id: int) -> int | None | str:
+    """pynetdicom's send_c_store: an object to transcode, or any object on a TLS association."""
+    with _local_file(store, item.object_key, spool_dir) as path:
+        if item.transfer_syntax in syntaxes:
+            answer = association.send_c_store(path, msg_id=message_id)
+        else:
+            dataset = _decoded_for(path, set(syntaxes))
+            if dataset is None:
+                return "cannot transcode to a syntax the destination accepts"
+            answer = association.send_c_store(dataset, msg_id=message_id)
+    return int(answer.Status) if answer is not None and "Status" in answer else None
+
+
+def send_item(association: Any, accepted: Accepted, store: ObjectStore, item: Item, spool_dir: Path,
               message_id: int = 1) -> tuple[str, str]:
     """One C-STORE sub-operation on ``association``: (outcome, reason)."""
-    syntaxes = accepted.get(item.sop_class_uid, set())
+    syntaxes = accepted.get(item.sop_class_uid, {})
     if not syntaxes:
         return SendOutcome.FAILED, "the destination accepted no context for the SOP class"
+    writer = writer_of(association)
     try:
-        with _local_file(store, item.object_key, spool_dir) as path:
-            if item.transfer_syntax in syntaxes:
-                answer = association.send_c_store(path, msg_id=message_id)
-            else:
-                dataset = _decoded_for(path, syntaxes)
-                if dataset is None:
-                    return SendOutcome.FAILED, "cannot transcode to a syntax the destination accepts"
-                answer = association.send_c_store(dataset, msg_id=message_id)
+        status: int | None | str
+        if writer is not None and item.transfer_syntax in syntaxes:
+            status = _send_as_stored(association, writer, syntaxes[item.transfer_syntax], store, item, message_id)
+        else:
+            status = _send_with_pynetdicom(association, syntaxes, store, item, spool_dir, message_id)
     except StorageError:
         return SendOutcome.FAILED, "object store unavailable"
     except (OSError, ValueError, AttributeError, RuntimeError) as exc:
         return SendOutcome.FAILED, f"sending failed ({exc.__class__.__name__})"
-    status = int(answer.Status) if answer is not None and "Status" in answer else None
+    if isinstance(status, str):
+        return SendOutcome.FAILED, status
     if status is None:
         return SendOutcome.FAILED, "no response from the destination"
     if status in SUCCESS_STATUSES:
@@ -153,6 +195,7 @@ class StoreSender:
                 "the destination rejected the association (result/source/reason %d/%d/%d)" % rejection)
         send_without_waiting_for_the_reactor(self._association)
         self._association.dul._run_loop_delay = DUL_POLL_SECONDS
+        write_messages_directly(self._association)
         self._accepted = accepted_syntaxes(self._association)
 
     def close(self) -> None:

@@ -33,6 +33,7 @@ from pynetdicom import evt
 from pynetdicom.pdu_primitives import A_RELEASE
 
 from services.scp.access import AuditBuffer, printable_aet
+from shared.dicom.message_writer import StoredObjectSent
 from shared.dicom.spooled import SpooledDataset
 from shared.events import iso_utc, utc_now
 
@@ -62,16 +63,19 @@ def outcome_of(status: int) -> str:
 
 
 def _data_set_bytes(message: Any) -> int:
+    if isinstance(message, StoredObjectSent):
+        return message.data_set_size
     data = getattr(message, "data_set", None)
     if isinstance(data, SpooledDataset):
         return data.size  # without reading a spilled one back
     getbuffer = getattr(data, "getbuffer", None)
     if getbuffer is not None:
         return getbuffer().nbytes
-    path = getattr(message, "_data_set_path", None)  # pynetdicom writing a large data set to a file
+    path = getattr(message, "_data_set_path", None)  # a data set received into, or sent from, a file
     if path is not None:
+        path, offset = path if isinstance(path, tuple) else (path, 0)  # sent: (file, offset of the data set)
         try:
-            return int(path.stat().st_size)
+            return int(path.stat().st_size) - int(offset)
         except OSError:
             return 0
     return 0

@@ -20,6 +20,7 @@ from services.scp.event_driven import make_event_driven
 from services.scp.pdu_guard import PduLimits, check_header
 from services.scp.spooling import spool_received_datasets
 from services.scp.tcp import quickack
+from shared.dicom.message_writer import write_messages_directly
 
 _RECV_CHUNK = 1 << 20
 
@@ -105,6 +106,7 @@ class LowLatencyRequestHandler(RequestHandler):
         if limits is not None:
             assoc.dul.socket.pdu_limits = limits
         make_event_driven(assoc)
+        write_messages_directly(assoc)
         guard_dimse_decoding(assoc)
         spool = getattr(self.server, "received_spool", None)
         if spool is not None:

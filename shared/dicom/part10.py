@@ -7,6 +7,7 @@ becomes the same object (re-sending it is recognised as identical by its hash).
 from __future__ import annotations
 
 import struct
+from typing import BinaryIO
 
 IMPLEMENTATION_CLASS_UID = "2.25.336836901436135367680934814653349959270"
 IMPLEMENTATION_VERSION_NAME = "PACSNODE_010"
@@ -39,3 +40,20 @@ def encode_file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_
 
 def encode_part10(dataset: bytes, sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str) -> bytes:
     return PREAMBLE + encode_file_meta(sop_class_uid, sop_instance_uid, transfer_syntax_uid) + dataset
+
+
+class NotOurPart10(ValueError):
+    """The object does not start with a preamble and a File Meta group length, as the node writes them."""
+
+
+def skip_file_meta(stream: BinaryIO) -> None:
+    """Position ``stream`` (at the start of a stored object) at its first data set byte."""
+    head = stream.read(len(PREAMBLE) + 12)
+    if len(head) != len(PREAMBLE) + 12 or head[128:132] != b"DICM":
+        raise NotOurPart10("no Part-10 preamble")
+    group, element, vr, length, group_length = struct.unpack("<HH2sHI", head[len(PREAMBLE):])
+    if (group, element, vr, length) != (0x0002, 0x0000, b"UL", 4):
+        raise NotOurPart10("no File Meta group length")
+    meta = stream.read(group_length)
+    if len(meta) != group_length:
+        raise NotOurPart10("truncated File Meta")

@@ -17,7 +17,9 @@ from pydicom.uid import (
 from shared.dicom.part10 import (
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION_NAME,
+    NotOurPart10,
     encode_part10,
+    skip_file_meta,
 )
 from tests.factory import UNCOMPRESSED_SYNTAXES, dataset_start, encode_dataset, make_image
 
@@ -80,3 +82,19 @@ def test_odd_length_uids_are_padded_with_nul() -> None:
 def test_even_length_uids_are_not_padded() -> None:
     part10 = encode_part10(b"", CTImageStorage, "1.2.34", DeflatedExplicitVRLittleEndian)
     assert b"\x06\x001.2.34" in part10  # length 6, value unpadded
+
+
+@pytest.mark.parametrize("transfer_syntax", UNCOMPRESSED_SYNTAXES)
+def test_skip_file_meta_leaves_a_stored_object_at_its_first_data_set_byte(transfer_syntax: str) -> None:
+    part10, dataset, _ = part10_of(transfer_syntax)
+    stream = BytesIO(part10)
+    skip_file_meta(stream)
+    assert stream.read() == dataset
+
+
+@pytest.mark.parametrize("not_ours", [b"", b"\x00" * 128 + b"DICM", b"\x00" * 200,
+                                      b"\x00" * 128 + b"DICM" + bytes.fromhex("02001000") + b"UI\x04\x001.2\x00",
+                                      b"\x00" * 128 + b"DICM" + bytes.fromhex("02000000") + b"UL\x04\x00\xff\x00\x00\x00"])
+def test_skip_file_meta_refuses_what_the_node_did_not_write(not_ours: bytes) -> None:
+    with pytest.raises(NotOurPart10):
+        skip_file_meta(BytesIO(not_ours))

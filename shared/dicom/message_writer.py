@@ -1,0 +1,183 @@
+"""DIMSE messages written to the socket by the thread that sends them, not queued for pynetdicom's DUL thread.
+
+pynetdicom hands every P-DATA fragment of a message to its DUL thread through a queue; that thread builds a PDU
+object per fragment, encodes it and sends it with one system call. A 526 KB instance to a peer with 16 KB PDUs
+is 33 such hand-offs, each a switch of the GIL between two threads. Here the sending thread frames the
+P-DATA-TF PDUs itself (PS3.8 9.3.5: type 04H, PDU length, one PDV item: item length, presentation context ID,
+message control header, fragment) and writes them in batches; a stored object is streamed from its file as
+stored, after its File Meta, and its command set is encoded without a pydicom Dataset.
+
+Every DIMSE message of the association goes through the writer (pynetdicom's ``dimse.send_msg`` is replaced),
+one whole message at a time (PS3.8 9.3.1: no fragment of another message in between). The DUL thread keeps the
+association control PDUs (release, abort), which never fall inside an established association's message.
+TLS associations keep pynetdicom's path: an OpenSSL connection must not be written by one thread while another
+reads it.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import struct
+import threading
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+from pynetdicom import evt
+from pynetdicom._handlers import standard_dimse_sent_handler
+from pynetdicom.dimse import _RQ_TO_MESSAGE, _RSP_TO_MESSAGE
+
+from shared.dicom.store_request import StoreRequest, encode_command
+
+_PDU_AND_ITEM_HEADER = struct.Struct(">BBLLB")  # PDU type, reserved, PDU length, PDV item length, context ID
+_P_DATA_TF = 0x04
+_UNLIMITED_FRAGMENT = 1 << 20  # the peer set no maximum PDU length
+_BATCH_BYTES = 1 << 18
+_ATTRIBUTE = "_pacs_message_writer"
+
+DATA_SET_FRAGMENT = 0x00
+LAST_DATA_SET_FRAGMENT = 0x02
+COMMAND_FRAGMENT = 0x01
+LAST_COMMAND_FRAGMENT = 0x03
+
+
+class AssociationGone(OSError):
+    """The association ended before or while the message was written."""
+
+
+class StoredObjectSent:
+    """What EVT_DIMSE_SENT reports for a C-STORE request of a stored object (no pydicom command set is built)."""
+
+    def __init__(self, request: StoreRequest, context_id: int, data_set_size: int) -> None:
+        self.request = request
+        self.context_id = context_id
+        self.data_set_size = data_set_size
+
+
+def _fragment_size(association: Any) -> int:
+    maximum = int(association.dimse.maximum_pdu_size or 0)
+    return maximum - 6 if maximum else _UNLIMITED_FRAGMENT
+
+
+def _pdu(context_id: int, control: int, fragment: bytes | memoryview) -> list[bytes | memoryview]:
+    length = len(fragment) + 1
+    return [_PDU_AND_ITEM_HEADER.pack(_P_DATA_TF, 0, length + 5, length + 1, context_id) + bytes((control,)), fragment]
+
+
+def _fragments(data: bytes, size: int) -> Iterator[tuple[bool, memoryview]]:
+    view = memoryview(data)
+    for start in range(0, len(data), size):
+        yield start + size >= len(data), view[start:start + size]
+
+
+class MessageWriter:
+    """Writes the DIMSE messages of one association, whole, from the calling thread."""
+
+    def __init__(self, association: Any, sock: socket.socket) -> None:
+        self._association = association
+        self._socket = sock
+        self._lock = threading.Lock()
+
+    def _check_established(self) -> None:
+        if not self._association.is_established:
+            raise AssociationGone("the association is no longer established")
+
+    def _write(self, buffers: list[bytes | memoryview]) -> None:
+        self._socket.sendall(b"".join(buffers))
+
+    def _command_pdus(self, context_id: int, command: bytes) -> list[bytes | memoryview]:
+        buffers: list[bytes | memoryview] = []
+        for last, fragment in _fragments(command, _fragment_size(self._association)):
+            buffers += _pdu(context_id, LAST_COMMAND_FRAGMENT if last else COMMAND_FRAGMENT, fragment)
+        return buffers
+
+    def send_msg(self, primitive: Any, context_id: int) -> None:
+        """pynetdicom's ``DIMSEServiceProvider.send_msg``, writing instead of queueing."""
+        association = self._association
+        if primitive.MessageIDBeingRespondedTo is None:
+            message = _RQ_TO_MESSAGE[primitive.__class__]()
+        else:
+            message = _RSP_TO_MESSAGE[primitive.__class__]()
+        message.primitive_to_message(primitive)
+        message.context_id = context_id
+        evt.trigger(association, evt.EVT_DIMSE_SENT, {"message": message})
+        batch: list[bytes | memoryview] = []
+        batched = 0
+        with self._lock:
+            if not association.is_established:
+                return  # as a message queued for a DUL that has stopped: never sent
+            try:
+                for pdata in message.encode_msg(context_id, association.dimse.maximum_pdu_size):
+                    for item_context_id, value in pdata.presentation_data_value_list:
+                        length = len(value)
+                        batch.append(_PDU_AND_ITEM_HEADER.pack(_P_DATA_TF, 0, length + 5, length + 1,
+                                                              item_context_id))
+                        batch.append(value)
+                        batched += length
+                    if batched >= _BATCH_BYTES:
+                        self._write(batch)
+                        batch, batched = [], 0
+                if batch:
+                    self._write(batch)
+            except OSError:
+                association.abort()  # the connection failed or the peer stopped reading: the DUL reports it
+
+    def send_stored_object(self, context_id: int, request: StoreRequest, data_set: BinaryIO) -> int:
+        """A C-STORE request whose data set is read from ``data_set`` up to its end, as stored. Returns its size.
+
+        An error once the first byte is written leaves half a message on the wire: the association is aborted.
+        """
+        size = _fragment_size(self._association)
+        block_size = max(size, _BATCH_BYTES // size * size)  # whole fragments in every block but the last
+        sent = 0
+        writing = False
+        with self._lock:
+            self._check_established()
+            buffers = self._command_pdus(context_id, encode_command(request))
+            block = data_set.read(block_size)
+            try:
+                while block:
+                    following = data_set.read(block_size)
+                    for last, fragment in _fragments(block, size):
+                        control = LAST_DATA_SET_FRAGMENT if last and not following else DATA_SET_FRAGMENT
+                        buffers += _pdu(context_id, control, fragment)
+                    writing = True
+                    self._write(buffers)
+                    sent += len(block)
+                    buffers, block = [], following
+            except BaseException:
+                if writing:
+                    self._association.abort()
+                raise
+        if not sent:
+            raise ValueError("the stored object has an empty data set")
+        evt.trigger(self._association, evt.EVT_DIMSE_SENT,
+                    {"message": StoredObjectSent(request, context_id, sent)})
+        return sent
+
+
+def write_messages_directly(association: Any) -> MessageWriter | None:
+    """From now on the association's DIMSE messages are written by the threads that send them.
+
+    Call once the association is established (requestor) or its thread is about to start (acceptor). Returns the
+    writer, or None for an association that keeps pynetdicom's path (TLS, no socket)."""
+    existing: MessageWriter | None = getattr(association, _ATTRIBUTE, None)
+    if existing is not None:
+        return existing
+    sock = getattr(association.dul.socket, "socket", None)
+    if sock is None or isinstance(sock, ssl.SSLSocket):
+        return None
+    seconds = association.dimse_timeout
+    if seconds:  # a peer that stops reading fails the write instead of blocking the sender for ever
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", int(seconds), 0))
+    writer = MessageWriter(association, sock)
+    # pynetdicom's debug log of sent messages (bound only when its LOG_HANDLER_LEVEL is "standard") knows its own
+    # message classes only; our services turn it off anyway.
+    association.unbind(evt.EVT_DIMSE_SENT, standard_dimse_sent_handler)
+    association.dimse.send_msg = writer.send_msg
+    setattr(association, _ATTRIBUTE, writer)
+    return writer
+
+
+def writer_of(association: Any) -> MessageWriter | None:
+    return getattr(association, _ATTRIBUTE, None)
