@@ -336,14 +336,26 @@ class AccessPolicy:
         guarded.__name__ = f"guarded_{service}"
         return guarded
 
+    def admits(self, assoc: Any, service: str) -> bool:
+        """Whether the caller of ``assoc`` may use ``service`` now; a refusal is counted and audited (the caller
+        answers it: C-MOVE and C-GET send their final response with 0x0124 themselves)."""
+        calling = printable_aet(assoc.requestor.ae_title)
+        if self.permits(calling, service):
+            return True
+        self._record_refusal(assoc, service, calling)
+        return False
+
     def _refuse(self, event: Any, service: str, calling: str) -> Dataset:
+        self._record_refusal(event.assoc, service, calling)
+        return failure(NOT_AUTHORIZED, f"{service} not allowed for this calling AE title")
+
+    def _record_refusal(self, assoc: Any, service: str, calling: str) -> None:
         self.refused[service] += 1
-        remote_ip = str(event.assoc.requestor.address)
+        remote_ip = str(assoc.requestor.address)
         log.warning("access.request_refused service=%s status=0x%04X remote_ip=%s calling_aet=%r",
                     service, NOT_AUTHORIZED, remote_ip, calling)
         self.audit.record("request_refused", "refused", calling, remote_ip,
                           {"service": service, "status": NOT_AUTHORIZED, "reason": "service_not_allowed"})
-        return failure(NOT_AUTHORIZED, f"{service} not allowed for this calling AE title")
 
     def counters(self) -> dict[str, Any]:
         return {"rejected_associations": dict(self.rejected), "refused_requests": dict(self.refused),

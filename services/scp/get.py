@@ -40,17 +40,17 @@ MAX_MESSAGE_ID = 0xFFFF
 
 
 class GetService:
-    def __init__(self, sessions: sessionmaker[Session], store: ObjectStore, permits: Callable[[str, str], bool],
+    def __init__(self, sessions: sessionmaker[Session], store: ObjectStore, admits: Callable[[Any, str], bool],
                  spool_dir: Path) -> None:
         _config.STORE_SEND_CHUNKED_DATASET = True  # stored files are streamed, never loaded whole
         self._sessions = sessions
         self._store = store
-        self._permits = permits
+        self._admits = admits
         self._spool_dir = spool_dir
 
     def serve(self, assoc: Any, request: C_GET, context_id: int) -> None:
         """Answer one C-GET request (called from the association's reactor thread)."""
-        opened = open_request(assoc, request, context_id, "get", self._permits, GET_MODELS)
+        opened = open_request(assoc, request, context_id, "get", self._admits, GET_MODELS)
         if opened is None:
             return
         answer, level, values = opened.answer, opened.level, opened.values

@@ -40,26 +40,23 @@ POLL_SECONDS = 0.1
 
 
 class MoveService:
-    def __init__(self, sessions: sessionmaker[Session], live: LiveConfig, permits: Callable[[str, str], bool],
+    def __init__(self, sessions: sessionmaker[Session], live: LiveConfig, admits: Callable[[Any, str], bool],
                  node_ae_title: str, publish_job: Callable[[str], None], stall_seconds: float = 120.0) -> None:
         self._sessions = sessions
         self._stall_seconds = stall_seconds  # no progress for this long (mover down): the rest fails
         self._live = live
-        self._permits = permits
+        self._admits = admits
         self._node_ae_title = node_ae_title
         self._publish_job = publish_job
 
     def _destination(self, ae_title: str) -> ModalityEntry | None:
-        """The registered modality with that AE title (a destination put an instant ago included)."""
-        for snapshot in (self._live.current(), self._live.confirmed()):
-            entry = next((m for m in snapshot.modalities if m.ae_title == ae_title), None)
-            if entry is not None:
-                return entry
-        return None
+        """The registered modality with that AE title as the database holds it now (DESIGN: a PUT takes effect at
+        once for move destinations, a replaced entry too); the values in force while the database is down."""
+        return next((m for m in self._live.confirmed().modalities if m.ae_title == ae_title), None)
 
     def serve(self, assoc: Any, request: C_MOVE, context_id: int) -> None:
         """Answer one C-MOVE request on ``assoc`` (called from the association's reactor thread)."""
-        opened = open_request(assoc, request, context_id, "move", self._permits, MOVE_MODELS)
+        opened = open_request(assoc, request, context_id, "move", self._admits, MOVE_MODELS)
         if opened is None:
             return
         answer, level, values, calling = opened.answer, opened.level, opened.values, opened.calling_aet

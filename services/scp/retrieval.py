@@ -38,13 +38,13 @@ class RetrieveRequest:
 
 
 def open_request(assoc: Any, request: C_MOVE | C_GET, context_id: int, service: str,
-                 permits: Callable[[str, str], bool], models: dict[str, tuple[str, ...]]) -> RetrieveRequest | None:
-    """Check the caller and decode the identifier; on refusal the final response is sent here and None returned."""
+                 admits: Callable[[Any, str], bool], models: dict[str, tuple[str, ...]]) -> RetrieveRequest | None:
+    """Check the caller (``admits`` counts and audits a refusal) and decode the identifier; on refusal the final
+    response is sent here and None returned."""
     context = next(cx for cx in assoc.accepted_contexts if cx.context_id == context_id)
     answer = Responder(assoc, request, context_id, context.transfer_syntax[0])
     calling = str(assoc.requestor.ae_title).strip()
-    if not permits(calling, service):
-        log.warning("%s.refused reason=not_allowed", service)
+    if not admits(assoc, service):
         answer.final(NOT_AUTHORIZED)
         return None
     try:

@@ -114,9 +114,9 @@ class ScpServer:
         self.find_service = FindService(runtime.sessions, settings.find_result_limit, live_config)
         spool_dir = settings.data_dir.resolve() / "spool"
         spool_dir.mkdir(parents=True, exist_ok=True)
-        self.get_service = GetService(runtime.sessions, runtime.store, self.access.permits, spool_dir)
+        self.get_service = GetService(runtime.sessions, runtime.store, self.access.admits, spool_dir)
         self._received_spool = ReceivedSpool(spool_dir)
-        self.move_service = MoveService(runtime.sessions, live_config, self.access.permits, settings.ae_title,
+        self.move_service = MoveService(runtime.sessions, live_config, self.access.admits, settings.ae_title,
                                         self._publish_job, settings.move_stall_seconds)
         self.commitment_service = CommitmentService(runtime.sessions, runtime.store, live_config, settings.ae_title,
                                                     self.access.audit)

@@ -156,9 +156,12 @@ def test_the_bytes_a_c_get_sends_are_counted(session: Session) -> None:
 
 
 def test_a_refused_request_and_a_refused_store_are_audited(session: Session) -> None:
-    refused = only(session.events, "request_refused", LIMITED)
-    assert refused["outcome"] == "refused" and refused["remote_ip"] == "127.0.0.1"
-    assert refused["details"] == {"service": "find", "status": 0x0124, "reason": "service_not_allowed"}
+    refused = {row["details"]["service"]: row for row in session.events
+               if row["action"] == "request_refused" and row["remote_aet"] == LIMITED}
+    assert sorted(refused) == ["find", "get"]  # C-GET refused like the other services
+    for service, row in refused.items():
+        assert row["outcome"] == "refused" and row["remote_ip"] == "127.0.0.1"
+        assert row["details"] == {"service": service, "status": 0x0124, "reason": "service_not_allowed"}
     assert only(session.events, "c_find", LIMITED)["details"]["status"] == "0x0124"
     get = only(session.events, "c_get", LIMITED)  # the refused C-GET: its own row, with the refusal status
     assert get["outcome"] == "failure" and get["details"]["status"] == "0x0124"
@@ -167,14 +170,6 @@ def test_a_refused_request_and_a_refused_store_are_audited(session: Session) -> 
     assert failed and failed[0]["details"]["statuses"] == {"0xA700": 1}
     full = [e for e in session.events if e["action"] == "storage_full" and e["remote_aet"] == FULL]
     assert full and full[0]["details"]["status"] == "0xA700"
-
-
-@pytest.mark.xfail(strict=True, reason="services/scp/retrieval.open_request refuses C-MOVE/C-GET with 0x0124 "
-                   "itself instead of through services.scp.access (Access._refuse): no request_refused row, "
-                   "not counted in pacs_scp_requests_refused_total")
-def test_a_refused_c_get_is_a_request_refused_like_the_other_services(session: Session) -> None:
-    rows = [e for e in session.events if e["action"] == "request_refused" and e["remote_aet"] == LIMITED]
-    assert {row["details"]["service"] for row in rows} == {"find", "get"}
 
 
 def test_the_audit_filters_select_retrieval_and_failures(session: Session) -> None:
@@ -199,5 +194,6 @@ def test_metrics_count_retrieval_and_errors(session: Session) -> None:
     assert operations("c_get", "failure") == 1 and operations("c_find", "failure") == 1  # the refused ones
     assert operations("c_store", "failure") >= 1
     assert samples[("pacs_scp_requests_refused_total", (("service", "find"),))] == 1
+    assert samples[("pacs_scp_requests_refused_total", (("service", "get"),))] == 1
     assert samples[("pacs_jobs", (("state", "done"),))] >= 1  # the C-MOVE ran as a job
     assert samples[("pacs_jobs", (("state", "failed"),))] == 0

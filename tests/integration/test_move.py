@@ -180,13 +180,7 @@ def test_a_move_by_patient_id_or_accession_number_at_study_level(archive: Node, 
     assert "Received Final Move Response (Success)" in by_accession.stdout + by_accession.stderr
 
 
-@pytest.mark.parametrize("wait", [
-    pytest.param(0.0, marks=pytest.mark.xfail(reason=(
-        "DESIGN: a PUT takes effect at once for move destinations. services/scp/move.py _destination() reads the "
-        "cached snapshot (polled every 0.5 s) before the database, so a replaced entry is used up to 0.5 s late "
-        "(an added one is at once); not strict: the poll may land between the PUT and the move"))),
-    pytest.param(1.5, id="after-one-poll"),
-])
+@pytest.mark.parametrize("wait", [pytest.param(0.0, id="at-once"), pytest.param(1.5, id="after-one-poll")])
 def test_a_destination_changed_over_rest_is_used_by_the_next_move_without_a_restart(
         archive: Node, destination: StoreScp, tmp_path: Path, wait: float) -> None:
     keys = {"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": archive.study_uid}  # type: ignore[attr-defined]
