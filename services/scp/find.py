@@ -17,7 +17,6 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.multival import MultiValue
-from pydicom.sequence import Sequence
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelFind,
@@ -25,6 +24,8 @@ from pynetdicom.sop_class import (
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.scp import find_answer
+from services.scp.find_answer import INTEGER_FORMATS, FindAnswer, Integer, Value, stored_value, text_of
 from services.scp.statuses import failure
 from shared.live_config import LiveConfig
 from shared.query.dicomjson import json_element
@@ -46,7 +47,7 @@ LEVELS_OF_MODEL = {
     PatientRootQueryRetrieveInformationModelFind: ("PATIENT", "STUDY", "SERIES", "IMAGE"),
     StudyRootQueryRetrieveInformationModelFind: ("STUDY", "SERIES", "IMAGE"),
 }
-UTF8 = "ISO_IR 192"
+QUERY_RETRIEVE_LEVEL = 0x00080052
 _NOT_KEYS = {"QueryRetrieveLevel", "SpecificCharacterSet"}
 
 
@@ -74,51 +75,45 @@ def _query_value(element: DataElement) -> Any:
     return str(value)
 
 
-def _element(keyword: str, value: Any, attributes: dict[str, Any] | None, asked: Any = None) -> DataElement | None:
+def _element(keyword: str, value: Any, attributes: dict[str, Any] | None, asked: Any = None,
+             ) -> tuple[int, str, Value] | None:
+    """The (tag, VR, value) of one returned key: from the index row, or (``attributes``) from the stored ones."""
     tag = tag_for_keyword(keyword)
     if tag is None:
         return None
-    vr = dictionary_VR(tag)
+    vr = str(dictionary_VR(tag))
     if attributes is not None:
         stored = json_element(attributes, keyword)
         if isinstance(asked, SequenceKey):
             stored = asked.answer(stored)
-        if stored is not None:
-            holder = Dataset.from_json({f"{tag:08X}": stored})
-            return holder[tag]
-        return DataElement(tag, vr, Sequence() if vr == "SQ" else None)
+        if stored is None:
+            return tag, vr, None
+        stored_vr = str(stored.get("vr") or vr)
+        text = stored_value(stored_vr, stored)
+        if text is not None:
+            return tag, stored_vr, text
+        return tag, stored_vr, Dataset.from_json({f"{tag:08X}": stored})[tag]
     if value is None or value == []:
-        return DataElement(tag, vr, Sequence() if vr == "SQ" else None)
-    if isinstance(value, list):
-        return DataElement(tag, vr, [str(item) for item in value])
-    return DataElement(tag, vr, str(value) if vr not in ("US", "UL", "SS", "SL") else int(value))
+        return tag, vr, None
+    if vr in INTEGER_FORMATS and not isinstance(value, list):
+        return tag, vr, Integer(int(value))
+    return tag, vr, text_of(value)
 
 
-def build_response(level: str, row: dict[str, Any], order: list[str], asked: dict[str, Any] | None = None) -> Dataset:
+def build_response(level: str, row: dict[str, Any], order: list[str], asked: dict[str, Any] | None = None,
+                   ) -> FindAnswer:
     """The answer for one entity: exactly the requested keys (``asked`` holds their query values, which shape
-    sequence answers)."""
-    response = Dataset()
+    sequence answers), in UTF-8 (with its Specific Character Set) when a value is not ASCII."""
     attributes = row.get("_attributes")
+    elements = []
     for keyword in order:
         in_row = keyword in row
         element = _element(keyword, row.get(keyword), None if in_row else (attributes or {}),
                            (asked or {}).get(keyword))
         if element is not None:
-            response.add(element)
-    response.QueryRetrieveLevel = level
-    if not _is_ascii(response):
-        response.SpecificCharacterSet = UTF8
-    return response
-
-
-def _is_ascii(dataset: Dataset) -> bool:
-    for element in dataset:
-        if element.VR == "SQ":
-            if not all(_is_ascii(item) for item in element.value or []):
-                return False
-        elif not str(element.value).isascii():
-            return False
-    return True
+            elements.append(element)
+    elements.append((QUERY_RETRIEVE_LEVEL, "CS", text_of(level)))
+    return FindAnswer(elements)
 
 
 CANCEL_CHECK_EVERY = 64  # answers sent between two chances for a C-CANCEL to be read (a query of up to this many
@@ -138,6 +133,7 @@ def _let_incoming_through(assoc: Any) -> None:
 
 class FindService:
     def __init__(self, sessions: sessionmaker[Session], result_limit: int, live_config: LiveConfig) -> None:
+        find_answer.install()
         self._sessions = sessions
         self._result_limit = result_limit
         self._live_config = live_config
