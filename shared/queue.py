@@ -29,7 +29,7 @@ def broker_transport_options(settings: Settings) -> dict[str, object]:
             "processed_folder": str(folder / "processed"),
             "control_folder": str(folder / "control"),
             "store_processed": False,
-            "polling_interval": 0.05,
+            "polling_interval": 0.02,  # a queued job or event waits at most this long for its consumer
         }
     visibility = settings.broker_visibility_timeout_seconds
     return {

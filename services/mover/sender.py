@@ -23,6 +23,7 @@ from pynetdicom import AE, _config, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.presentation import build_context
 
+from shared.dicom.event_driven import event_driven_requestors
 from shared.dicom.message_writer import MessageWriter, write_messages_directly, writer_of
 from shared.dicom.part10 import skip_file_meta
 from shared.dicom.requestor import rejection_of, send_without_waiting_for_the_reactor
@@ -35,7 +36,6 @@ from shared.storage.filesystem import FilesystemObjectStore
 log = logging.getLogger(__name__)
 
 MAX_CONTEXTS = 128
-DUL_POLL_SECONDS = 0.0001  # the association's DUL thread looks for the response every 0.1 ms, not 1 ms
 SUCCESS_STATUSES = {0x0000}
 WARNING_STATUSES = {0x0001, 0x0107, 0x0116} | set(range(0xB000, 0xC000))
 
@@ -181,6 +181,7 @@ class StoreSender:
     def __init__(self, store: ObjectStore, destination: Destination, items: list[Item], spool_dir: Path) -> None:
         _config.STORE_SEND_CHUNKED_DATASET = True  # paths are streamed from disk, never loaded whole
         _config.LOG_HANDLER_LEVEL = "none"  # pynetdicom's log handlers format every PDU and message we send
+        event_driven_requestors()  # its threads wait for the response on the socket, not in 0.1 ms sleeps
         self._store = store
         self._spool_dir = spool_dir
         self._ae = AE(ae_title=destination.calling_ae_title)
@@ -194,7 +195,6 @@ class StoreSender:
                 "association with the destination was not established" if rejection is None else
                 "the destination rejected the association (result/source/reason %d/%d/%d)" % rejection)
         send_without_waiting_for_the_reactor(self._association)
-        self._association.dul._run_loop_delay = DUL_POLL_SECONDS
         write_messages_directly(self._association)
         self._accepted = accepted_syntaxes(self._association)
 

@@ -25,7 +25,7 @@ from typing import Any
 from pynetdicom.transport import ThreadedAssociationServer
 
 from services.scp.sockets import LowLatencyRequestHandler
-from services.scp.tcp import quickack
+from shared.dicom.tcp import quickack
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)

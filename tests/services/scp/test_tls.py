@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from services.scp import event_driven
+from shared.dicom import event_driven
 from services.scp.tls import TlsConfigurationError, complete_handshake, server_context
 from shared.settings import Settings
 from tests.certificates import Pki, make_pki

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from services.scp import event_driven
+from shared.dicom import event_driven
 
 
 @pytest.fixture

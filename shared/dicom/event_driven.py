@@ -23,7 +23,7 @@ from typing import Any
 import pynetdicom.association
 import pynetdicom.dul
 
-from services.scp.tcp import quickack
+from shared.dicom.tcp import quickack
 
 IDLE_WAIT_SECONDS = 0.02
 POLLING_SLEEP_MAX_SECONDS = 0.002  # pynetdicom's polling sleeps are 1 ms; longer sleeps are left alone
@@ -119,7 +119,7 @@ def _dul_waiter(dul: Any, wakeup: _DulWakeup) -> Any:
 
 
 def make_event_driven(association: Any) -> None:
-    """Give a freshly created (not yet started) acceptor association event-driven waits."""
+    """Give a freshly created (not yet started) association event-driven waits."""
     install()
     activity = threading.Event()
     association._pacs_wait = _association_waiter(activity)
@@ -130,3 +130,16 @@ def make_event_driven(association: Any) -> None:
     weakref.finalize(dul, os.close, wakeup.fd)
     dul.to_provider_queue = _NotifyingQueue(wakeup.notify)
     dul._pacs_wait = _dul_waiter(dul, wakeup)
+
+
+class _EventDrivenRequestor(pynetdicom.association.Association):
+    def __init__(self, ae: Any, mode: Any) -> None:
+        super().__init__(ae, mode)
+        make_event_driven(self)
+
+
+def event_driven_requestors() -> None:
+    """Associations that ``AE.associate`` creates in this process from now on wait on events too (idempotent)."""
+    import pynetdicom.ae
+
+    pynetdicom.ae.Association = _EventDrivenRequestor  # type: ignore[misc]
