@@ -8,7 +8,6 @@ the sub-operation fails (it is never reported as completed when nothing arrived)
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import shutil
@@ -17,13 +16,11 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import pydicom
-from pydicom.uid import UID
 from pynetdicom import AE, _config, evt
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.dsutils import encode
 from pynetdicom.presentation import build_context
 
 from shared.dicom.event_driven import event_driven_requestors
@@ -117,31 +114,16 @@ def _status_of_response(association: Any, message_id: int) -> int | None:
 def _send_as_stored(association: Any, writer: MessageWriter, context_id: int, store: ObjectStore, item: Item,
                     message_id: int) -> int | None:
     """The stored object, streamed from the store after its File Meta; its response status."""
+    request = StoreRequest(item.sop_class_uid, item.sop_instance_uid, message_id)
+    reader = reader_of(association)
     with store.open(item.object_key) as stream:
         skip_file_meta(stream)
-        return _exchange(association, writer, context_id, item, message_id, stream)
-
-
-def _exchange(association: Any, writer: MessageWriter, context_id: int, item: Item, message_id: int,
-              data_set: BinaryIO) -> int | None:
-    writer.send_stored_object(context_id, StoreRequest(item.sop_class_uid, item.sop_instance_uid, message_id),
-                              data_set)
-    reader = reader_of(association)
-    return reader.store_status(message_id) if reader is not None else _status_of_response(association, message_id)
-
-
-def _send_transcoded(association: Any, writer: MessageWriter, syntaxes: dict[str, int], store: ObjectStore,
-                     item: Item, spool_dir: Path, message_id: int) -> int | None | str:
-    """The object decoded for an uncompressed syntax the destination accepts, sent by the writer."""
-    with _local_file(store, item.object_key, spool_dir) as path:
-        dataset = _decoded_for(path, set(syntaxes))
-    if dataset is None:
-        return "cannot transcode to a syntax the destination accepts"
-    syntax = UID(dataset.file_meta.TransferSyntaxUID)
-    encoded = encode(dataset, syntax.is_implicit_VR, syntax.is_little_endian)
-    if not encoded:
-        return "cannot encode the transcoded object"
-    return _exchange(association, writer, syntaxes[str(syntax)], item, message_id, io.BytesIO(encoded))
+        if reader is None:
+            writer.send_stored_object(context_id, request, stream)
+            return _status_of_response(association, message_id)
+        with reader.exchange():
+            writer.send_stored_object(context_id, request, stream)
+            return reader.store_status(message_id)
 
 
 def _send_with_pynetdicom(association: Any, syntaxes: dict[str, int], store: ObjectStore, item: Item,
@@ -169,9 +151,6 @@ def send_item(association: Any, accepted: Accepted, store: ObjectStore, item: It
         status: int | None | str
         if writer is not None and item.transfer_syntax in syntaxes:
             status = _send_as_stored(association, writer, syntaxes[item.transfer_syntax], store, item, message_id)
-        elif reader_of(association) is not None:  # pynetdicom must not read this association's responses
-            assert writer is not None
-            status = _send_transcoded(association, writer, syntaxes, store, item, spool_dir, message_id)
         else:
             status = _send_with_pynetdicom(association, syntaxes, store, item, spool_dir, message_id)
     except StorageError:
@@ -222,19 +201,17 @@ class StoreSender:
                 "association with the destination was not established" if rejection is None else
                 "the destination rejected the association (result/source/reason %d/%d/%d)" % rejection)
         send_without_waiting_for_the_reactor(self._association)
-        writer = write_messages_directly(self._association)
-        self._reader = read_responses_directly(self._association) if writer is not None else None
+        if write_messages_directly(self._association) is not None:
+            read_responses_directly(self._association)
         self._accepted = accepted_syntaxes(self._association)
 
     def close(self) -> None:
-        if self._reader is not None:
-            self._reader.stop()  # pynetdicom reads the release answer
         if self._association.is_established:
             self._association.release()
 
     @property
     def alive(self) -> bool:
-        return bool(self._association.is_established) and not (self._reader is not None and self._reader.ended)
+        return bool(self._association.is_established)
 
     def send(self, item: Item) -> tuple[str, str]:
         return send_item(self._association, self._accepted, self._store, item, self._spool_dir)

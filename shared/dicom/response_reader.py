@@ -3,16 +3,13 @@
 After ``shared.dicom.message_writer`` writes a C-STORE request, pynetdicom's DUL thread would wake on the
 response, decode the PDU into objects, decode the command set with pydicom, and hand the message over a queue to
 the waiting thread: about 0.4 ms per sub-operation, a third of a C-MOVE's time per instance to a fast peer.
-Here the DUL thread is kept off the socket from installation until ``stop`` (before the release), and the sending
-thread reads the P-DATA-TF PDU(s) of each response itself (PS3.8 9.3.5) and takes Command Field, Message ID Being
-Responded To and Status from the command set (Implicit VR Little Endian, PS3.7 6.3.1). The DUL thread must not
-read at all meanwhile, not even between two exchanges: a check of the socket it began before a request was
-written could take that request's response (seen once under load: the sender waited out its DIMSE timeout).
-Anything else the peer sends instead of a response (an A-ABORT, an A-RELEASE-RQ) is handed back to the DUL
-thread unread, which handles it as it always does, and the reader ends; a response that is not the expected one
-aborts the association.
+Here, for the length of one exchange, the DUL thread is kept off the socket and the sending thread reads the
+P-DATA-TF PDU(s) of the response itself (PS3.8 9.3.5) and takes Command Field, Message ID Being Responded To and
+Status from the command set (Implicit VR Little Endian, PS3.7 6.3.1). Anything else the peer sends instead (an
+A-ABORT, an A-RELEASE-RQ) is handed back to the DUL thread unread, which handles it as it always does; a
+response that is not the expected one aborts the association.
 
-For requestor associations whose every request is a C-STORE the writer sends, on plain TCP (the mover).
+For requestor associations that only send C-STORE requests on plain TCP (the mover): the writer must be installed.
 """
 
 from __future__ import annotations
@@ -21,6 +18,8 @@ import select
 import socket
 import struct
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from pynetdicom.transport import AssociationSocket
@@ -40,7 +39,7 @@ class HandedBackSocket(AssociationSocket):
     """pynetdicom's socket, which the DUL thread leaves alone while ``paused``, and which gives it first the bytes
     an exchange read but did not want."""
 
-    paused = True
+    paused = False
     handed_back = b""
 
     @property
@@ -65,18 +64,19 @@ class ResponseReader:
     def __init__(self, association: Any) -> None:
         self._association = association
         self._socket: HandedBackSocket = association.dul.socket
-        self.ended = False
 
-    def stop(self) -> None:
-        """The DUL thread reads the socket again (before a release or an abort: it must see their answer)."""
-        self.ended = True
-        self._socket.paused = False
+    @contextmanager
+    def exchange(self) -> Iterator[None]:
+        """Keep the DUL thread off the socket from before the request is written until its response is read."""
+        self._socket.paused = True
+        try:
+            yield
+        finally:
+            self._socket.paused = False
 
     def store_status(self, message_id: int) -> int | None:
         """The status of the C-STORE response to ``message_id``; None (the association aborted, or ending) without
         one."""
-        if self.ended:
-            return None
         deadline = time.monotonic() + float(self._association.dimse_timeout or 30)
         command = bytearray()
         try:
@@ -86,15 +86,14 @@ class ResponseReader:
                 if pdu_type != P_DATA_TF or length > MAX_RESPONSE_PDU:
                     if pdu_type != P_DATA_TF and length <= MAX_RESPONSE_PDU:
                         self._socket.handed_back = header + self._read(length, deadline)
-                        self.stop()  # the DUL thread reads it next (an abort or a release request)
-                        return None
+                        return None  # the DUL thread reads it next (an abort or a release request)
                     raise UnexpectedResponse(f"PDU type {pdu_type:#04x} of {length} bytes")
                 body = self._read(length, deadline)
                 self._association.dul._idle_timer.restart()  # as the DUL does for every PDU it reads
                 if _take_command(body, command):
                     return _status_of(bytes(command), message_id)
         except (UnexpectedResponse, TimeoutError, ConnectionError, OSError):
-            self.stop()  # an abort waits for the DUL thread to see the connection close
+            self._socket.paused = False  # an abort waits for the DUL thread to see the connection close
             self._association.abort()
             return None
 
@@ -160,7 +159,7 @@ def read_responses_directly(association: Any) -> ResponseReader | None:
     if type(sock) is not AssociationSocket or not isinstance(sock.socket, socket.socket) \
             or sock.socket.__class__ is not socket.socket:
         return None  # TLS, or a socket class of our own already
-    sock.__class__ = HandedBackSocket  # paused from here on
+    sock.__class__ = HandedBackSocket
     reader = ResponseReader(association)
     setattr(association, _ATTRIBUTE, reader)
     return reader

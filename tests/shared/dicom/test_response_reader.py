@@ -23,7 +23,6 @@ from shared.dicom.response_reader import (
     _status_of,
     _take_command,
     read_responses_directly,
-    reader_of,
 )
 from shared.dicom.store_request import StoreRequest
 from tests.factory import encode_dataset, make_image
@@ -65,9 +64,6 @@ def association(peer: Peer) -> Iterator[Any]:
     assert assoc.is_established
     send_without_waiting_for_the_reactor(assoc)
     yield assoc
-    reader = reader_of(assoc)
-    if reader is not None:
-        reader.stop()
     if assoc.is_established:
         assoc.release()
 
@@ -81,9 +77,10 @@ def send(association: Any, message_id: int = 3) -> int | None:
     stream = io.BytesIO(encode_part10(data_set, image.SOPClassUID, image.SOPInstanceUID, ExplicitVRLittleEndian))
     skip_file_meta(stream)
     context_id = next(c.context_id for c in association.accepted_contexts if c.abstract_syntax == CTImageStorage)
-    writer.send_stored_object(context_id, StoreRequest(str(image.SOPClassUID), str(image.SOPInstanceUID),
-                                                       message_id), stream)
-    return reader.store_status(message_id)
+    with reader.exchange():
+        writer.send_stored_object(context_id, StoreRequest(str(image.SOPClassUID), str(image.SOPInstanceUID),
+                                                           message_id), stream)
+        return reader.store_status(message_id)
 
 
 def test_the_status_of_each_response_is_read(peer: Peer, association: Any) -> None:
@@ -92,26 +89,13 @@ def test_the_status_of_each_response_is_read(peer: Peer, association: Any) -> No
     assert send(association, 4) == 0xA700
     assert len(peer.received) == 4
     assert association.is_established
-
-
-def test_pynetdicom_never_reads_the_socket_until_the_reader_stops(peer: Peer, association: Any) -> None:
-    assert send(association, 1) == 0x0000
-    reader = reader_of(association)
-    assert reader is not None
-    assert association.dul.socket.ready is False  # even with a response on its way, the DUL thread would not look
-    reader.stop()
-    started = time.monotonic()
-    association.release()  # pynetdicom reads the A-RELEASE-RP
-    assert association.is_released and time.monotonic() - started < 2
+    assert association.send_c_echo().Status == 0x0000  # pynetdicom reads the socket again between exchanges
 
 
 def test_an_abort_in_place_of_the_response_is_handled_by_pynetdicom(peer: Peer, association: Any) -> None:
     peer.answer = lambda event: event.assoc.abort() or 0x0000
     started = time.monotonic()
     assert send(association) is None
-    reader = reader_of(association)
-    assert reader is not None and reader.ended  # no further exchange on an association that is ending
-    assert send(association, 4) is None
     deadline = time.monotonic() + 5
     while association.is_established and time.monotonic() < deadline:
         time.sleep(0.01)
