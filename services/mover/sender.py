@@ -26,7 +26,6 @@ from pynetdicom.presentation import build_context
 from shared.dicom.event_driven import event_driven_requestors
 from shared.dicom.message_writer import MessageWriter, write_messages_directly, writer_of
 from shared.dicom.part10 import skip_file_meta
-from shared.dicom.response_reader import read_responses_directly, reader_of
 from shared.dicom.requestor import rejection_of, send_without_waiting_for_the_reactor
 from shared.dicom.store_request import StoreRequest
 from shared.dicom.transcode import UNCOMPRESSED, to_uncompressed
@@ -115,15 +114,10 @@ def _send_as_stored(association: Any, writer: MessageWriter, context_id: int, st
                     message_id: int) -> int | None:
     """The stored object, streamed from the store after its File Meta; its response status."""
     request = StoreRequest(item.sop_class_uid, item.sop_instance_uid, message_id)
-    reader = reader_of(association)
     with store.open(item.object_key) as stream:
         skip_file_meta(stream)
-        if reader is None:
-            writer.send_stored_object(context_id, request, stream)
-            return _status_of_response(association, message_id)
-        with reader.exchange():
-            writer.send_stored_object(context_id, request, stream)
-            return reader.store_status(message_id)
+        writer.send_stored_object(context_id, request, stream)
+    return _status_of_response(association, message_id)
 
 
 def _send_with_pynetdicom(association: Any, syntaxes: dict[str, int], store: ObjectStore, item: Item,
@@ -201,8 +195,7 @@ class StoreSender:
                 "association with the destination was not established" if rejection is None else
                 "the destination rejected the association (result/source/reason %d/%d/%d)" % rejection)
         send_without_waiting_for_the_reactor(self._association)
-        if write_messages_directly(self._association) is not None:
-            read_responses_directly(self._association)
+        write_messages_directly(self._association)
         self._accepted = accepted_syntaxes(self._association)
 
     def close(self) -> None:

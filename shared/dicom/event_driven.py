@@ -89,10 +89,6 @@ class _DulWakeup:
 def _dul_waiter(dul: Any, wakeup: _DulWakeup) -> Any:
     def wait() -> None:
         sock = getattr(dul.socket, "socket", None)
-        if getattr(dul.socket, "handed_back", b""):
-            return  # bytes a response reader handed back are waiting (shared.dicom.response_reader)
-        if getattr(dul.socket, "paused", False):
-            sock = None  # another thread reads the socket for now: wait for queued primitives only
         # poll, not select: select refuses descriptors above 1023, which a busy listener reaches (and each refusal
         # would turn this wait into a busy loop).
         poller = select.poll()
