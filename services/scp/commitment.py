@@ -63,6 +63,7 @@ POLL_SECONDS = 0.5
 IN_CHUNK = 500
 WORKERS = 4
 REPORT_TIMEOUT_SECONDS = 30
+SAME_ASSOCIATION_REPLY_SECONDS = 10  # a requester that is releasing never answers there: use a new association
 _PENDING_ATTRIBUTE = "_pacs_commitments"
 TRANSFER_SYNTAXES = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
 
@@ -293,15 +294,24 @@ class CommitmentService:
                             "failure_reasons": reasons, "event_type": result.event_type, "delivery": delivery})
 
     def _send_same(self, assoc: Any, information: Dataset, event_type: int) -> bool:
-        """On the request's association, while it is open and no release was asked for."""
+        """On the request's association, while it is open and no release was asked for.
+
+        The requester may start its release just after the check (seen in CI: the report then waited the
+        listener's whole 60 s DIMSE timeout for a reply that never came before going to a new association), so
+        the reply is awaited SAME_ASSOCIATION_REPLY_SECONDS at most."""
+        previous_timeout = assoc.dimse_timeout
         try:
             if not assoc.is_established or assoc.acse.is_release_requested() or assoc.acse.is_aborted():
                 return False
+            assoc.dimse_timeout = min(previous_timeout or SAME_ASSOCIATION_REPLY_SECONDS,
+                                      SAME_ASSOCIATION_REPLY_SECONDS)
             status, _ = assoc.send_n_event_report(information, event_type, StorageCommitmentPushModel,
                                                   STORAGE_COMMITMENT_INSTANCE)
         except Exception as exc:  # the association went away meanwhile
             log.info("commitment.same_association_unusable error=%s", exc.__class__.__name__)
             return False
+        finally:
+            assoc.dimse_timeout = previous_timeout
         return bool(status) and "Status" in status
 
     def _send_new(self, calling: str, information: Dataset, event_type: int) -> bool:
