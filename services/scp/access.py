@@ -315,10 +315,9 @@ class AccessPolicy:
         """Wrap a DIMSE handler: refuse with 0x0124 unless the caller may use ``service`` now."""
 
         def guarded(event: Any) -> Any:
-            calling = printable_aet(event.assoc.requestor.ae_title)
-            if self.permits(calling, service):
+            if self.admits(event.assoc, service):
                 return handler(event)
-            return self._refuse(event, service, calling)
+            return _refusal(service)
 
         guarded.__name__ = f"guarded_{service}"
         return guarded
@@ -327,27 +326,22 @@ class AccessPolicy:
         """``guard`` for handlers that yield their responses (C-FIND): a refusal is the one response."""
 
         def guarded(event: Any) -> Iterator[Any]:
-            calling = printable_aet(event.assoc.requestor.ae_title)
-            if self.permits(calling, service):
+            if self.admits(event.assoc, service):
                 yield from handler(event)
             else:
-                yield self._refuse(event, service, calling), None
+                yield _refusal(service), None
 
         guarded.__name__ = f"guarded_{service}"
         return guarded
 
     def admits(self, assoc: Any, service: str) -> bool:
         """Whether the caller of ``assoc`` may use ``service`` now; a refusal is counted and audited (the caller
-        answers it: C-MOVE and C-GET send their final response with 0x0124 themselves)."""
+        answers it: the guards with ``_refusal``, C-MOVE and C-GET with their own final response)."""
         calling = printable_aet(assoc.requestor.ae_title)
         if self.permits(calling, service):
             return True
         self._record_refusal(assoc, service, calling)
         return False
-
-    def _refuse(self, event: Any, service: str, calling: str) -> Dataset:
-        self._record_refusal(event.assoc, service, calling)
-        return failure(NOT_AUTHORIZED, f"{service} not allowed for this calling AE title")
 
     def _record_refusal(self, assoc: Any, service: str, calling: str) -> None:
         self.refused[service] += 1
@@ -360,3 +354,7 @@ class AccessPolicy:
     def counters(self) -> dict[str, Any]:
         return {"rejected_associations": dict(self.rejected), "refused_requests": dict(self.refused),
                 "audit_dropped": self.audit.dropped}
+
+
+def _refusal(service: str) -> Dataset:
+    return failure(NOT_AUTHORIZED, f"{service} not allowed for this calling AE title")

@@ -16,11 +16,11 @@ import time
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
 from services.scp.dimse_guard import guard_dimse_decoding
-from shared.dicom.event_driven import make_event_driven
 from services.scp.pdu_guard import PduLimits, check_header
 from services.scp.spooling import spool_received_datasets
-from shared.dicom.tcp import quickack
+from shared.dicom.event_driven import make_event_driven
 from shared.dicom.message_writer import write_messages_directly
+from shared.dicom.tcp import quickack
 
 _RECV_CHUNK = 1 << 20
 

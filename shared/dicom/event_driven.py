@@ -1,13 +1,14 @@
 """Event-driven waits for pynetdicom's reactors (PERFORMANCE.md, "pynetdicom polls").
 
 pynetdicom's DUL thread and association thread each sleep 1 ms whenever they find nothing to do, and several
-such sleeps fall on every C-STORE round trip. For our acceptor associations those sleeps become waits that end
-as soon as there is work: the DUL thread waits on its socket and on a wake-up descriptor signalled when a
+such sleeps fall on every C-STORE round trip. For the listener's associations (``make_event_driven``) and the
+associations a process requests once it called ``event_driven_requestors`` (the mover), those sleeps become waits
+that end as soon as there is work: the DUL thread waits on its socket and on a wake-up descriptor signalled when a
 primitive is queued for sending; the association thread waits on an event signalled when a DIMSE message or an
 ACSE primitive (release, abort) arrives. Both still wake every IDLE_WAIT_SECONDS to check timers and kill flags.
 
-Only threads that carry a ``_pacs_wait`` attribute are affected; every other use of pynetdicom (our own SCUs
-included) keeps its plain sleeps.
+Only threads that carry a ``_pacs_wait`` attribute are affected; every other use of pynetdicom keeps its plain
+sleeps.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 import weakref
 from typing import Any
 
+import pynetdicom.ae
 import pynetdicom.association
 import pynetdicom.dul
 
@@ -140,6 +142,4 @@ class _EventDrivenRequestor(pynetdicom.association.Association):
 
 def event_driven_requestors() -> None:
     """Associations that ``AE.associate`` creates in this process from now on wait on events too (idempotent)."""
-    import pynetdicom.ae
-
     pynetdicom.ae.Association = _EventDrivenRequestor  # type: ignore[misc]

@@ -48,9 +48,7 @@ class AssociationGone(OSError):
 class StoredObjectSent:
     """What EVT_DIMSE_SENT reports for a C-STORE request of a stored object (no pydicom command set is built)."""
 
-    def __init__(self, request: StoreRequest, context_id: int, data_set_size: int) -> None:
-        self.request = request
-        self.context_id = context_id
+    def __init__(self, data_set_size: int) -> None:
         self.data_set_size = data_set_size
 
 
@@ -59,9 +57,13 @@ def _fragment_size(association: Any) -> int:
     return maximum - 6 if maximum else _UNLIMITED_FRAGMENT
 
 
+def _header(context_id: int, pdv_length: int) -> bytes:
+    """P-DATA-TF header and PDV item header for one PDV of ``pdv_length`` bytes (control header included)."""
+    return _PDU_AND_ITEM_HEADER.pack(_P_DATA_TF, 0, pdv_length + 5, pdv_length + 1, context_id)
+
+
 def _pdu(context_id: int, control: int, fragment: bytes | memoryview) -> list[bytes | memoryview]:
-    length = len(fragment) + 1
-    return [_PDU_AND_ITEM_HEADER.pack(_P_DATA_TF, 0, length + 5, length + 1, context_id) + bytes((control,)), fragment]
+    return [_header(context_id, len(fragment) + 1) + bytes((control,)), fragment]
 
 
 def _fragments(data: bytes, size: int) -> Iterator[tuple[bool, memoryview]]:
@@ -108,12 +110,9 @@ class MessageWriter:
                 return  # as a message queued for a DUL that has stopped: never sent
             try:
                 for pdata in message.encode_msg(context_id, association.dimse.maximum_pdu_size):
-                    for item_context_id, value in pdata.presentation_data_value_list:
-                        length = len(value)
-                        batch.append(_PDU_AND_ITEM_HEADER.pack(_P_DATA_TF, 0, length + 5, length + 1,
-                                                              item_context_id))
-                        batch.append(value)
-                        batched += length
+                    for item_context_id, value in pdata.presentation_data_value_list:  # control header included
+                        batch += (_header(item_context_id, len(value)), value)
+                        batched += len(value)
                     if batched >= _BATCH_BYTES:
                         self._write(batch)
                         batch, batched = [], 0
@@ -152,7 +151,7 @@ class MessageWriter:
         if not sent:
             raise ValueError("the stored object has an empty data set")
         evt.trigger(self._association, evt.EVT_DIMSE_SENT,
-                    {"message": StoredObjectSent(request, context_id, sent)})
+                    {"message": StoredObjectSent(sent)})
         return sent
 
 
