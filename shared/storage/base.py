@@ -95,12 +95,14 @@ class ObjectStore(Protocol):
 
     description: str  # where the store is, without credentials
 
-    def put_new(self, key: str, data: ObjectData, sha256: str) -> PutResult:
-        """Store ``data`` durably under ``key`` unless the key exists; never overwrite."""
+    def put_new(self, key: str, data: ObjectData, sha256: str, durable: bool = True) -> PutResult:
+        """Store ``data`` under ``key`` unless the key exists; never overwrite. Durable on return, and so is every
+        earlier write of this store; with ``durable=False`` only decided (the first writer wins) and made durable
+        by the next durable put_new."""
         ...
 
     def put_hint(self, key: str, data: bytes) -> None:
-        """Store a small object (a marker), replacing any; durability follows the next put_new."""
+        """Store a small object (a marker), replacing any; durability follows the next durable put_new."""
         ...
 
     def get(self, key: str) -> bytes: ...

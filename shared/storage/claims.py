@@ -5,8 +5,14 @@ that differs between two sends), so duplicate detection cannot rely on ``put_new
 object is written, ingest writes a small claim ``.claims/<2 hex>/<SOPInstanceUID>`` with ``put_new`` whose content
 is the chosen key. ``put_new`` never overwrites, so the first claim wins, and every later send of that SOP
 Instance UID (another day, another PatientID, another process) reads the claim and writes to the claimed key, where
-``put_new`` answers IDENTICAL or CONFLICT as before. Everything lives in the object store (the source of truth):
-duplicates are detected with the index database down.
+``put_new`` answers IDENTICAL or CONFLICT as before. The claim is not flushed by itself: the object's durable
+``put_new`` flushes it with the object, before Success. A crash before that flush can leave a claim that is empty
+(its name on disk, not its content): the next send of the SOP Instance UID takes it over, as nothing was
+acknowledged under it. Where a file system may write the object's name before the claim's (ext4 does not: the
+object's fsync commits its journal, which holds the earlier claim), a crash can also leave the object without its
+claim: a later send then claims its own proposed key, the same key unless the layout puts the date, a timestamp or
+another PatientID in it; then the never-acknowledged first object stays beside the new one. Everything lives in the
+object store (the source of truth): duplicates are detected with the index database down.
 
 An object stored before claims existed sits under the legacy key ``StudyUID/SeriesUID/SOPInstanceUID.dcm``; when
 no claim exists that key is probed first and, if it holds an object, claimed (so old objects keep their place).
@@ -25,12 +31,16 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 
-from shared.storage.base import ObjectNotFound, ObjectStore, PutOutcome, StorageError, validate_key
+from shared.storage.base import InvalidKey, ObjectNotFound, ObjectStore, PutOutcome, StorageError, validate_key
 from shared.uids import require_uid
 
 CLAIMS_PREFIX = ".claims/"
 DELETING_PREFIX = ".deleting/"
 DELETING_MARK = "deleting:"
+
+
+class _UnreadableClaim(Exception):
+    """A claim whose content is not a key."""
 
 
 class InstanceBeingDeleted(StorageError):
@@ -65,17 +75,22 @@ class ClaimRegistry:
         self._store = store
 
     def read(self, sop_instance_uid: str) -> str | None:
-        """The claimed key (also while marked for deletion), or None."""
-        return self._read(sop_instance_uid)[0]
+        """The claimed key (also while marked for deletion), or None (also for an unreadable claim)."""
+        try:
+            return self._read(sop_instance_uid)[0]
+        except _UnreadableClaim:
+            return None
 
     def _read(self, sop_instance_uid: str) -> tuple[str | None, bool]:
         """(claimed key or None, whether the claim is marked for deletion)."""
         try:
             content = self._store.get(claim_key(sop_instance_uid)).decode("ascii")
+            deleting = content.startswith(DELETING_MARK)
+            return validate_key(content.removeprefix(DELETING_MARK)), deleting
         except ObjectNotFound:
             return None, False
-        deleting = content.startswith(DELETING_MARK)
-        return validate_key(content.removeprefix(DELETING_MARK)), deleting
+        except (UnicodeDecodeError, InvalidKey) as exc:
+            raise _UnreadableClaim() from exc
 
     def resolve(self, sop_instance_uid: str, proposed: str, legacy: str) -> Claim:
         """Bind the SOP Instance UID to ``proposed`` unless it is bound already (or held under ``legacy``)."""
@@ -84,12 +99,20 @@ class ClaimRegistry:
         else:
             fresh = True
         content = proposed.encode("ascii")
-        result = self._store.put_new(claim_key(sop_instance_uid), content, hashlib.sha256(content).hexdigest())
+        # Not flushed on its own: the durable put_new of the object that follows flushes it too (shared.storage).
+        result = self._store.put_new(claim_key(sop_instance_uid), content, hashlib.sha256(content).hexdigest(),
+                                     durable=False)
         if result.outcome is PutOutcome.CREATED:
             return Claim(proposed, fresh)
         if result.outcome is PutOutcome.IDENTICAL:
             return Claim(proposed, False)
-        claimed, deleting = self._read(sop_instance_uid)
+        try:
+            claimed, deleting = self._read(sop_instance_uid)
+        except _UnreadableClaim:
+            # Empty or torn: its name reached the disk, its content did not, so the send that wrote it was cut by a
+            # crash before its flush, i.e. before it was acknowledged. This send takes the claim over.
+            self._store.put_hint(claim_key(sop_instance_uid), content)
+            return Claim(proposed, False)
         if deleting:
             raise InstanceBeingDeleted("this SOP Instance UID is being deleted; send it again later")
         if claimed is None:  # removed in between (a deletion): take it again

@@ -1,4 +1,11 @@
-"""Object store in a local folder: write to a temporary file, fsync, link into place, fsync the folder."""
+"""Object store in a local folder: write to a temporary file, fsync it, link it into place, then one group flush.
+
+A durable ``put_new`` ends with the store's SyncBarrier (``syncfs``, shared by every thread storing at that
+moment): it makes the new name durable, and with it every write the store made before, i.e. the claim and the
+pending marker that ingest wrote without a flush of their own (``put_new(durable=False)``, ``put_hint``). The
+object's own data is fsync'd before it is linked, so a name never reaches the disk before its bytes: a crash
+can leave a claim or a marker without its object (both handled), never a torn object under its key.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +30,7 @@ from shared.storage.base import (
     chunks_of,
     validate_key,
 )
+from shared.storage.sync_barrier import SyncBarrier
 
 _TMP_PREFIX = ".tmp-"
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
@@ -50,11 +58,12 @@ def _sha256_of_file(path: Path) -> str:
 class FilesystemObjectStore:
     """Objects are files below ``root``; a key is a relative path of validated components."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, barrier: SyncBarrier | None = None) -> None:
         self.root = root
         self.description = root.as_uri()
         self._known_dirs: set[Path] = set()
         self._dirs_lock = threading.Lock()
+        self._barrier = barrier or SyncBarrier(root)
 
     def _path(self, key: str) -> Path:
         return self.root / validate_key(key)
@@ -111,19 +120,22 @@ class FilesystemObjectStore:
             self._ensure_dir(directory)
             return self._write_temp(directory, data, durable)
 
-    def put_new(self, key: str, data: ObjectData, sha256: str) -> PutResult:
+    def put_new(self, key: str, data: ObjectData, sha256: str, durable: bool = True) -> PutResult:
         path = self._path(key)
         temp: Path | None = None
         try:
-            temp = self._write_temp_in(path.parent, data, durable=True)
+            temp = self._write_temp_in(path.parent, data, durable=durable)
             try:
                 os.link(temp, path)  # atomic, and never replaces an existing object
+                existing = None
             except FileExistsError:
                 existing = _sha256_of_file(path)
-                outcome = PutOutcome.IDENTICAL if existing == sha256 else PutOutcome.CONFLICT
-                return PutResult(outcome, existing)
-            _fsync_dir(path.parent)
-            return PutResult(PutOutcome.CREATED, sha256)
+            if durable:
+                # Also when the key existed: another thread may have linked it and not yet flushed.
+                self._barrier.sync()
+            if existing is None:
+                return PutResult(PutOutcome.CREATED, sha256)
+            return PutResult(PutOutcome.IDENTICAL if existing == sha256 else PutOutcome.CONFLICT, existing)
         except OSError as exc:
             raise _storage_error(exc) from exc
         finally:

@@ -155,7 +155,8 @@ class S3ObjectStore:
             return str(recorded)
         return hashlib.sha256(self.get(key)).hexdigest()
 
-    def put_new(self, key: str, data: ObjectData, sha256: str) -> PutResult:
+    def put_new(self, key: str, data: ObjectData, sha256: str, durable: bool = True) -> PutResult:
+        """An acknowledged PUT is durable: ``durable`` changes nothing here."""
         validate_key(key)
         return self._with_bucket(lambda: self._put_new(key, data, sha256))
 

@@ -156,3 +156,18 @@ def test_a_deletion_that_was_not_decided_gives_the_claim_back(store: ObjectStore
     claims.unmark_deleting(image.SOPInstanceUID, key)
     assert node.send(image, DAY_TWO) == (IngestOutcome.IDENTICAL, key)
     assert claims.read(image.SOPInstanceUID) == key and claims.deletion_entries() == []
+
+
+def test_an_empty_claim_left_by_a_crash_is_taken_over_by_the_next_send(tmp_path: Path) -> None:
+    # The claim's name reached the disk, its content did not: the send that wrote it was never acknowledged.
+    store = FilesystemObjectStore(tmp_path / "objects")
+    node = Node(store)
+    image = make_image(patient_id="P1")
+    torn = tmp_path / "objects" / claim_key(image.SOPInstanceUID)
+    torn.parent.mkdir(parents=True)
+    torn.write_bytes(b"")
+    assert ClaimRegistry(store).read(image.SOPInstanceUID) is None
+    key = f"2026/11/26/{image.SOPInstanceUID}.dcm"
+    assert node.send(image, DAY_ONE) == (IngestOutcome.STORED, key)
+    assert ClaimRegistry(store).read(image.SOPInstanceUID) == key
+    assert node.send(image, DAY_TWO) == (IngestOutcome.IDENTICAL, key)

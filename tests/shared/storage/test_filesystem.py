@@ -177,3 +177,35 @@ def test_streamed_data_is_written_chunk_by_chunk_and_compared_like_bytes(store: 
     assert store.get(KEY) == whole
     assert store.put_new(KEY, streamed, sha(whole)).outcome is PutOutcome.IDENTICAL
     assert store.put_new(KEY, StreamedData(3, lambda: iter([b"abc"])), sha(b"abc")).outcome is PutOutcome.CONFLICT
+
+
+class RecordingBarrier:
+    """Stands in for the store's SyncBarrier: records which files existed under their names at each flush."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.flushes: list[set[str]] = []
+
+    def sync(self) -> None:
+        self.flushes.append({path.relative_to(self.root).as_posix() for path in all_files(self.root)
+                             if not path.name.startswith(".tmp-")})
+
+
+def test_a_durable_put_is_flushed_after_its_name_exists_and_flushes_the_writes_before_it(root: Path) -> None:
+    barrier = RecordingBarrier(root)
+    store = FilesystemObjectStore(root, barrier)  # type: ignore[arg-type]
+    store.put_new(".claims/ab/1.2.3.4.5", b"claim", sha(b"claim"), durable=False)
+    store.put_hint(".pending/1.2.3.4.5.json", b"{}")
+    assert barrier.flushes == []  # neither is flushed on its own
+    store.put_new(KEY, b"object", sha(b"object"))
+    assert barrier.flushes == [{".claims/ab/1.2.3.4.5", ".pending/1.2.3.4.5.json", KEY}]
+
+
+def test_a_durable_put_of_an_existing_key_waits_for_a_flush_too(root: Path) -> None:
+    # Another thread may have linked the object and not flushed it yet: Success must wait for a flush either way.
+    barrier = RecordingBarrier(root)
+    store = FilesystemObjectStore(root, barrier)  # type: ignore[arg-type]
+    store.put_new(KEY, b"object", sha(b"object"), durable=False)
+    assert store.put_new(KEY, b"object", sha(b"object")).outcome is PutOutcome.IDENTICAL
+    assert store.put_new(KEY, b"other", sha(b"other")).outcome is PutOutcome.CONFLICT
+    assert len(barrier.flushes) == 2
