@@ -72,6 +72,10 @@ class TcpProxy:
                 client.close()
                 continue
             with self._lock:
+                if self._listener is not listener:  # cut() ran while this connection was being set up
+                    client.close()
+                    upstream.close()
+                    return
                 self._connections += [client, upstream]
             for source, sink in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
@@ -98,10 +102,10 @@ class TcpProxy:
         self._flowing.set()
 
     def cut(self) -> None:
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
         with self._lock:
+            if self._listener is not None:
+                self._listener.close()
+                self._listener = None
             for sock in self._connections:
                 try:
                     sock.shutdown(socket.SHUT_RDWR)
