@@ -6,13 +6,10 @@ object is written, ingest writes a small claim ``.claims/<2 hex>/<SOPInstanceUID
 is the chosen key. ``put_new`` never overwrites, so the first claim wins, and every later send of that SOP
 Instance UID (another day, another PatientID, another process) reads the claim and writes to the claimed key, where
 ``put_new`` answers IDENTICAL or CONFLICT as before. The claim is not flushed by itself: the object's durable
-``put_new`` flushes it with the object, before Success. A crash before that flush can leave a claim that is empty
+``put_new`` flushes it before the object gets its name. A crash before that flush can leave a claim that is empty
 (its name on disk, not its content): the next send of the SOP Instance UID takes it over, as nothing was
-acknowledged under it. Where a file system may write the object's name before the claim's (ext4 does not: the
-object's fsync commits its journal, which holds the earlier claim), a crash can also leave the object without its
-claim: a later send then claims its own proposed key, the same key unless the layout puts the date, a timestamp or
-another PatientID in it; then the never-acknowledged first object stays beside the new one. Everything lives in the
-object store (the source of truth): duplicates are detected with the index database down.
+acknowledged under it. Everything lives in the object store (the source of truth): duplicates are detected with
+the index database down.
 
 An object stored before claims existed sits under the legacy key ``StudyUID/SeriesUID/SOPInstanceUID.dcm``; when
 no claim exists that key is probed first and, if it holds an object, claimed (so old objects keep their place).

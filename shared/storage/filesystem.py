@@ -1,10 +1,12 @@
-"""Object store in a local folder: write to a temporary file, fsync it, link it into place, then one group flush.
+"""Object store in a local folder: write a temporary file, flush, link it into place, flush.
 
-A durable ``put_new`` ends with the store's SyncBarrier (``syncfs``, shared by every thread storing at that
-moment): it makes the new name durable, and with it every write the store made before, i.e. the claim and the
-pending marker that ingest wrote without a flush of their own (``put_new(durable=False)``, ``put_hint``). The
-object's own data is fsync'd before it is linked, so a name never reaches the disk before its bytes: a crash
-can leave a claim or a marker without its object (both handled), never a torn object under its key.
+Durability comes only from the store's SyncBarrier (``syncfs``, one flush shared by every thread storing at that
+moment; see shared.storage.sync_barrier), never from an fsync per file or folder. A durable ``put_new`` flushes
+twice: after the temporary file is written, so a name never reaches the disk before its bytes (a crash cannot
+leave a torn object under its key), and after the link, so the name is durable on return. Each flush also makes
+durable every write the store made before it: the claim and the pending marker that ingest writes just before
+the object without a flush of their own (``put_new(durable=False)``, ``put_hint``) are durable before the object's
+name exists, and new folders are durable with their first object.
 """
 
 from __future__ import annotations
@@ -42,14 +44,6 @@ def _storage_error(exc: OSError) -> Exception:
     return StorageUnavailable(f"object store unavailable: {exc.strerror or exc.__class__.__name__}")
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _sha256_of_file(path: Path) -> str:
     with open(path, "rb") as stream:
         return size_and_sha256(read_chunks(stream))[1]
@@ -69,7 +63,7 @@ class FilesystemObjectStore:
         return self.root / validate_key(key)
 
     def _ensure_dir(self, directory: Path) -> None:
-        """Create ``directory`` (and parents) durably: a new folder's entry is fsync'd in its parent."""
+        """Create ``directory`` (and parents); they become durable with the next flush."""
         if directory in self._known_dirs:
             return
         missing: list[Path] = []
@@ -85,13 +79,12 @@ class FilesystemObjectStore:
             except FileExistsError:
                 if not folder.is_dir():
                     raise
-            _fsync_dir(folder.parent)
         with self._dirs_lock:
             if len(self._known_dirs) > 100_000:
                 self._known_dirs.clear()
             self._known_dirs.add(directory)
 
-    def _write_temp(self, directory: Path, data: ObjectData, durable: bool) -> Path:
+    def _write_temp(self, directory: Path, data: ObjectData) -> Path:
         temp = directory / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
@@ -100,8 +93,6 @@ class FilesystemObjectStore:
                 while view:
                     written = os.write(fd, view)
                     view = view[written:]
-            if durable:
-                os.fsync(fd)
         except BaseException:
             os.close(fd)
             temp.unlink(missing_ok=True)
@@ -109,29 +100,34 @@ class FilesystemObjectStore:
         os.close(fd)
         return temp
 
-    def _write_temp_in(self, directory: Path, data: ObjectData, durable: bool) -> Path:
+    def _write_temp_in(self, directory: Path, data: ObjectData) -> Path:
         try:
             self._ensure_dir(directory)
-            return self._write_temp(directory, data, durable)
+            return self._write_temp(directory, data)
         except FileNotFoundError:
             # The folder vanished since it was cached (e.g. a remount): create it again, once.
             with self._dirs_lock:
                 self._known_dirs.discard(directory)
             self._ensure_dir(directory)
-            return self._write_temp(directory, data, durable)
+            return self._write_temp(directory, data)
 
     def put_new(self, key: str, data: ObjectData, sha256: str, durable: bool = True) -> PutResult:
         path = self._path(key)
         temp: Path | None = None
         try:
-            temp = self._write_temp_in(path.parent, data, durable=durable)
-            try:
-                os.link(temp, path)  # atomic, and never replaces an existing object
-                existing = None
-            except FileExistsError:
+            existing: str | None = None
+            if path.exists():  # a re-send: nothing to write
                 existing = _sha256_of_file(path)
+            else:
+                temp = self._write_temp_in(path.parent, data)
+                if durable:
+                    self._barrier.sync()  # the bytes are on disk before their name can be
+                try:
+                    os.link(temp, path)  # atomic, and never replaces an existing object
+                except FileExistsError:
+                    existing = _sha256_of_file(path)
             if durable:
-                # Also when the key existed: another thread may have linked it and not yet flushed.
+                # Also when the key existed: another thread may have linked it and not flushed it yet.
                 self._barrier.sync()
             if existing is None:
                 return PutResult(PutOutcome.CREATED, sha256)
@@ -148,7 +144,7 @@ class FilesystemObjectStore:
     def put_hint(self, key: str, data: bytes) -> None:
         path = self._path(key)
         try:
-            temp = self._write_temp_in(path.parent, data, durable=False)
+            temp = self._write_temp_in(path.parent, data)
             os.replace(temp, path)
         except OSError as exc:
             raise _storage_error(exc) from exc

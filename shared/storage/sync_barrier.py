@@ -5,7 +5,8 @@ system rather than paying one each. A thread calls ``sync()`` after its writes; 
 started after the call began has completed, so everything the thread wrote before is durable. While one flush
 runs, the threads that arrive wait for the next one, which a single thread then runs for all of them.
 ``syncfs`` writes back every dirty page and commits the file system's journal (Linux; it reports writeback
-errors since 5.8); where it is missing, ``os.sync`` is used.
+errors since 5.8); where it is missing, ``os.sync`` is used. It flushes whatever else is dirty on that file system
+too, so the store's folder is best on a file system of its own when other programs write heavily beside it.
 """
 
 from __future__ import annotations

@@ -191,14 +191,16 @@ class RecordingBarrier:
                              if not path.name.startswith(".tmp-")})
 
 
-def test_a_durable_put_is_flushed_after_its_name_exists_and_flushes_the_writes_before_it(root: Path) -> None:
+def test_a_durable_put_flushes_before_its_name_exists_and_after(root: Path) -> None:
     barrier = RecordingBarrier(root)
     store = FilesystemObjectStore(root, barrier)  # type: ignore[arg-type]
     store.put_new(".claims/ab/1.2.3.4.5", b"claim", sha(b"claim"), durable=False)
     store.put_hint(".pending/1.2.3.4.5.json", b"{}")
     assert barrier.flushes == []  # neither is flushed on its own
     store.put_new(KEY, b"object", sha(b"object"))
-    assert barrier.flushes == [{".claims/ab/1.2.3.4.5", ".pending/1.2.3.4.5.json", KEY}]
+    # The first flush makes the earlier writes and the object's bytes durable before the object has its name.
+    assert barrier.flushes == [{".claims/ab/1.2.3.4.5", ".pending/1.2.3.4.5.json"},
+                               {".claims/ab/1.2.3.4.5", ".pending/1.2.3.4.5.json", KEY}]
 
 
 def test_a_durable_put_of_an_existing_key_waits_for_a_flush_too(root: Path) -> None:
