@@ -33,7 +33,7 @@ from pynetdicom import evt
 from pynetdicom.pdu_primitives import A_RELEASE
 
 from services.scp.access import AuditBuffer, printable_aet
-from shared.dicom.message_writer import StoredObjectSent
+from shared.dicom.message_writer import StoredObjectSent, StoreResponseSent
 from shared.dicom.spooled import SpooledDataset
 from shared.events import iso_utc, utc_now
 
@@ -212,11 +212,14 @@ class AssociationTrail:
         with self._lock:
             state.bytes_sent += size
             self.bytes_sent += size
-        if type(message).__name__ not in _RESPONSES:
+        if isinstance(message, StoreResponseSent):
+            status, message_id = message.response.status, message.response.message_id_being_responded_to
+        elif type(message).__name__ in _RESPONSES:
+            command = message.command_set
+            status = int(getattr(command, "Status", 0xC000))
+            message_id = int(getattr(command, "MessageIDBeingRespondedTo", -1))
+        else:
             return  # the C-STORE requests of C-GET sub-operations
-        command = message.command_set
-        status = int(getattr(command, "Status", 0xC000))
-        message_id = int(getattr(command, "MessageIDBeingRespondedTo", -1))
         with self._lock:
             operation = state.operations.get(message_id)
             if operation is None:

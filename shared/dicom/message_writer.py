@@ -26,8 +26,9 @@ from typing import Any, BinaryIO
 from pynetdicom import evt
 from pynetdicom._handlers import standard_dimse_sent_handler
 from pynetdicom.dimse import _RQ_TO_MESSAGE, _RSP_TO_MESSAGE
+from pynetdicom.dimse_primitives import C_STORE
 
-from shared.dicom.store_request import StoreRequest, encode_command
+from shared.dicom.store_request import StoreRequest, StoreResponse, encode_command, encode_response
 
 _PDU_AND_ITEM_HEADER = struct.Struct(">BBLLB")  # PDU type, reserved, PDU length, PDV item length, context ID
 _P_DATA_TF = 0x04
@@ -50,6 +51,27 @@ class StoredObjectSent:
 
     def __init__(self, data_set_size: int) -> None:
         self.data_set_size = data_set_size
+
+
+class StoreResponseSent:
+    """What EVT_DIMSE_SENT reports for a plain C-STORE response (encoded without a pydicom command set)."""
+
+    data_set = None
+
+    def __init__(self, response: StoreResponse) -> None:
+        self.response = response
+
+
+def _plain_store_response(primitive: Any) -> StoreResponse | None:
+    """The C-STORE response as its few values, if it carries nothing but a status (every Success does)."""
+    if primitive.__class__ is not C_STORE or primitive.MessageIDBeingRespondedTo is None:
+        return None
+    if primitive.Status != 0x0000 or primitive.ErrorComment is not None or primitive.OffendingElement is not None:
+        return None
+    if primitive.AffectedSOPClassUID is None or primitive.AffectedSOPInstanceUID is None:
+        return None
+    return StoreResponse(str(primitive.AffectedSOPClassUID), str(primitive.AffectedSOPInstanceUID),
+                         int(primitive.MessageIDBeingRespondedTo), 0x0000)
 
 
 def _fragment_size(association: Any) -> int:
@@ -96,6 +118,10 @@ class MessageWriter:
     def send_msg(self, primitive: Any, context_id: int) -> None:
         """pynetdicom's ``DIMSEServiceProvider.send_msg``, writing instead of queueing."""
         association = self._association
+        store_response = _plain_store_response(primitive)
+        if store_response is not None:
+            self._send_store_response(context_id, store_response)
+            return
         if primitive.MessageIDBeingRespondedTo is None:
             message = _RQ_TO_MESSAGE[primitive.__class__]()
         else:
@@ -120,6 +146,17 @@ class MessageWriter:
                     self._write(batch)
             except OSError:
                 association.abort()  # the connection failed or the peer stopped reading: the DUL reports it
+
+    def _send_store_response(self, context_id: int, response: StoreResponse) -> None:
+        association = self._association
+        evt.trigger(association, evt.EVT_DIMSE_SENT, {"message": StoreResponseSent(response)})
+        with self._lock:
+            if not association.is_established:
+                return
+            try:
+                self._write(self._command_pdus(context_id, encode_response(response)))
+            except OSError:
+                association.abort()
 
     def send_stored_object(self, context_id: int, request: StoreRequest, data_set: BinaryIO) -> int:
         """A C-STORE request whose data set is read from ``data_set`` up to its end, as stored. Returns its size.

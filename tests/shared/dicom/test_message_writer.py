@@ -16,9 +16,10 @@ import pytest
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE, evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification
 
-from shared.dicom.message_writer import AssociationGone, write_messages_directly, writer_of
+from shared.dicom.message_writer import AssociationGone, StoreResponseSent, write_messages_directly, writer_of
 from shared.dicom.part10 import encode_part10, skip_file_meta
 from shared.dicom.requestor import send_without_waiting_for_the_reactor
 from shared.dicom.store_request import StoreRequest
@@ -167,3 +168,45 @@ def test_tls_associations_keep_pynetdicoms_path() -> None:
         assert dimse.send_msg == "pynetdicom's"
     finally:
         raw.close()
+
+
+class RecordingPeerSocket:
+    """Stands in for the association's socket: keeps what the writer sends."""
+
+    def __init__(self) -> None:
+        self.sent = b""
+
+    def sendall(self, data: bytes) -> None:
+        self.sent += data
+
+
+def test_a_plain_store_response_is_written_as_pynetdicom_would_and_reported_sent(association: Any) -> None:
+    def response(status: int) -> C_STORE:
+        primitive = C_STORE()
+        primitive.MessageIDBeingRespondedTo = 5
+        primitive.AffectedSOPClassUID = CTImageStorage
+        primitive.AffectedSOPInstanceUID = "1.2.3.4.5"
+        primitive.Status = status
+        return primitive
+
+    reported: list[Any] = []
+    association.bind(evt.EVT_DIMSE_SENT, lambda event: reported.append(event.message))
+    writer = write_messages_directly(association)
+    assert writer is not None
+    wire = RecordingPeerSocket()
+    writer._socket = wire  # type: ignore[assignment]
+    writer.send_msg(response(0x0000), 1)  # the hand-encoded path
+    fast = wire.sent
+    assert isinstance(reported[-1], StoreResponseSent) and reported[-1].response.status == 0x0000
+
+    wire.sent = b""
+    warning = response(0x0000)
+    warning.ErrorComment = "kept"  # anything beyond the status goes through pynetdicom's encoding
+    writer.send_msg(warning, 1)
+    assert type(reported[-1]).__name__ == "C_STORE_RSP"
+
+    wire.sent = b""
+    pynetdicom_built = response(0xB000)
+    writer.send_msg(pynetdicom_built, 1)
+    # Same bytes but the status (the last two bytes before the SOP Instance UID element) as pynetdicom's encoding.
+    assert len(wire.sent) == len(fast) and wire.sent.replace(b"\x00\xb0", b"\x00\x00") == fast
