@@ -27,11 +27,14 @@ def _syncfs_of(folder: Path) -> Callable[[], None]:
     if syncfs is None:
         return os.sync
 
-    # One descriptor for the life of the store: syncfs reports a writeback error that happened after the
-    # descriptor was opened (once), so an error in the writeback of pages written before a flush is not missed.
+    # One descriptor while the folder stays on the same file system: syncfs reports a writeback error that happened
+    # after the descriptor was opened (once), so an error in the writeback of pages written before a flush is not
+    # missed. A folder now on another device (re-created on a new mount) gets a new descriptor.
     descriptor: list[int] = []
 
     def flush() -> None:
+        if descriptor and os.fstat(descriptor[0]).st_dev != os.stat(folder).st_dev:
+            os.close(descriptor.pop())
         if not descriptor:
             descriptor.append(os.open(folder, os.O_RDONLY | os.O_DIRECTORY))
         if syncfs(descriptor[0]) != 0:
