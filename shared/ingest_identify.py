@@ -7,6 +7,7 @@ Instance Number (0020,0013), which keeps the ingest path cheap.
 
 from __future__ import annotations
 
+import re
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from io import BytesIO
 from pydicom.filereader import read_dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, UID
 
+from shared.dicom import header_scan
 from shared.uids import InvalidUID, require_uid
 
 SOP_CLASS_UID = 0x00080016
@@ -24,6 +26,9 @@ SERIES_INSTANCE_UID = 0x0020000E
 PATIENT_ID = 0x00100020
 INSTANCE_NUMBER = 0x00200013
 _UID_TAGS = (SOP_CLASS_UID, SOP_INSTANCE_UID, STUDY_INSTANCE_UID, SERIES_INSTANCE_UID)
+_SCANNED_TAGS = frozenset((*_UID_TAGS, PATIENT_ID, INSTANCE_NUMBER))
+_PLAIN_INTEGER = re.compile(r"[+-]?[0-9]{1,12}")
+_LITTLE_ENDIAN_VR: dict[str, bool | None] = {}
 _INFLATE_STEPS = (1 << 20, 64 << 20)  # inflate a prefix first; a deflated header never needs more
 
 
@@ -93,11 +98,52 @@ def _inflated_headers(dataset: bytes) -> dict[int, object]:
     raise UnreadableDataset("deflated header larger than the node reads")
 
 
+def _scanned_headers(dataset: bytes, explicit_vr: bool) -> dict[int, object] | None:
+    """The values ``_read_header`` would give, read by shared.dicom.header_scan; None where only pydicom can tell
+    (anything not plain: non-ASCII or multi-valued values, a damaged data set)."""
+    try:
+        raw = header_scan.scan(dataset, explicit_vr, _SCANNED_TAGS, INSTANCE_NUMBER)
+    except header_scan.NotPlain:
+        return None
+    values: dict[int, object] = {}
+    for tag, value in raw.items():
+        if b"\\" in value or b"\x1b" in value or not value.isascii():
+            return None
+        text = value.decode("ascii")
+        if tag == INSTANCE_NUMBER:
+            text = text.strip("\x00 ")
+            if text and _PLAIN_INTEGER.fullmatch(text) is None:
+                return None
+            values[tag] = int(text) if text else ""
+        else:
+            values[tag] = text
+    return values
+
+
+def _little_endian_vr(transfer_syntax: UID) -> bool | None:
+    """True for Explicit VR, False for Implicit VR Little Endian; None for a syntax only pydicom reads here."""
+    known = _LITTLE_ENDIAN_VR.get(transfer_syntax)
+    if known is None and transfer_syntax not in _LITTLE_ENDIAN_VR:
+        try:
+            plain = (transfer_syntax.is_transfer_syntax and transfer_syntax.is_little_endian
+                     and not transfer_syntax.is_deflated)
+            known = (not transfer_syntax.is_implicit_VR) if plain else None
+        except ValueError:
+            known = None
+        if len(_LITTLE_ENDIAN_VR) < 1000:
+            _LITTLE_ENDIAN_VR[transfer_syntax] = known
+    return known
+
+
 def identify(dataset: bytes, transfer_syntax_uid: str) -> InstanceIdentity:
     """Return the identifying UIDs; raise UnreadableDataset or shared.uids.InvalidUID."""
     transfer_syntax = UID(transfer_syntax_uid)
+    explicit_vr = _little_endian_vr(transfer_syntax)
+    scanned = _scanned_headers(dataset, explicit_vr) if explicit_vr is not None else None
     try:
-        if transfer_syntax == DeflatedExplicitVRLittleEndian:
+        if scanned is not None:
+            values = scanned
+        elif transfer_syntax == DeflatedExplicitVRLittleEndian:
             values = _inflated_headers(dataset)
         else:
             values = _read_header(dataset, transfer_syntax)
@@ -107,6 +153,12 @@ def identify(dataset: bytes, transfer_syntax_uid: str) -> InstanceIdentity:
         raise
     except Exception as exc:  # pydicom raises many kinds on malformed input
         raise UnreadableDataset(f"dataset cannot be parsed ({exc.__class__.__name__})") from exc
+    return identity_of(values)
+
+
+def identity_of(values: dict[int, object]) -> InstanceIdentity:
+    """The identity from the values read (raw for the scan, converted by pydicom otherwise); InvalidUID if a
+    UID is missing or invalid."""
     return InstanceIdentity(
         sop_class_uid=require_uid(values.get(SOP_CLASS_UID), "SOP Class UID (0008,0016)"),
         sop_instance_uid=require_uid(values.get(SOP_INSTANCE_UID), "SOP Instance UID (0008,0018)"),
