@@ -317,7 +317,7 @@ class AccessPolicy:
         def guarded(event: Any) -> Any:
             if self.admits(event.assoc, service):
                 return handler(event)
-            return _refusal(service)
+            return refusal(service)
 
         guarded.__name__ = f"guarded_{service}"
         return guarded
@@ -329,14 +329,14 @@ class AccessPolicy:
             if self.admits(event.assoc, service):
                 yield from handler(event)
             else:
-                yield _refusal(service), None
+                yield refusal(service), None
 
         guarded.__name__ = f"guarded_{service}"
         return guarded
 
     def admits(self, assoc: Any, service: str) -> bool:
         """Whether the caller of ``assoc`` may use ``service`` now; a refusal is counted and audited (the caller
-        answers it: the guards with ``_refusal``, C-MOVE and C-GET with their own final response)."""
+        answers it: the guards with ``refusal``, C-MOVE and C-GET with their own final response)."""
         calling = printable_aet(assoc.requestor.ae_title)
         if self.permits(calling, service):
             return True
@@ -356,5 +356,6 @@ class AccessPolicy:
                 "audit_dropped": self.audit.dropped}
 
 
-def _refusal(service: str) -> Dataset:
+def refusal(service: str) -> Dataset:
+    """The answer to a request the caller may not make: 0x0124 with an Error Comment."""
     return failure(NOT_AUTHORIZED, f"{service} not allowed for this calling AE title")

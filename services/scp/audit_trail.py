@@ -33,6 +33,7 @@ from pynetdicom import evt
 from pynetdicom.pdu_primitives import A_RELEASE
 
 from services.scp.access import AuditBuffer, printable_aet
+from services.scp.direct_store import StoreRequestReceived
 from shared.dicom.message_writer import StoredObjectSent, StoreResponseSent
 from shared.dicom.spooled import SpooledDataset
 from shared.events import iso_utc, utc_now
@@ -192,16 +193,22 @@ class AssociationTrail:
     def on_dimse_received(self, event: Any) -> None:
         state = self._state_of(event.assoc)
         message = event.message
-        size = _data_set_bytes(message)
-        kind = _REQUESTS.get(type(message).__name__)
+        if isinstance(message, StoreRequestReceived):  # read by services.scp.direct_store
+            kind: str | None = "c_store"
+            size, message_id, sop_class = message.data_set_size, message.message_id, message.sop_class_uid
+        else:
+            size = _data_set_bytes(message)
+            kind = _REQUESTS.get(type(message).__name__)
+            if kind is not None:
+                command = message.command_set
+                sop_class = str(getattr(command, "AffectedSOPClassUID", "") or "")
+                message_id = int(command.MessageID)
         with self._lock:
             state.bytes_received += size
             self.bytes_received += size
             if kind is None:
                 return  # C-CANCEL, or the C-STORE responses of our own C-GET sub-operations
-            command = message.command_set
-            sop_class = str(getattr(command, "AffectedSOPClassUID", "") or "")
-            state.operations[int(command.MessageID)] = _Operation(kind, time.monotonic(), sop_class, size)
+            state.operations[message_id] = _Operation(kind, time.monotonic(), sop_class, size)
 
     def on_dimse_sent(self, event: Any) -> None:
         state: _Association | None = getattr(event.assoc, _ATTRIBUTE, None)

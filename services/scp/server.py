@@ -32,9 +32,10 @@ from pynetdicom.sop_class import (
 from pynetdicom.transport import ThreadedAssociationServer
 
 from services.scp import negotiation, statuses
-from services.scp.access import ASSOCIATION_CEILING, AccessPolicy, AuditBuffer
+from services.scp.access import ASSOCIATION_CEILING, AccessPolicy, AuditBuffer, refusal
 from services.scp.audit_trail import AssociationTrail
 from services.scp.commitment import CommitmentService
+from services.scp.direct_store import DirectStoreServices
 from services.scp.find import FindService
 from services.scp.get import GetService
 from services.scp.move import MoveService
@@ -217,6 +218,8 @@ class ScpServer:
         server.route_requests = self._route_requests  # type: ignore[attr-defined]
         server.pdu_limits = self._pdu_limits  # type: ignore[attr-defined]
         server.received_spool = self._received_spool  # type: ignore[attr-defined]
+        server.direct_store = DirectStoreServices(  # type: ignore[attr-defined]
+            self.store_service, self.access.admits, refusal, self._received_spool)
         self.ae._servers.append(server)
         threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name=name, daemon=True).start()
 

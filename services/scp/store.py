@@ -42,14 +42,23 @@ class StoreCounters:
     bytes_stored: int = 0
 
 
-def reception_of(event: Any) -> Reception:
-    requestor = event.assoc.requestor
+def reception_of(assoc: Any) -> Reception:
+    requestor = assoc.requestor
     return Reception(
         remote_aet=str(requestor.ae_title).strip(),
-        called_aet=str(event.assoc.acceptor.ae_title).strip(),
+        called_aet=str(assoc.acceptor.ae_title).strip(),
         remote_ip=str(requestor.address),
         received_at=utc_now(),
     )
+
+
+@dataclass(frozen=True)
+class StoreCommand:
+    """What the C-STORE request's command set says the data set is."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax: str  # of the presentation context it arrived on
 
 
 class FullAudit:
@@ -86,18 +95,24 @@ class StoreService:
         self.counters = StoreCounters()
 
     def handle(self, event: Any) -> int | Dataset:
-        """The EVT_C_STORE handler."""
-        received = event.request.DataSet
+        """The EVT_C_STORE handler, for requests that pynetdicom assembled (services.scp.direct_store takes the
+        plain ones off its path)."""
+        request = event.request
+        command = StoreCommand(str(request.AffectedSOPClassUID).rstrip("\x00 "),
+                               str(request.AffectedSOPInstanceUID).rstrip("\x00 "),
+                               str(event.context.transfer_syntax))
+        received = request.DataSet
         try:
             # A large data set stays in its spool file (services.scp.spooling); a small one is read into bytes.
             spilled = isinstance(received, SpooledDataset) and received.spilled
-            return self._handle(event, received if spilled else received.getvalue())
+            return self.store(event.assoc, command, received if spilled else received.getvalue())
         finally:
             received.close()  # a spool file is removed with it
 
-    def _handle(self, event: Any, dataset: bytes | SpooledDataset) -> int | Dataset:
-        request = event.request
-        transfer_syntax = str(event.context.transfer_syntax)
+    def store(self, assoc: Any, command: StoreCommand, dataset: bytes | SpooledDataset) -> int | Dataset:
+        """Store one received data set; the answer is the C-STORE response status (a Dataset when it carries an
+        Error Comment)."""
+        transfer_syntax = command.transfer_syntax
         try:
             identity = (identify(dataset, transfer_syntax) if isinstance(dataset, bytes)
                         else identify_head(dataset.head, dataset.size, transfer_syntax))
@@ -109,14 +124,14 @@ class StoreService:
             self.counters.failed += 1
             log.info("store.refused status=0x%04X reason=%s", statuses.INVALID_IDENTITY, exc)
             return statuses.failure(statuses.INVALID_IDENTITY, str(exc))
-        if (identity.sop_class_uid != str(request.AffectedSOPClassUID).rstrip("\x00 ")
-                or identity.sop_instance_uid != str(request.AffectedSOPInstanceUID).rstrip("\x00 ")):
+        if (identity.sop_class_uid != command.sop_class_uid
+                or identity.sop_instance_uid != command.sop_instance_uid):
             self.counters.failed += 1
             log.info("store.refused status=0x%04X reason=command_dataset_mismatch",
                      statuses.DATASET_DOES_NOT_MATCH_SOP_CLASS)
             return statuses.failure(statuses.DATASET_DOES_NOT_MATCH_SOP_CLASS,
                            "SOP Class/Instance UID of dataset and command differ")
-        reception = reception_of(event)
+        reception = reception_of(assoc)
         try:
             return self._store_instance(identity, transfer_syntax, dataset, reception)
         except StorageFull as exc:

@@ -120,7 +120,7 @@ class MessageWriter:
         association = self._association
         store_response = _plain_store_response(primitive)
         if store_response is not None:
-            self._send_store_response(context_id, store_response)
+            self.send_store_response(context_id, store_response)
             return
         if primitive.MessageIDBeingRespondedTo is None:
             message = _RQ_TO_MESSAGE[primitive.__class__]()
@@ -147,7 +147,8 @@ class MessageWriter:
             except OSError:
                 association.abort()  # the connection failed or the peer stopped reading: the DUL reports it
 
-    def _send_store_response(self, context_id: int, response: StoreResponse) -> None:
+    def send_store_response(self, context_id: int, response: StoreResponse) -> None:
+        """A C-STORE response carrying only its status, encoded without a pydicom command set."""
         association = self._association
         evt.trigger(association, evt.EVT_DIMSE_SENT, {"message": StoreResponseSent(response)})
         with self._lock:
