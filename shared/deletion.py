@@ -8,8 +8,9 @@ Success after the deletion was decided loses its instance):
    is marked for deletion (shared.storage.claims): from then on a send of that SOP Instance UID is refused
    (C-STORE 0xA701, STOW-RS 0xA701) rather than answered Success on an object about to go. If the transaction
    does not commit, the marks are taken back.
-2. Outside it: each object is removed from the store, then its claim and mark, then its ``pending_deletions`` row.
-   A send after that stores the instance anew.
+2. Outside it: the store is settled (no journal of a running or crashed process can bring a removed object back,
+   shared.storage.journal), then each object is removed, then its claim and mark, then its ``pending_deletions``
+   row. A send after that stores the instance anew.
 
 A crash (or an object store down) after step 1 leaves objects that nothing in the index names, each still listed in
 ``pending_deletions`` and still marked: the lifecycle loop of `pacs indexer` (services/indexer/lifecycle.py)
@@ -176,6 +177,8 @@ def remove_objects(store: ObjectStore, sessions: sessionmaker[Session],
     claims = ClaimRegistry(store)
     done: list[int] = []
     try:
+        if objects:
+            store.settle()  # no journal may bring an object back once it is removed
         for pk, sop_instance_uid, key in objects:
             store.delete(key)
             if claims.read(sop_instance_uid) in (key, None):

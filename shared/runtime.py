@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from dataclasses import dataclass
@@ -14,7 +15,9 @@ from shared.db.engine import create_index_engine, create_session_factory
 from shared.pending import PendingLedger
 from shared.queue import create_celery
 from shared.settings import Settings
-from shared.storage import ObjectStore, open_object_store
+from shared.storage import ObjectStore, StorageError, open_object_store
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -27,6 +30,7 @@ class Runtime:
     celery: Celery
 
     def close(self) -> None:
+        self.store.close()
         self.engine.dispose()
         self.celery.close()
 
@@ -34,6 +38,10 @@ class Runtime:
 def build_runtime(settings: Settings) -> Runtime:
     engine = create_index_engine(settings.resolved_database_url)
     store = open_object_store(settings)
+    try:
+        store.recover()  # what a process that ended uncleanly acknowledged, before this one serves anything
+    except StorageError as exc:
+        log.warning("runtime.recover_failed error=%s (retried by the store's journal)", exc.__class__.__name__)
     return Runtime(
         settings=settings,
         engine=engine,

@@ -97,8 +97,8 @@ class ObjectStore(Protocol):
 
     def put_new(self, key: str, data: ObjectData, sha256: str, durable: bool = True) -> PutResult:
         """Store ``data`` under ``key`` unless the key exists; never overwrite. Durable on return, and so is every
-        earlier write of this store; with ``durable=False`` only decided (the first writer wins) and made durable
-        by the next durable put_new."""
+        earlier write of this store in this process; with ``durable=False`` only decided (the first writer wins)
+        and made durable by the next durable put_new."""
         ...
 
     def put_hint(self, key: str, data: bytes) -> None:
@@ -123,4 +123,18 @@ class ObjectStore(Protocol):
 
     def ping(self) -> None:
         """Raise StorageUnavailable unless the store answers."""
+        ...
+
+    def recover(self) -> None:
+        """Bring back what processes that ended uncleanly acknowledged but the store had not settled (a local
+        store's journal); at the start of a service."""
+        ...
+
+    def settle(self) -> None:
+        """Before objects are removed: return once no earlier write of any process can be brought back by
+        ``recover`` (StorageUnavailable if that takes too long)."""
+        ...
+
+    def close(self) -> None:
+        """At the end of the process: settle this process's writes."""
         ...

@@ -6,9 +6,9 @@ object is written, ingest writes a small claim ``.claims/<2 hex>/<SOPInstanceUID
 is the chosen key. ``put_new`` never overwrites, so the first claim wins, and every later send of that SOP
 Instance UID (another day, another PatientID, another process) reads the claim and writes to the claimed key, where
 ``put_new`` answers IDENTICAL or CONFLICT as before. The claim is not flushed by itself: the object's durable
-``put_new`` flushes it before the object gets its name. A crash before that flush can leave a claim that is empty
-(its name on disk, not its content): the next send of the SOP Instance UID takes it over, as nothing was
-acknowledged under it. Everything lives in the object store (the source of truth): duplicates are detected with
+``put_new`` flushes it too (in a local folder, the journal flush that precedes the object's name). A crash before
+that flush can leave a claim that is empty (its name on disk, not its content): the next send of the SOP Instance
+UID takes it over, as nothing was acknowledged under it. Everything lives in the object store (the source of truth): duplicates are detected with
 the index database down.
 
 An object stored before claims existed sits under the legacy key ``StudyUID/SeriesUID/SOPInstanceUID.dcm``; when

@@ -1,16 +1,18 @@
-"""Object store in a local folder: write a temporary file, flush, link it into place, flush.
+"""Object store in a local folder: files named by their keys, made durable through a write-ahead journal.
 
-Durability comes only from the store's SyncBarrier (``syncfs``, one flush shared by every thread storing at that
-moment; see shared.storage.sync_barrier), never from an fsync per file or folder. A durable ``put_new`` flushes
-twice: after the temporary file is written, so a name never reaches the disk before its bytes (a crash cannot
-leave a torn object under its key), and after the link, so the name is durable on return. Each flush also makes
-durable every write the store made before it: the claim and the pending marker that ingest writes just before
-the object without a flush of their own (``put_new(durable=False)``, ``put_hint``) are durable before the object's
-name exists, and new folders are durable with their first object.
+Durability (shared.storage.journal): every new file — object, claim, pending marker — is written unnamed
+(``O_TMPFILE``), recorded in the process's journal, and only then linked under its key, without a flush of its
+own. A durable ``put_new`` flushes the journal (``fdatasync`` of one file, shared by every thread storing at that
+moment) before the object gets its name: after a crash, the journal holds every object acknowledged since the last
+checkpoint, with the claim and marker written before it, and ``recover`` brings them back (a file whose name
+reached the disk before its bytes is rewritten). The checkpointer makes the files themselves durable in bulk
+(``syncfs``, shared.storage.sync_barrier) and drops the segment.
 
-New files are written as unnamed files (``O_TMPFILE``) and given their name by ``linkat``: no temporary name to
-create and remove, and nothing left behind by a crash. Where the file system has no ``O_TMPFILE``, a named
-temporary file (``.tmp-…``, skipped by ``list``) is written and linked instead.
+Objects larger than JOURNALED_MAX_BYTES (and data sets streamed from a spool file) are not written twice: their
+bytes are flushed before their name exists and the name after (two ``syncfs``, shared by concurrent writers).
+
+Where the file system has no ``O_TMPFILE``, a named temporary file (``.tmp-…``, skipped by ``list``) is written
+and linked instead.
 """
 
 from __future__ import annotations
@@ -36,9 +38,11 @@ from shared.storage.base import (
     chunks_of,
     validate_key,
 )
+from shared.storage.journal import JOURNAL_FOLDER, PUT_HINT, PUT_NEW, SETTLE_SECONDS, Journal, Record
 from shared.storage.sync_barrier import SyncBarrier
 
 _TMP_PREFIX = ".tmp-"
+JOURNALED_MAX_BYTES = 4 << 20  # larger objects are flushed in place instead of written twice
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
@@ -130,6 +134,7 @@ class FilesystemObjectStore:
         self._known_dirs: set[str] = set()
         self._dirs_lock = threading.Lock()
         self._barrier = barrier or SyncBarrier(root)
+        self._journal = Journal(os.path.join(self._root, JOURNAL_FOLDER), self._barrier.sync, self._replay)
 
     def _path(self, key: str) -> str:
         return os.path.join(self._root, validate_key(key))
@@ -179,22 +184,22 @@ class FilesystemObjectStore:
 
     def put_new(self, key: str, data: ObjectData, sha256: str, durable: bool = True) -> PutResult:
         path = self._path(key)
+        journaled = isinstance(data, bytes) and len(data) <= JOURNALED_MAX_BYTES
         new: _NewFile | None = None
         try:
             existing: str | None = None
             if os.path.exists(path):  # a re-send: nothing to write
                 existing = _sha256_of_file(path)
+                if durable and not journaled:
+                    # Another thread may have linked it and not flushed it yet (a journaled object is durable
+                    # before its name exists).
+                    self._barrier.sync()
             else:
                 new = self._new_file_in(os.path.dirname(path), data)
-                if durable:
-                    self._barrier.sync()  # the bytes are on disk before their name can be
-                try:
-                    new.link(path)  # atomic, and never replaces an existing object
-                except FileExistsError:
-                    existing = _sha256_of_file(path)
-            if durable:
-                # Also when the key existed: another thread may have linked it and not flushed it yet.
-                self._barrier.sync()
+                if journaled:
+                    existing = self._link_journaled(PUT_NEW, key, data, new, path, durable)  # type: ignore[arg-type]
+                else:
+                    existing = self._link_flushed(new, path, durable)
             if existing is None:
                 return PutResult(PutOutcome.CREATED, sha256)
             return PutResult(PutOutcome.IDENTICAL if existing == sha256 else PutOutcome.CONFLICT, existing)
@@ -204,16 +209,82 @@ class FilesystemObjectStore:
             if new is not None:
                 new.close()
 
+    def _link_journaled(self, kind: int, key: str, data: bytes, new: _NewFile, path: str,
+                        durable: bool) -> str | None:
+        """Journal the write (and flush the journal if ``durable``), then name the file; the SHA-256 of what the
+        key held already, if it did."""
+        with self._journal.writing() as segment:
+            segment.append(kind, key, data)
+            if durable:
+                segment.barrier.sync()  # in the journal before the name exists
+            if kind == PUT_HINT:
+                new.replace(path)
+                return None
+            try:
+                new.link(path)  # atomic, and never replaces an existing object
+            except FileExistsError:
+                return _sha256_of_file(path)
+        return None
+
+    def _link_flushed(self, new: _NewFile, path: str, durable: bool) -> str | None:
+        """Name a file too large to journal: flushed before its name exists and after."""
+        if durable:
+            self._barrier.sync()
+        try:
+            new.link(path)
+        except FileExistsError:
+            return _sha256_of_file(path)
+        finally:
+            if durable:
+                self._barrier.sync()
+        return None
+
     def put_hint(self, key: str, data: bytes) -> None:
         path = self._path(key)
         try:
             new = self._new_file_in(os.path.dirname(path), data)
             try:
-                new.replace(path)
+                self._link_journaled(PUT_HINT, key, data, new, path, durable=False)
             finally:
                 new.close()
         except OSError as exc:
             raise _storage_error(exc) from exc
+
+    def _replay(self, record: Record) -> None:
+        """Bring a journaled write back (shared.storage.journal.recover); idempotent."""
+        path = self._path(record.key)
+        try:
+            with open(path, "rb") as stream:
+                held: bytes | None = stream.read()
+        except FileNotFoundError:
+            held = None
+        if held == record.data:
+            return
+        if held is not None and record.kind == PUT_NEW and not (
+                len(held) < len(record.data) and record.data.startswith(held)):
+            return  # another send of the key won: it keeps its object
+        new = self._new_file_in(os.path.dirname(path), record.data)
+        try:
+            new.replace(path)
+        finally:
+            new.close()
+
+    def recover(self) -> None:
+        try:
+            self._journal.recover()
+        except OSError as exc:
+            raise _storage_error(exc) from exc
+
+    def settle(self, timeout: float = SETTLE_SECONDS) -> None:
+        try:
+            settled = self._journal.settle(timeout)
+        except OSError as exc:
+            raise _storage_error(exc) from exc
+        if not settled:
+            raise StorageUnavailable("journal segments of a running process were not checkpointed in time")
+
+    def close(self) -> None:
+        self._journal.close()
 
     def get(self, key: str) -> bytes:
         with self.open(key) as stream:

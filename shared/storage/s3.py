@@ -252,3 +252,12 @@ class S3ObjectStore:
     def ping(self) -> None:
         self._bucket_ready = False
         self._ensure_bucket()
+
+    def recover(self) -> None:
+        """Nothing to bring back: a PUT acknowledged by S3 is durable."""
+
+    def settle(self) -> None:
+        """Nothing to wait for: no write is ever brought back after the fact."""
+
+    def close(self) -> None:
+        """No state of its own to settle."""

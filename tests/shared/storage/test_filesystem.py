@@ -58,6 +58,7 @@ def test_put_new_leaves_no_temporary_file(store: FilesystemObjectStore, root: Pa
     store.put_new(KEY, b"first", sha(b"first"))
     store.put_new(KEY, b"first", sha(b"first"))
     store.put_new(KEY, b"other", sha(b"other"))
+    store.close()  # the journal's last checkpoint
     assert all_files(root) == [root / KEY]
 
 
@@ -188,26 +189,31 @@ class RecordingBarrier:
 
     def sync(self) -> None:
         self.flushes.append({path.relative_to(self.root).as_posix() for path in all_files(self.root)
-                             if not path.name.startswith(".tmp-")})
+                             if not path.name.startswith(".tmp-") and ".journal" not in path.parts})
 
 
-def test_a_durable_put_flushes_before_its_name_exists_and_after(root: Path) -> None:
+def large(content: bytes) -> StreamedData:
+    """Data the store flushes in place rather than journals (a spooled data set)."""
+    return StreamedData(len(content), lambda: iter([content]))
+
+
+def test_a_large_durable_put_flushes_before_its_name_exists_and_after(root: Path) -> None:
     barrier = RecordingBarrier(root)
     store = FilesystemObjectStore(root, barrier)  # type: ignore[arg-type]
     store.put_new(".claims/ab/1.2.3.4.5", b"claim", sha(b"claim"), durable=False)
     store.put_hint(".pending/1.2.3.4.5.json", b"{}")
     assert barrier.flushes == []  # neither is flushed on its own
-    store.put_new(KEY, b"object", sha(b"object"))
+    store.put_new(KEY, large(b"object"), sha(b"object"))
     # The first flush makes the earlier writes and the object's bytes durable before the object has its name.
     assert barrier.flushes == [{".claims/ab/1.2.3.4.5", ".pending/1.2.3.4.5.json"},
                                {".claims/ab/1.2.3.4.5", ".pending/1.2.3.4.5.json", KEY}]
 
 
-def test_a_durable_put_of_an_existing_key_waits_for_a_flush_too(root: Path) -> None:
-    # Another thread may have linked the object and not flushed it yet: Success must wait for a flush either way.
+def test_a_large_durable_put_of_an_existing_key_waits_for_a_flush_too(root: Path) -> None:
+    # Another thread may have linked it and not flushed it yet: Success must wait for a flush either way.
     barrier = RecordingBarrier(root)
     store = FilesystemObjectStore(root, barrier)  # type: ignore[arg-type]
-    store.put_new(KEY, b"object", sha(b"object"), durable=False)
-    assert store.put_new(KEY, b"object", sha(b"object")).outcome is PutOutcome.IDENTICAL
-    assert store.put_new(KEY, b"other", sha(b"other")).outcome is PutOutcome.CONFLICT
+    store.put_new(KEY, large(b"object"), sha(b"object"), durable=False)
+    assert store.put_new(KEY, large(b"object"), sha(b"object")).outcome is PutOutcome.IDENTICAL
+    assert store.put_new(KEY, large(b"other"), sha(b"other")).outcome is PutOutcome.CONFLICT
     assert len(barrier.flushes) == 2

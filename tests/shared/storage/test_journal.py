@@ -1,0 +1,228 @@
+"""The local store's journal: a small write is journaled and flushed before its name exists; after a crash,
+``recover`` brings back what the files lost; checkpoints drop what the files hold durably."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from shared.storage.base import PutOutcome, StorageFull
+from shared.storage.filesystem import FilesystemObjectStore
+from shared.storage.journal import JOURNAL_FOLDER, PUT_HINT, PUT_NEW, encode_record, read_records
+
+KEY = "1.2.3/1.2.3.4/1.2.3.4.5.dcm"
+CLAIM = ".claims/ab/1.2.3.4.5"
+MARKER = ".pending/1.2.3.4.5.json"
+REPO = Path(__file__).resolve().parents[3]
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def segments(root: Path) -> list[Path]:
+    folder = root / JOURNAL_FOLDER
+    return sorted(folder.glob("*.wal")) if folder.is_dir() else []
+
+
+def named(root: Path) -> set[str]:
+    return {path.relative_to(root).as_posix() for path in root.rglob("*")
+            if path.is_file() and JOURNAL_FOLDER not in path.parts}
+
+
+class CountingFlush:
+    """The store-wide flush (syncfs) of a checkpoint, counted."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def sync(self) -> None:
+        self.count += 1
+
+
+def test_a_durable_put_is_in_the_flushed_journal_before_its_name_exists(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "objects"
+    store = FilesystemObjectStore(root, CountingFlush())  # type: ignore[arg-type]
+    at_each_journal_flush: list[tuple[set[str], list[str]]] = []
+    fdatasync = os.fdatasync
+
+    def recording_fdatasync(fd: int) -> None:
+        fdatasync(fd)
+        journaled = [record.key for path in segments(root) for record in read_records(str(path))]
+        at_each_journal_flush.append((named(root), journaled))
+
+    monkeypatch.setattr(os, "fdatasync", recording_fdatasync)
+    store.put_new(CLAIM, b"claim", sha(b"claim"), durable=False)
+    store.put_hint(MARKER, b"{}")
+    assert at_each_journal_flush == []  # neither is flushed on its own
+    store.put_new(KEY, b"object", sha(b"object"))
+    assert at_each_journal_flush == [({CLAIM, MARKER}, [CLAIM, MARKER, KEY])]  # journaled and flushed, not named
+    assert named(root) == {CLAIM, MARKER, KEY}
+
+
+def test_a_checkpoint_flushes_the_files_and_drops_the_segment(tmp_path: Path) -> None:
+    root = tmp_path / "objects"
+    flush = CountingFlush()
+    store = FilesystemObjectStore(root, flush)  # type: ignore[arg-type]
+    store.put_new(KEY, b"object", sha(b"object"))
+    assert len(segments(root)) == 1 and flush.count == 0
+    store.close()
+    assert segments(root) == [] and flush.count == 1
+    assert store.get(KEY) == b"object"
+
+
+def test_checkpoints_happen_by_themselves(tmp_path: Path) -> None:
+    root = tmp_path / "objects"
+    store = FilesystemObjectStore(root)
+    store._journal._checkpoint_seconds = 0.05  # type: ignore[attr-defined]
+    store.put_new(KEY, b"object", sha(b"object"))
+    deadline = time.monotonic() + 10
+    while segments(root) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert segments(root) == []
+
+
+WRITER = """
+import hashlib, os, sys
+from pathlib import Path
+from shared.storage.filesystem import FilesystemObjectStore
+store = FilesystemObjectStore(Path(sys.argv[1]))
+for number in range(5):
+    data = f"object {number} ".encode() * 100
+    store.put_new(f".claims/ab/1.2.{number}", f"1.2/{number}.dcm".encode(), "x", durable=False)
+    store.put_hint(f".pending/1.2.{number}.json", b"marker %d" % number)
+    store.put_new(f"1.2/{number}.dcm", data, hashlib.sha256(data).hexdigest())
+os._exit(0)  # no checkpoint: as if the process, or the machine, went down here
+"""
+
+
+def crashed_writer(root: Path) -> None:
+    subprocess.run([sys.executable, "-c", WRITER, str(root)], cwd=REPO, check=True, timeout=60,
+                   env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def test_recover_brings_back_what_a_crash_of_the_machine_took(tmp_path: Path) -> None:
+    root = tmp_path / "objects"
+    crashed_writer(root)
+    assert len(segments(root)) == 1
+    # What the page cache held and the disk did not: a name without its bytes, a name lost, an empty claim.
+    (root / "1.2/0.dcm").write_bytes(b"")
+    (root / "1.2/1.dcm").write_bytes((b"object 1 " * 100)[:4096])
+    (root / "1.2/2.dcm").unlink()
+    (root / ".claims/ab/1.2.3").write_bytes(b"")
+    (root / ".pending/1.2.4.json").unlink()
+    FilesystemObjectStore(root).recover()
+    for number in range(5):
+        assert (root / f"1.2/{number}.dcm").read_bytes() == f"object {number} ".encode() * 100
+        assert (root / f".claims/ab/1.2.{number}").read_bytes() == f"1.2/{number}.dcm".encode()
+        assert (root / f".pending/1.2.{number}.json").read_bytes() == b"marker %d" % number
+    assert segments(root) == []
+
+
+def test_recover_keeps_an_object_another_send_wrote_under_the_key(tmp_path: Path) -> None:
+    root = tmp_path / "objects"
+    crashed_writer(root)
+    (root / "1.2/0.dcm").write_bytes(b"the first send's object, complete")
+    FilesystemObjectStore(root).recover()
+    assert (root / "1.2/0.dcm").read_bytes() == b"the first send's object, complete"
+
+
+def test_a_live_process_segment_is_left_alone(tmp_path: Path) -> None:
+    root = tmp_path / "objects"
+    writer = FilesystemObjectStore(root)
+    writer.put_new(KEY, b"object", sha(b"object"))
+    (root / KEY).unlink()  # whatever happens to the files, the live process's checkpoint has the last word
+    FilesystemObjectStore(root).recover()
+    assert not (root / KEY).exists() and len(segments(root)) == 1
+
+
+def test_a_segment_is_read_up_to_its_first_damaged_record(tmp_path: Path) -> None:
+    path = tmp_path / "segment.wal"
+    records = [encode_record(PUT_NEW, f"key/{number}", b"data %d" % number) for number in range(3)]
+    raw = [b"".join(parts) for parts in records]
+    damaged = bytearray(raw[1])
+    damaged[-1] ^= 0xFF
+    path.write_bytes(raw[0] + bytes(damaged) + raw[2])
+    assert [record.key for record in read_records(str(path))] == ["key/0"]
+    path.write_bytes(raw[0] + raw[1][:-3])  # the tail of an unflushed append
+    assert [record.key for record in read_records(str(path))] == ["key/0"]
+
+
+def test_a_marker_record_replaces_whatever_the_file_holds(tmp_path: Path) -> None:
+    root = tmp_path / "objects"
+    folder = root / JOURNAL_FOLDER
+    folder.mkdir(parents=True)
+    (folder / "1-dead.wal").write_bytes(b"".join(encode_record(PUT_HINT, MARKER, b"new")))
+    (root / ".pending").mkdir()
+    (root / MARKER).write_bytes(b"torn")
+    FilesystemObjectStore(root).recover()
+    assert (root / MARKER).read_bytes() == b"new"
+
+
+def test_settle_waits_until_a_running_process_checkpointed(tmp_path: Path) -> None:
+    root = tmp_path / "objects"
+    writer = FilesystemObjectStore(root)
+    writer._journal._checkpoint_seconds = 0.3  # type: ignore[attr-defined]
+    writer.put_new(KEY, b"object", sha(b"object"))
+    started = time.monotonic()
+    FilesystemObjectStore(root).settle()
+    assert segments(root) == [] and time.monotonic() - started < 5
+
+
+def test_concurrent_durable_puts_share_journal_flushes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "objects"
+    store = FilesystemObjectStore(root)
+    flushes = []
+    fdatasync = os.fdatasync
+
+    def slow_fdatasync(fd: int) -> None:
+        flushes.append(fd)
+        time.sleep(0.01)
+        fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", slow_fdatasync)
+    threads = [threading.Thread(target=lambda n=n: [store.put_new(f"1.2/{n}/{i}.dcm", b"x%d" % i, sha(b"x%d" % i))
+                                                    for i in range(20)]) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(named(root)) == 80
+    assert len(flushes) < 80  # threads that arrive during a flush share the next one
+
+
+def test_a_journaled_write_of_an_existing_key_is_a_conflict_not_an_overwrite(tmp_path: Path) -> None:
+    store = FilesystemObjectStore(tmp_path / "objects")
+    store.put_new(KEY, b"first", sha(b"first"))
+    assert store.put_new(KEY, b"second", sha(b"second")).outcome is PutOutcome.CONFLICT
+    store.close()
+    assert store.get(KEY) == b"first"
+
+
+def test_a_write_cut_short_by_a_full_disk_leaves_the_later_records_readable(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    store = FilesystemObjectStore(tmp_path / "objects")
+    store.put_new("1.2/1.dcm", b"first", sha(b"first"))
+    write = os.write
+
+    def half_then_full(fd: int, data: bytes) -> int:
+        if not os.readlink(f"/proc/self/fd/{fd}").endswith(".wal"):
+            return write(fd, data)  # the object's own file
+        monkeypatch.setattr(os, "write", write)
+        write(fd, bytes(data[:len(data) // 2]))
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", half_then_full)
+    with pytest.raises(StorageFull):
+        store.put_new("1.2/2.dcm", b"second" * 100, sha(b"second" * 100))
+    store.put_new("1.2/3.dcm", b"third", sha(b"third"))
+    [segment] = segments(tmp_path / "objects")
+    assert [record.key for record in read_records(str(segment))] == ["1.2/1.dcm", "1.2/3.dcm"]
