@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from tests.factory import SampleFile, study_set, uncompressed_set
-from tests.node import PACS, REPO, Node, port_accepts, wait_until
+from tests.node import PACS, REPO, Node, Service, port_accepts, wait_until
 from tests.peers import dcmtk_env, dcmtk_tool, push_files
 
 
@@ -48,6 +48,15 @@ def acknowledged_in(log: Path) -> int:
     return log.read_text().count("Received Store Response (Success)")
 
 
+def wait_for_acknowledged(log: Path, timeout: float = 60) -> None:
+    """Wait until storescu has had a first instance acknowledged (a loaded machine may take a while)."""
+    wait_until(lambda: acknowledged_in(log) > 0, timeout, "a first Success response to storescu", interval=0.01)
+
+
+def wait_for_log(service: Service, text: str, timeout: float = 30) -> None:
+    wait_until(lambda: text in service.log(), timeout, repr(text), interval=0.01)
+
+
 def test_sigterm_during_a_push_keeps_every_acknowledged_instance(tmp_path: Path) -> None:
     node = Node(tmp_path)
     serve = node.service("serve")
@@ -56,7 +65,7 @@ def test_sigterm_during_a_push_keeps_every_acknowledged_instance(tmp_path: Path)
         node.wait_ready()
         log = tmp_path / "storescu.log"
         push = start_push(node, files, log)
-        time.sleep(0.3)
+        wait_for_acknowledged(log)  # the push is under way
         started = time.monotonic()
         assert serve.process is not None
         serve.process.send_signal(signal.SIGTERM)
@@ -145,10 +154,10 @@ def test_a_second_signal_stops_at_once_and_loses_nothing_acknowledged(tmp_path: 
         node.wait_ready()
         log = tmp_path / "storescu.log"
         push = start_push(node, files, log)
-        time.sleep(0.5)
+        wait_for_acknowledged(log)  # the push is under way
         assert serve.process is not None
         serve.process.send_signal(signal.SIGTERM)  # a clean stop would let the push finish...
-        time.sleep(0.3)
+        wait_for_log(serve, "scp shared.lifecycle lifecycle.stopping")  # ...once the scp has begun it
         started = time.monotonic()
         serve.process.send_signal(signal.SIGINT)  # ...the second signal does not wait for it
         serve.process.wait(timeout=10)

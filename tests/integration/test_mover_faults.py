@@ -23,7 +23,7 @@ from pynetdicom import AE, evt
 from tests.destinations import StoreScp
 from tests.factory import make_image
 from tests.integration.test_move import movescu, register
-from tests.node import Node, free_port
+from tests.node import Node, free_port, wait_until
 from tests.peers import StoreClient
 
 VISIBILITY_SECONDS = 2
@@ -109,8 +109,9 @@ def test_a_move_while_no_mover_runs_reports_failures_and_a_reissue_completes(
             keys = {"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": study}
             failed = movescu(node, destination.ae_title, keys)
             stalled = node.get(f"/api/jobs/{node.get('/api/jobs').json()['jobs'][0]['id']}").json()
-            node.service("mover")
-            time.sleep(5)  # the mover takes the stalled job's message: it must not send that job
+            mover = node.service("mover")
+            # The mover takes the stalled job's message and declines it: it must not send that job.
+            wait_until(lambda: "mover.job_not_claimed" in mover.log(), 30, "the mover to decline the stalled job")
             assert destination.received() == {}
             again = movescu(node, destination.ae_title, keys)
             received = destination.received()

@@ -19,9 +19,11 @@ class SlowFlush:
         self.seconds = seconds
         self.fail_on = fail_on or set()
         self.flushes: list[tuple[float, float]] = []
+        self.running = threading.Event()  # set once a first flush has begun
 
     def __call__(self) -> None:
         began = time.monotonic()
+        self.running.set()
         time.sleep(self.seconds)
         self.flushes.append((began, time.monotonic()))
         if len(self.flushes) in self.fail_on:
@@ -43,7 +45,7 @@ def test_one_caller_gets_one_flush_that_began_after_its_call() -> None:
 
 
 def test_callers_that_arrive_during_a_flush_share_the_next_one() -> None:
-    flush = SlowFlush(0.2)
+    flush = SlowFlush(1.0)  # long enough for eight threads to start on a loaded machine
     barrier = SyncBarrier(Path("."), flush)
     returned: dict[int, tuple[float, float]] = {}
 
@@ -54,7 +56,7 @@ def test_callers_that_arrive_during_a_flush_share_the_next_one() -> None:
 
     first = threading.Thread(target=call, args=(0,))
     first.start()
-    time.sleep(0.05)  # the first flush is running
+    assert flush.running.wait(5)  # the first flush is running
     others = [threading.Thread(target=call, args=(number,)) for number in range(1, 9)]
     for thread in others:
         thread.start()
