@@ -42,6 +42,22 @@ def port_accepts(port: int) -> bool:
         return False
 
 
+def port_listens(port: int) -> bool:
+    """Whether a socket listens on ``port`` (so that connections to it are accepted), read from the kernel's tables
+    without connecting: a connection closed before its A-ASSOCIATE-RQ keeps one of the SCP's association threads
+    waiting (up to 30 s), and a stop of the SCP waits a second for such connections."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: TCP_LISTEN
+                return True
+    return False
+
+
 def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
@@ -137,7 +153,7 @@ class Node:
 
     def wait_ready(self, timeout: float = 30) -> None:
         wait_until(lambda: httpx.get(f"{self.api}/healthz", timeout=2).status_code == 200, timeout, "API /healthz")
-        wait_until(lambda: port_accepts(self.dicom_port), timeout, "the DICOM port")
+        wait_until(lambda: port_listens(self.dicom_port), timeout, "the DICOM port")
 
     def get(self, path: str) -> httpx.Response:
         return httpx.get(f"{self.api}{path}", timeout=10)
