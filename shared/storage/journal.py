@@ -135,7 +135,9 @@ class Journal:
         self._replay = replay
         self._checkpoint_seconds = checkpoint_seconds
         self._checkpoint_bytes = checkpoint_bytes
-        self._state = threading.Condition()
+        self._state = threading.Condition()  # guards the segments; a checkpoint waits on it for writers to leave
+        self._due = threading.Event()  # wakes the checkpointer early (a full segment, the end of the process)
+        self._draining = 0  # checkpoints waiting for the writers of retired segments
         self._current: _Segment | None = None
         self._retired: list[_Segment] = []  # no longer appended to, not yet checkpointed
         self._thread: threading.Thread | None = None
@@ -157,8 +159,10 @@ class Journal:
                 segment.writers -= 1
                 if segment.broken and segment is self._current:
                     self._retire()
-                if segment.writers == 0 or segment.size >= self._checkpoint_bytes:
-                    self._state.notify_all()  # a checkpoint may wait for this one, or be due early
+                if self._draining and segment.writers == 0:
+                    self._state.notify_all()
+            if segment.size >= self._checkpoint_bytes:
+                self._due.set()
 
     def _segment(self) -> _Segment:
         if self._pid != os.getpid():  # a forked child: the parent's segments and thread are not ours
@@ -179,15 +183,10 @@ class Journal:
         except OSError as exc:
             log.error("journal.recover_failed error=%s", exc.__class__.__name__)
         while True:
-            with self._state:
-                deadline = time.monotonic() + self._checkpoint_seconds
-                while not self._stopping and (self._current is None or self._current.size < self._checkpoint_bytes):
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    self._state.wait(remaining)
-                if self._stopping:
-                    return
+            self._due.wait(self._checkpoint_seconds)
+            self._due.clear()
+            if self._stopping:
+                return
             try:
                 self.checkpoint()
             except OSError as exc:
@@ -207,8 +206,10 @@ class Journal:
             if self._current is not None and self._current.size > 0:
                 self._retire()
             segments, self._retired = self._retired, []
+            self._draining += 1
             while any(segment.writers for segment in segments):
                 self._state.wait()
+            self._draining -= 1
         if not segments:
             return
         try:
@@ -223,9 +224,8 @@ class Journal:
 
     def close(self) -> None:
         """At the end of the process: a last checkpoint (an unclean end leaves the segment to ``recover``)."""
-        with self._state:
-            self._stopping = True
-            self._state.notify_all()
+        self._stopping = True
+        self._due.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=10)
         try:
