@@ -3,7 +3,10 @@
 TCP_NODELAY is set on every accepted socket, and TCP_QUICKACK (which Linux clears after use) before every
 receive, so a client that writes a C-STORE in several small pieces gets its ACKs at once (PERFORMANCE.md).
 Receives are chunked so that a hostile PDU length never allocates more than is actually received, and each PDU
-passes the bounds of services.scp.pdu_guard (length, time to arrive).
+passes the bounds of services.scp.pdu_guard (length, time to arrive). A short read asks the kernel for up to
+READ_AHEAD bytes and keeps what follows the PDU for the next one: a small C-STORE (command and data set PDUs sent
+back to back) costs one receive instead of four, and the socket's timeout is changed only for the rare PDU whose
+time to arrive runs out before the idle timeout would.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from shared.dicom.message_writer import write_messages_directly
 from shared.dicom.tcp import quickack
 
 _RECV_CHUNK = 1 << 20
+READ_AHEAD = 1 << 16
+_DEADLINE_SLACK_SECONDS = 1.0  # a PDU may take this much longer than its limit before its timeout is narrowed
 
 
 class LowLatencyAssociationSocket(AssociationSocket):
@@ -32,6 +37,12 @@ class LowLatencyAssociationSocket(AssociationSocket):
 
     pdu_limits = PduLimits(max_p_data_length=0, pdu_seconds=60.0)  # replaced per listener
     _reading_body = False
+    _read_ahead = b""  # received beyond the PDU asked for
+
+    @property
+    def buffered(self) -> int:
+        """Bytes already received and not yet read (shared.dicom.event_driven must not wait for the socket)."""
+        return len(self._read_ahead)
 
     @property
     def ready(self) -> bool:
@@ -40,6 +51,8 @@ class LowLatencyAssociationSocket(AssociationSocket):
         sock = self.socket
         if sock is None or self._is_connected is False:
             return False
+        if self._read_ahead:
+            return True
         if isinstance(sock, ssl.SSLSocket) and sock.pending():
             return True  # decrypted bytes buffered in the TLS layer, invisible to poll()
         try:
@@ -61,23 +74,31 @@ class LowLatencyAssociationSocket(AssociationSocket):
         self._reading_body = check_header(bytes(header), self.pdu_limits, sock)
         return header
 
-    @staticmethod
-    def _receive(sock: socket.socket, nr_bytes: int, deadline: float) -> bytearray:
-        received = bytearray()
+    def _receive(self, sock: socket.socket, nr_bytes: int, deadline: float) -> bytearray:
+        received = bytearray(self._read_ahead[:nr_bytes])
+        self._read_ahead = self._read_ahead[nr_bytes:]
         idle_timeout = sock.gettimeout()
+        narrowed = False
         try:
             while len(received) < nr_bytes:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise TimeoutError("a PDU took longer to arrive than the node waits")
-                sock.settimeout(remaining if idle_timeout is None else min(idle_timeout, remaining))
+                if idle_timeout is None or remaining < idle_timeout - _DEADLINE_SLACK_SECONDS:
+                    sock.settimeout(remaining if idle_timeout is None else min(idle_timeout, remaining))
+                    narrowed = True
                 quickack(sock)
-                chunk = sock.recv(min(nr_bytes - len(received), _RECV_CHUNK))
+                missing = nr_bytes - len(received)
+                chunk = sock.recv(READ_AHEAD if missing < READ_AHEAD else min(missing, _RECV_CHUNK))
                 if not chunk:
                     break
+                if len(chunk) > missing:
+                    self._read_ahead = chunk[missing:]
+                    chunk = chunk[:missing]
                 received += chunk
         finally:
-            sock.settimeout(idle_timeout)
+            if narrowed:
+                sock.settimeout(idle_timeout)
         return received
 
 

@@ -90,6 +90,8 @@ class _DulWakeup:
 
 def _dul_waiter(dul: Any, wakeup: _DulWakeup) -> Any:
     def wait() -> None:
+        if getattr(dul.socket, "buffered", 0):
+            return  # read ahead already: nothing to wait for
         sock = getattr(dul.socket, "socket", None)
         # poll, not select: select refuses descriptors above 1023, which a busy listener reaches (and each refusal
         # would turn this wait into a busy loop).

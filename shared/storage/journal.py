@@ -32,6 +32,7 @@ import struct
 import threading
 import time
 import uuid
+import weakref
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -142,7 +143,8 @@ class Journal:
         self._retired: list[_Segment] = []  # no longer appended to, not yet checkpointed
         self._thread: threading.Thread | None = None
         self._stopping = False
-        self._pid = os.getpid()
+        journal = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _forget_parent(journal()))
 
     # ---- writing ----------------------------------------------------------------------------------------------
 
@@ -164,9 +166,12 @@ class Journal:
             if segment.size >= self._checkpoint_bytes:
                 self._due.set()
 
+    def forget_parent(self) -> None:
+        """In a forked child: the parent's segments, locks and thread are not ours."""
+        self._state = threading.Condition()
+        self._current, self._retired, self._thread, self._draining = None, [], None, 0
+
     def _segment(self) -> _Segment:
-        if self._pid != os.getpid():  # a forked child: the parent's segments and thread are not ours
-            self._current, self._thread, self._pid = None, None, os.getpid()
         if self._current is None:
             os.makedirs(self._folder, exist_ok=True)
             self._current = _Segment(self._folder)
@@ -253,6 +258,11 @@ class Journal:
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.05)
+
+
+def _forget_parent(journal: Journal | None) -> None:
+    if journal is not None:
+        journal.forget_parent()
 
 
 def _segments(folder: str) -> list[str]:
