@@ -6,6 +6,7 @@ import copy
 import os
 import resource
 import socket
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -59,3 +60,41 @@ def test_associations_share_the_servers_contexts_instead_of_deep_copying_them() 
     assert copied == list(contexts) and all(a is b for a, b in zip(copied, contexts))
     copied.append(build_context(MRImageStorage))
     assert len(contexts) == 2  # the list is the association's own; the contexts are read, never written
+
+
+def reader(sock: socket.socket) -> LowLatencyAssociationSocket:
+    connection = wrapped(sock)
+    sock.settimeout(10)
+    return connection
+
+
+def test_pdus_sent_back_to_back_are_read_one_after_the_other_from_one_receive() -> None:
+    ours, peer = socket.socketpair()
+    try:
+        connection = reader(ours)
+        first, second = b"\x04\x00\x00\x00\x00\x03abc", b"\x04\x00\x00\x00\x00\x02de"
+        peer.sendall(first + second)
+        assert connection.recv(6) == first[:6] and connection.recv(3) == b"abc"
+        assert connection.buffered == len(second)  # already received: no wait on the socket for it
+        assert connection.ready is True
+        assert connection.recv(6) == second[:6] and connection.recv(2) == b"de"
+        assert connection.buffered == 0 and connection.ready is False
+    finally:
+        ours.close()
+        peer.close()
+
+
+def test_a_pdu_arriving_in_pieces_is_read_whole() -> None:
+    ours, peer = socket.socketpair()
+    try:
+        connection = reader(ours)
+        body = os.urandom(300_000)
+        peer.sendall(b"\x04\x00" + len(body).to_bytes(4, "big") + body[:1000])
+        assert connection.recv(6)[2:] == len(body).to_bytes(4, "big")
+        sender = threading.Thread(target=peer.sendall, args=(body[1000:],))
+        sender.start()
+        assert connection.recv(len(body)) == body
+        sender.join()
+    finally:
+        ours.close()
+        peer.close()
