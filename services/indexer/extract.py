@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from dataclasses import dataclass
-from io import BytesIO
 from typing import Any, BinaryIO
 
-import pydicom
-from pydicom.dataset import Dataset
-
+from services.indexer.lean_errors import LeftToPydicom
+from services.indexer.lean_record import read_lean
+from services.indexer.pydicom_record import read_with_pydicom
 from shared.dicom.names import accent_free, folded
 from shared.digest import read_chunks, size_and_sha256
-from shared.uids import require_uid
 
-BULK_DATA_THRESHOLD = 1024  # binary values larger than this are left out of the stored attributes
+log = logging.getLogger(__name__)
+
+HEAD_BYTES = 1 << 20  # of a stored object, kept while it is hashed: enough for the data set before its pixel data
 NO_PATIENT_ID_PREFIX = "~no-id~"  # longer than any legal PatientID once a UID follows: never collides
 
 
@@ -52,83 +54,50 @@ class IndexRecord:
     attributes: dict[str, Any]
 
 
-def _text(dataset: Dataset, keyword: str, limit: int) -> str:
-    value = dataset.get(keyword)
-    if value is None:
-        return ""
-    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
-        value = "\\".join(str(item) for item in value)
-    return str(value).strip()[:limit]
-
-
-def _integer(dataset: Dataset, keyword: str) -> int | None:
-    value = dataset.get(keyword)
-    try:
-        number = int(float(str(value))) if value not in (None, "") else None
-    except (TypeError, ValueError):
-        return None
-    return number if number is None or -(2**31) <= number < 2**31 else None
-
-
-def _leave_out_bulk(_element: Any) -> str:
-    return ""
-
-
-def _size_and_sha256(part10: bytes | BinaryIO) -> tuple[int, str]:
+def _read(part10: bytes | BinaryIO) -> tuple[int, str, bytes, bool]:
+    """(size, SHA-256, the first bytes, whether they are the whole object), reading a stream once."""
     if isinstance(part10, bytes):
-        return size_and_sha256([part10])
+        size, sha256 = size_and_sha256([part10])
+        return size, sha256, part10, True
     part10.seek(0)
-    measured = size_and_sha256(read_chunks(part10))
-    part10.seek(0)
-    return measured
+    head = part10.read(HEAD_BYTES)
+    digest, size, complete = hashlib.sha256(head), len(head), True
+    for chunk in read_chunks(part10):
+        digest.update(chunk)
+        size += len(chunk)
+        complete = False
+    return size, digest.hexdigest(), head, complete
+
+
+def _read_with_pydicom(part10: bytes | BinaryIO) -> tuple[dict[str, Any], dict[str, Any]]:
+    if not isinstance(part10, bytes):
+        part10.seek(0)
+    try:
+        return read_with_pydicom(part10)
+    except (Exception, RecursionError) as exc:  # pydicom raises many kinds on malformed input
+        raise UnindexableObject(f"cannot parse the stored object ({exc.__class__.__name__})") from exc
 
 
 def extract(part10: bytes | BinaryIO) -> IndexRecord:
-    """The index record of a stored object: its bytes, or a seekable file (hashed a chunk at a time, parsed up to
-    the pixel data, so a large object is never held whole)."""
-    size, sha256 = _size_and_sha256(part10)
+    """The index record of a stored object: its bytes, or a seekable file (read once, hashed a chunk at a time;
+    only its first HEAD_BYTES are kept, so a large object is never held whole). The lean reader reads the record
+    when those bytes hold everything before the pixel data; pydicom reads whatever it leaves."""
+    size, sha256, head, complete = _read(part10)
     try:
-        dataset = pydicom.dcmread(BytesIO(part10) if isinstance(part10, bytes) else part10, stop_before_pixels=True)
-        attributes = dataset.to_json_dict(
-            bulk_data_threshold=BULK_DATA_THRESHOLD,
-            bulk_data_element_handler=_leave_out_bulk,
-            suppress_invalid_tags=True,
-        )
-        patient_name = _text(dataset, "PatientName", 10_000)
-        record_fields = dict(
-            patient_id=_text(dataset, "PatientID", 64),
-            patient_name=patient_name,
-            patient_name_folded=folded(patient_name),
-            patient_name_search=accent_free(patient_name),
-            patient_birth_date=_text(dataset, "PatientBirthDate", 8),
-            patient_sex=_text(dataset, "PatientSex", 16),
-            study_instance_uid=require_uid(dataset.get("StudyInstanceUID"), "Study Instance UID"),
-            study_date=_text(dataset, "StudyDate", 8),
-            study_time=_text(dataset, "StudyTime", 16),
-            accession_number=_text(dataset, "AccessionNumber", 64),
-            study_id=_text(dataset, "StudyID", 16),
-            study_description=_text(dataset, "StudyDescription", 10_000),
-            referring_physician_name=_text(dataset, "ReferringPhysicianName", 10_000),
-            series_instance_uid=require_uid(dataset.get("SeriesInstanceUID"), "Series Instance UID"),
-            modality=_text(dataset, "Modality", 16),
-            series_number=_integer(dataset, "SeriesNumber"),
-            series_description=_text(dataset, "SeriesDescription", 10_000),
-            body_part_examined=_text(dataset, "BodyPartExamined", 64),
-            sop_instance_uid=require_uid(dataset.get("SOPInstanceUID"), "SOP Instance UID"),
-            sop_class_uid=require_uid(dataset.get("SOPClassUID"), "SOP Class UID"),
-            instance_number=_integer(dataset, "InstanceNumber"),
-            transfer_syntax=require_uid(dataset.file_meta.get("TransferSyntaxUID"), "Transfer Syntax UID"),
-            specific_character_set=_text(dataset, "SpecificCharacterSet", 200),
-        )
-    except UnindexableObject:
-        raise
-    except (Exception, RecursionError) as exc:  # pydicom raises many kinds on malformed input
-        raise UnindexableObject(f"cannot parse the stored object ({exc.__class__.__name__})") from exc
-    patient_key = record_fields["patient_id"] or NO_PATIENT_ID_PREFIX + str(record_fields["study_instance_uid"])
+        attributes, columns = read_lean(head, complete)
+    except LeftToPydicom as exc:
+        log.debug("index.read_by_pydicom reason=%s", exc)
+        attributes, columns = _read_with_pydicom(part10)
+    except Exception as exc:  # a malformed object: pydicom's reading decides what it is
+        log.debug("index.read_by_pydicom reason=%s", exc.__class__.__name__)
+        attributes, columns = _read_with_pydicom(part10)
+    patient_name = columns["patient_name"]
     return IndexRecord(
-        patient_key=patient_key,
+        patient_key=columns["patient_id"] or NO_PATIENT_ID_PREFIX + columns["study_instance_uid"],
+        patient_name_folded=folded(patient_name),
+        patient_name_search=accent_free(patient_name),
         size=size,
         sha256=sha256,
         attributes=attributes,
-        **record_fields,  # type: ignore[arg-type]
+        **columns,
     )

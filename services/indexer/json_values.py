@@ -1,0 +1,235 @@
+"""The DICOM JSON model (PS3.18 F.2) of one encoded value, exactly as pydicom gives it.
+
+The reference is ``Dataset.to_json_dict(bulk_data_threshold=1024, suppress_invalid_tags=True)`` with a bulk data
+handler that answers "" on a dataset read by ``dcmread``: values are read strictly (a value pydicom's strict reading
+refuses raises DropElement), text is decoded with the Specific Character Set by pydicom's own rules, numbers become
+JSON numbers, binary values up to 768 bytes are inline (base64) and larger ones are left out (an empty BulkDataURI).
+Sequences are the walker's (services/indexer/dicom_json.py); everything else of one element is here.
+"""
+
+from __future__ import annotations
+
+import base64
+import struct
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pydicom.charset import decode_bytes
+from pydicom.config import strict_reading
+from pydicom.tag import _LUT_DESCRIPTOR_TAGS
+from pydicom.valuerep import STR_VR_REGEXES, TEXT_VR_DELIMS
+
+from services.indexer.lean_errors import DropElement, LeftToPydicom
+
+BULK_DATA_THRESHOLD = 1024  # of the base64 text: binary values larger than this are left out of the attributes
+INLINE_BYTES_LIMIT = (BULK_DATA_THRESHOLD // 4) * 3  # pydicom compares the binary length with 3/4 of the threshold
+ESCAPE = 0x1B
+LUT_DESCRIPTORS = frozenset(_LUT_DESCRIPTOR_TAGS)  # first value read as US even when encoded SS
+IS_PATTERN = STR_VR_REGEXES["IS"]
+DS_PATTERN = STR_VR_REGEXES["DS"]
+UID_PATTERN = STR_VR_REGEXES["UI"]
+UID_MAX_LENGTH = 64
+MAX_TEXT_LENGTH = {"SH": 16, "LO": 64, "ST": 1024, "LT": 10240}  # checked by strict reading (UC, UT: none)
+IS_MAX_LENGTH = 12
+DS_MAX_LENGTH = 16
+PN_MAX_COMPONENTS = 3
+PN_MAX_COMPONENT_LENGTH = 64
+NUMBER_FORMATS = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "UV": "Q", "SV": "q", "FL": "f", "FD": "d"}
+NUMBER_SIZES = {vr: struct.calcsize("<" + code) for vr, code in NUMBER_FORMATS.items()}  # standard sizes
+BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+
+JsonElement = dict[str, Any]
+
+
+def decode_text(value: bytes, encodings: Sequence[str]) -> str:
+    """Text of a value in the data set's character sets, as strict reading decodes it (UnicodeError if it cannot)."""
+    if ESCAPE not in value:
+        return value.decode(encodings[0])
+    with strict_reading():  # ISO 2022 code extensions: pydicom's own decoder, which raises as strict reading does
+        return decode_bytes(value, encodings, TEXT_VR_DELIMS)
+
+
+def _decoded(value: bytes, encodings: Sequence[str]) -> str:
+    try:
+        return decode_text(value, encodings)
+    except Exception as exc:  # UnicodeError, LookupError, or whatever pydicom's ISO 2022 decoder raises
+        raise DropElement from exc
+
+
+def _strings(vr: str, items: list[str]) -> JsonElement:
+    """A single value is left out when empty (VM 0); every value of a multi-valued element is kept."""
+    if len(items) == 1:
+        return {"vr": vr, "Value": items} if items[0] else {"vr": vr}
+    return {"vr": vr, "Value": items}
+
+
+def _ascii_strings(vr: str, value: bytes, _encodings: Sequence[str], _little: bool, _tag: int) -> JsonElement:
+    """AS, CS, DA, DT, TM: Latin-1, trailing spaces and NULs removed, split at backslashes."""
+    items = value.decode("latin-1").rstrip(" \x00").split("\\")
+    return {"vr": vr, "Value": items} if len(items) > 1 or items[0] else {"vr": vr}
+
+
+def _uids(vr: str, value: bytes, _encodings: Sequence[str], _little: bool, _tag: int) -> JsonElement:
+    items = value.decode("latin-1").rstrip("\x00 ").rstrip(" \x00").split("\\")
+    for item in items:
+        if item and (len(item) > UID_MAX_LENGTH or not UID_PATTERN.match(item) or item[-1] == "\n"):
+            raise DropElement
+    return {"vr": vr, "Value": items} if len(items) > 1 or items[0] else {"vr": vr}
+
+
+def _application_entities(vr: str, value: bytes, _encodings: Sequence[str], _little: bool, _tag: int) -> JsonElement:
+    return _strings(vr, [item.strip() for item in value.decode("latin-1").split("\\")])
+
+
+def _uri(vr: str, value: bytes, _encodings: Sequence[str], _little: bool, _tag: int) -> JsonElement:
+    return _strings(vr, [value.decode("latin-1").rstrip()])
+
+
+def _texts(vr: str, value: bytes, encodings: Sequence[str], _little: bool, _tag: int) -> JsonElement:
+    """SH, LO, UC: decoded, split at backslashes, each value checked for its length, then its trailing spaces and
+    NULs removed."""
+    items = _decoded(value, encodings).split("\\")
+    limit = MAX_TEXT_LENGTH.get(vr)
+    if len(items) == 1:
+        text = items[0]
+        if limit is not None and len(text) > limit:
+            raise DropElement
+        text = text.rstrip("\x00 ")
+        return {"vr": vr, "Value": [text]} if text else {"vr": vr}
+    if limit is not None and any(len(item) > limit for item in items):
+        raise DropElement
+    return {"vr": vr, "Value": [item.rstrip("\x00 ") for item in items]}
+
+
+def _single_text(vr: str, value: bytes, encodings: Sequence[str], _little: bool, _tag: int) -> JsonElement:
+    """ST, LT, UT: one value, backslashes included."""
+    text = _decoded(value, encodings)
+    limit = MAX_TEXT_LENGTH.get(vr)
+    if limit is not None and len(text) > limit:
+        raise DropElement
+    return _strings(vr, [text.rstrip("\x00 ")])
+
+
+def name_components(name: str) -> list[str]:
+    """The alphabetic, ideographic and phonetic groups of one person name, trailing empty groups removed."""
+    components = name.split("=")
+    while components and not components[-1]:
+        components.pop()
+    return components
+
+
+def _person_name(components: list[str]) -> dict[str, str]:
+    name = {"Alphabetic": components[0]}
+    if len(components) > 1:
+        name["Ideographic"] = components[1]
+    if len(components) > 2:
+        name["Phonetic"] = components[2]
+    return name
+
+
+def _person_names(vr: str, value: bytes, encodings: Sequence[str], _little: bool, _tag: int) -> JsonElement:
+    names = _decoded(value.rstrip(b"\x00 "), encodings).split("\\")
+    for name in names:
+        groups = name.split("=")
+        if len(groups) > PN_MAX_COMPONENTS or any(len(group) > PN_MAX_COMPONENT_LENGTH for group in groups):
+            raise DropElement
+    if len(names) == 1:
+        components = name_components(names[0])
+        return {"vr": vr, "Value": [_person_name(components)]} if components else {"vr": vr}
+    values = []
+    for name in names:
+        components = name_components(name)
+        if not components:  # pydicom fails on an empty name among several
+            raise DropElement
+        values.append(_person_name(components))
+    return {"vr": vr, "Value": values}
+
+
+def _integer_strings(vr: str, value: bytes, _encodings: Sequence[str], _little: bool, _tag: int) -> JsonElement:
+    """Each value checked as strict reading checks it (with its spaces: at most 12 characters, digits and a sign),
+    then a 32-bit integer; an empty value among several is refused."""
+    items = value.decode("latin-1").rstrip(" \x00").split("\\")
+    if len(items) == 1 and not items[0].strip():
+        return {"vr": vr}
+    numbers = []
+    for item in items:
+        if len(item) > IS_MAX_LENGTH or not IS_PATTERN.match(item) or item[-1] == "\n":
+            raise DropElement
+        number = int(item)
+        if not -(2**31) <= number < 2**31:
+            raise DropElement
+        numbers.append(number)
+    return {"vr": vr, "Value": numbers}
+
+
+def _decimal_strings(vr: str, value: bytes, _encodings: Sequence[str], _little: bool, _tag: int) -> JsonElement:
+    """Each value (spaces around it removed) checked as strict reading checks it: at most 16 characters of a
+    decimal number; an empty value among several is refused."""
+    items = value.decode("latin-1").strip().rstrip(" \x00").split("\\")
+    if len(items) == 1 and not items[0].strip():
+        return {"vr": vr}
+    numbers = []
+    for item in items:
+        stripped = item.strip()
+        if not stripped or len(stripped) > DS_MAX_LENGTH or not DS_PATTERN.match(stripped):
+            raise DropElement
+        numbers.append(float(stripped))
+    return {"vr": vr, "Value": numbers}
+
+
+def numbers(vr: str, value: bytes, little: bool, signed_lut_fix: bool = False) -> JsonElement:
+    """US, SS, UL, SL, UV, SV, FL, FD; a length that is no multiple of the value size is refused."""
+    size = NUMBER_SIZES[vr]
+    if len(value) % size:
+        raise DropElement
+    unpacked = list(struct.unpack(f"{'<' if little else '>'}{len(value) // size}{NUMBER_FORMATS[vr]}", value))
+    if signed_lut_fix and len(unpacked) > 1 and unpacked[0] < 0:
+        unpacked[0] += 65536
+    return {"vr": vr, "Value": unpacked}
+
+
+def _numbers(vr: str, value: bytes, _encodings: Sequence[str], little: bool, tag: int) -> JsonElement:
+    return numbers(vr, value, little, tag in LUT_DESCRIPTORS)
+
+
+def _tags(vr: str, value: bytes, _encodings: Sequence[str], little: bool, _tag: int) -> JsonElement:
+    count = len(value) // 4
+    if len(value) != 4 and count == 1:  # pydicom keeps a one-item list here and cannot format it
+        raise DropElement
+    if count == 0:
+        return {"vr": vr}
+    pairs = struct.unpack(f"{'<' if little else '>'}{2 * count}H", value[:4 * count])
+    return {"vr": vr, "Value": [f"{pairs[i] << 16 | pairs[i + 1]:08X}" for i in range(0, len(pairs), 2)]}
+
+
+def _binary(vr: str, value: bytes, _encodings: Sequence[str], _little: bool, _tag: int) -> JsonElement:
+    if len(value) > INLINE_BYTES_LIMIT:
+        return {"vr": vr, "BulkDataURI": ""}
+    return {"vr": vr, "InlineBinary": base64.b64encode(value).decode()}
+
+
+Converter = Callable[[str, bytes, Sequence[str], bool, int], JsonElement]
+CONVERTERS: dict[str, Converter] = {
+    "AE": _application_entities,
+    "AS": _ascii_strings, "CS": _ascii_strings, "DA": _ascii_strings, "DT": _ascii_strings, "TM": _ascii_strings,
+    "UI": _uids,
+    "UR": _uri,
+    "SH": _texts, "LO": _texts, "UC": _texts,
+    "ST": _single_text, "LT": _single_text, "UT": _single_text,
+    "PN": _person_names,
+    "IS": _integer_strings,
+    "DS": _decimal_strings,
+    "AT": _tags,
+    **{vr: _numbers for vr in NUMBER_FORMATS},
+    **{vr: _binary for vr in BINARY_VRS},
+}
+
+
+def json_element(vr: str, value: bytes, encodings: Sequence[str], little: bool, tag: int) -> JsonElement:
+    """The JSON of a non-sequence element with a defined length (its VR one of CONVERTERS)."""
+    converter = CONVERTERS.get(vr)
+    if converter is None:
+        raise LeftToPydicom("a VR without a converter")
+    if not value:
+        return {"vr": vr}
+    return converter(vr, value, encodings, little, tag)
