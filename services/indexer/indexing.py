@@ -14,7 +14,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlch
 
 from services.indexer.extract import IndexRecord, UnindexableObject, extract
 from services.indexer.outbox import record_instance_events
-from services.indexer.upsert import BatchCache, audit, record_dead_letter, upsert_instance
+from services.indexer.upsert import audit, record_dead_letter, upsert_instances
 from shared.events import DuplicateReceived, InstanceStored, utc_now
 from shared.runtime import Runtime
 from shared.storage import ObjectNotFound, ObjectStore, StorageError, StorageUnavailable
@@ -78,15 +78,9 @@ def _is_transient(exc: SQLAlchemyError) -> bool:
 def _write(runtime: Runtime, loaded: list[tuple[InstanceStored, IndexRecord]],
            failed: list[tuple[InstanceStored, str]], result: BatchResult) -> None:
     with runtime.sessions.begin() as session:
-        cache = BatchCache()
-        new: list[tuple[InstanceStored, IndexRecord]] = []
-        for event, record in loaded:
-            if upsert_instance(session, event, record, cache):
-                result.indexed += 1
-                new.append((event, record))
-            else:
-                result.already_indexed += 1
-        cache.mark_updated(session, utc_now())
+        new = upsert_instances(session, loaded, utc_now())
+        result.indexed += len(new)
+        result.already_indexed += len(loaded) - len(new)
         record_instance_events(session, new)  # webhooks and auto-forward rules (outbox, same transaction)
         for event, reason in failed:
             record_dead_letter(session, event, reason)
