@@ -112,3 +112,14 @@ def embedded_node(tmp_path: Path) -> Iterator[Node]:
     node.service("serve")
     with node.running():
         yield node
+
+
+@pytest.fixture(scope="module")
+def module_node(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    """`pacs serve` on a fresh data directory, shared by the tests of one module (a start and a stop cost seconds).
+    Its tests run one after the other (pytest-xdist's --dist loadfile keeps a module on one worker); each works on
+    data of its own (new UIDs, its own patient IDs and modality names) and puts back any setting it changes."""
+    node = Node(tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1]))
+    node.service("serve")
+    with node.running():
+        yield node

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -40,11 +39,13 @@ def code_item(value: str, meaning: str) -> Dataset:
     return item
 
 
-@pytest.fixture
-def archive(embedded_node: Node, tmp_path: Path) -> Iterator[Node]:
-    registered = httpx.put(f"{embedded_node.api}/api/modalities/workstation", json={
+@pytest.fixture(scope="module")
+def archive(module_node: Node, tmp_path_factory: pytest.TempPathFactory) -> Node:
+    """A node holding two studies, which the tests that share it query and never change."""
+    registered = httpx.put(f"{module_node.api}/api/modalities/workstation", json={
         "ae_title": WORKSTATION, "host": "127.0.0.1", "port": 104, "allow": ["echo", "find"]}, timeout=10)
     assert registered.status_code in (200, 201), registered.text
+    folder = tmp_path_factory.mktemp("archive")
     study, other = generate_uid(), generate_uid()
     series = generate_uid()
     datasets = [make_image(CTImageStorage, study, series, patient_id="P-1", patient_name="Müller^Jürgen",
@@ -54,12 +55,12 @@ def archive(embedded_node: Node, tmp_path: Path) -> Iterator[Node]:
         dataset.ProcedureCodeSequence = [code_item("CTHEAD", "CT head"), code_item("CTNECK", "CT neck")]
     datasets.append(make_image(MRImageStorage, other, patient_id="P-2", patient_name="Doe^John"))
     datasets[-1].StudyDate = "20250301"
-    files = [SampleFile(save(ds, tmp_path / f"{ds.SOPInstanceUID}.dcm"), "1.2.840.10008.1.2.1", ds.SOPInstanceUID)
+    files = [SampleFile(save(ds, folder / f"{ds.SOPInstanceUID}.dcm"), "1.2.840.10008.1.2.1", ds.SOPInstanceUID)
              for ds in datasets]
-    push_files(embedded_node.dicom_port, files)
-    embedded_node.wait_indexed(4)
-    embedded_node.study_uid = study  # type: ignore[attr-defined]
-    yield embedded_node
+    push_files(module_node.dicom_port, files)
+    module_node.wait_indexed(4)
+    module_node.study_uid = study  # type: ignore[attr-defined]
+    return module_node
 
 
 def test_study_level_query_returns_the_requested_keys_and_computed_counts(archive: Node, tmp_path: Path) -> None:
@@ -127,8 +128,12 @@ def test_patient_names_ignore_accents_once_configured(archive: Node, tmp_path: P
     assert findscu(archive, tmp_path, keys)[1] == []
     changed = httpx.patch(f"{archive.api}/api/config", json={"patient_name_ignore_accents": True}, timeout=10)
     assert changed.status_code == 200, changed.text
-    wait_until(lambda: findscu(archive, tmp_path, keys)[1], 10, "accent-insensitive matching")
-    assert [study.PatientID for study in findscu(archive, tmp_path, keys)[1]] == ["P-1"]
+    try:
+        wait_until(lambda: findscu(archive, tmp_path, keys)[1], 10, "accent-insensitive matching")
+        assert [study.PatientID for study in findscu(archive, tmp_path, keys)[1]] == ["P-1"]
+    finally:  # the node is shared: put the setting back
+        httpx.patch(f"{archive.api}/api/config", json={"patient_name_ignore_accents": False}, timeout=10)
+    wait_until(lambda: findscu(archive, tmp_path, keys)[1] == [], 10, "accent-sensitive matching again")
 
 
 def test_c_cancel_ends_a_running_query_with_fe00(embedded_node: Node, tmp_path: Path) -> None:

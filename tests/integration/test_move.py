@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import sqlite3
 import subprocess
@@ -46,19 +47,36 @@ def destination(tmp_path: Path) -> Iterator[StoreScp]:
     receiver.stop()
 
 
+_archives = itertools.count(1)
+
+
+def push_and_index(node: Node, files: list[SampleFile]) -> None:
+    """Push new instances and wait until they are indexed, on top of what the module's node already holds."""
+    expected = node.status()["counts"]["instances"] + len(files)
+    push_files(node.dicom_port, files)
+    node.wait_indexed(expected)
+
+
 @pytest.fixture
-def archive(embedded_node: Node, tmp_path: Path, destination: StoreScp) -> Node:
-    register(embedded_node, "workstation", WORKSTATION, 104, ["echo", "find", "move"])
-    register(embedded_node, "destination", destination.ae_title, destination.port, ["store"])
+def archive(module_node: Node, tmp_path: Path, destination: StoreScp) -> Node:
+    """The module's node with a study of 12 instances of its own (own patient ID and accession number), and this
+    test's destination registered (replacing whatever an earlier test registered under that name)."""
+    number = next(_archives)
+    register(module_node, "workstation", WORKSTATION, 104, ["echo", "find", "move"])
+    register(module_node, "destination", destination.ae_title, destination.port, ["store"])
     study, series = generate_uid(), generate_uid()
-    datasets = [make_image(CTImageStorage, study, series, patient_id="P-MOVE", instance_number=n + 1)
+    patient_id, accession_number = f"P-MOVE-{number}", f"ACC-MOVE-{number}"
+    datasets = [make_image(CTImageStorage, study, series, patient_id=patient_id, instance_number=n + 1)
                 for n in range(12)]
+    for dataset in datasets:
+        dataset.AccessionNumber = accession_number
     files = [SampleFile(save(ds, tmp_path / f"{ds.SOPInstanceUID}.dcm"), "1.2.840.10008.1.2.1", ds.SOPInstanceUID)
              for ds in datasets]
-    push_files(embedded_node.dicom_port, files)
-    embedded_node.wait_indexed(12)
-    embedded_node.study_uid = study  # type: ignore[attr-defined]
-    return embedded_node
+    push_and_index(module_node, files)
+    module_node.study_uid = study  # type: ignore[attr-defined]
+    module_node.patient_id = patient_id  # type: ignore[attr-defined]
+    module_node.accession_number = accession_number  # type: ignore[attr-defined]
+    return module_node
 
 
 def test_a_study_moves_to_the_destination_byte_identical_and_as_the_nodes_ae_title(
@@ -126,9 +144,9 @@ def test_compressed_instances_are_transcoded_for_a_destination_that_accepts_only
     archive: Node, tmp_path: Path
 ) -> None:
     study, series = generate_uid(), generate_uid()
-    samples = [compressed_copy(sample, tmp_path, study, series, "P-MOVE") for sample in COMPRESSED_SAMPLES]
-    push_files(archive.dicom_port, samples)
-    archive.wait_indexed(12 + len(samples))
+    samples = [compressed_copy(sample, tmp_path, study, series, archive.patient_id)  # type: ignore[attr-defined]
+               for sample in COMPRESSED_SAMPLES]
+    push_and_index(archive, samples)
     plain = StoreScp(tmp_path, "PLAIN", accept_compressed=False)
     try:
         register(archive, "plain", "PLAIN", plain.port, ["store"])
@@ -153,8 +171,7 @@ def test_an_instance_that_cannot_be_transcoded_is_reported_failed_never_complete
     broken.PixelData = encapsulate([b"\xff\xd8 this is no JPEG \xff\xd9"])
     broken["PixelData"].VR = "OB"
     path = save(broken, tmp_path / "broken.dcm", JPEGBaseline8Bit)
-    push_files(archive.dicom_port, [SampleFile(path, JPEGBaseline8Bit, broken.SOPInstanceUID)])
-    archive.wait_indexed(13)
+    push_and_index(archive, [SampleFile(path, JPEGBaseline8Bit, broken.SOPInstanceUID)])
     plain = StoreScp(tmp_path, "PLAIN", accept_compressed=False)
     try:
         register(archive, "plain", "PLAIN", plain.port, ["store"])
@@ -164,19 +181,23 @@ def test_an_instance_that_cannot_be_transcoded_is_reported_failed_never_complete
         # 0xA702: every sub-operation failed (nothing is reported completed when nothing arrived)
         assert "Received Final Move Response (Refused: OutOfResourcesSubOperations)" in output, output
         assert list(plain.out.iterdir()) == []
-        with sqlite3.connect(archive.data_dir / "index.sqlite3") as connection:
-            job = connection.execute("SELECT state, total, completed, failed FROM jobs").fetchall()
-            failed = connection.execute("SELECT sop_instance_uid FROM job_items WHERE state = 'failed'").fetchall()
-        assert job == [("done", 1, 0, 1)] and failed == [(broken.SOPInstanceUID,)]
+        with sqlite3.connect(archive.data_dir / "index.sqlite3") as connection:  # this move's job: the latest
+            job_id, *job = connection.execute(
+                "SELECT id, state, total, completed, failed FROM jobs ORDER BY created_at DESC LIMIT 1").fetchone()
+            failed = connection.execute("SELECT sop_instance_uid FROM job_items WHERE job_id = ? AND state = 'failed'",
+                                        (job_id,)).fetchall()
+        assert job == ["done", 1, 0, 1] and failed == [(broken.SOPInstanceUID,)]
     finally:
         plain.stop()
 
 
 def test_a_move_by_patient_id_or_accession_number_at_study_level(archive: Node, destination: StoreScp) -> None:
-    by_patient = movescu(archive, destination.ae_title, {"QueryRetrieveLevel": "STUDY", "PatientID": "P-MOVE"})
+    by_patient = movescu(archive, destination.ae_title, {"QueryRetrieveLevel": "STUDY",
+                                                         "PatientID": archive.patient_id})  # type: ignore[attr-defined]
     assert "Received Final Move Response (Success)" in by_patient.stdout + by_patient.stderr
     assert len(destination.received()) == 12
-    by_accession = movescu(archive, destination.ae_title, {"QueryRetrieveLevel": "STUDY", "AccessionNumber": "ACC1"})
+    by_accession = movescu(archive, destination.ae_title, {
+        "QueryRetrieveLevel": "STUDY", "AccessionNumber": archive.accession_number})  # type: ignore[attr-defined]
     assert "Received Final Move Response (Success)" in by_accession.stdout + by_accession.stderr
 
 
