@@ -164,6 +164,16 @@ class Node:
         body: dict[str, Any] = response.json()
         return body
 
+    def settled_status(self, timeout: float = 60) -> dict[str, Any]:
+        """The status once everything acknowledged so far is indexed (or dead-lettered): a base that tests sharing
+        a node count their own instances from."""
+        def settled() -> dict[str, Any] | None:
+            body = self.status()
+            return body if body["queue"]["pending"] == 0 else None
+
+        result: dict[str, Any] = wait_until(settled, timeout, "nothing pending", interval=0.1)
+        return result
+
     def wait_indexed(self, instances: int, timeout: float = 60) -> dict[str, Any]:
         def done() -> dict[str, Any] | None:
             body = self.status()

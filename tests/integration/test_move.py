@@ -52,7 +52,7 @@ _archives = itertools.count(1)
 
 def push_and_index(node: Node, files: list[SampleFile]) -> None:
     """Push new instances and wait until they are indexed, on top of what the module's node already holds."""
-    expected = node.status()["counts"]["instances"] + len(files)
+    expected = node.settled_status()["counts"]["instances"] + len(files)
     push_files(node.dicom_port, files)
     node.wait_indexed(expected)
 
