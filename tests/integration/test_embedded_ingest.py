@@ -1,4 +1,6 @@
-"""A modality pushes to `pacs serve` on the embedded default; everything acknowledged is stored and indexed."""
+"""A modality pushes to `pacs serve` on the embedded default; everything acknowledged is stored and indexed.
+
+The tests share one node (module_node), each counting what it adds to it."""
 
 from __future__ import annotations
 
@@ -18,69 +20,72 @@ def stored_objects(node: Node) -> list[Path]:
     return [path for path in (node.data_dir / "objects").rglob("*.dcm")]
 
 
-def test_echoscu_gets_success(embedded_node: Node) -> None:
-    result = echoscu(embedded_node.dicom_port)
+def test_echoscu_gets_success(module_node: Node) -> None:
+    result = echoscu(module_node.dicom_port)
     assert result.returncode == 0, result.stderr
 
 
 def test_200_instances_of_several_classes_and_syntaxes_arrive_indexed_and_byte_identical(
-    embedded_node: Node, tmp_path: Path
+    module_node: Node, tmp_path: Path
 ) -> None:
     files = study_set(tmp_path / "study", 200)
     assert len({item.transfer_syntax for item in files}) >= 9
+    before = module_node.settled_status()
 
-    push_files(embedded_node.dicom_port, files)
+    push_files(module_node.dicom_port, files)
 
     sent = received_by_storescp(files, tmp_path)
-    status = embedded_node.wait_indexed(200)
-    assert status["counts"]["studies"] == 4
-    assert status["queue"]["dead_letter"] == 0
+    status = module_node.wait_indexed(before["counts"]["instances"] + 200)
+    assert status["counts"]["studies"] == before["counts"]["studies"] + 4
+    assert status["queue"]["dead_letter"] == before["queue"]["dead_letter"] == 0
     for item in files:
-        info = embedded_node.get(f"/api/instances/{item.sop_instance_uid}").json()
+        info = module_node.get(f"/api/instances/{item.sop_instance_uid}").json()
         assert info["transfer_syntax"] == item.transfer_syntax
         assert info["size"] == info["stored_size"]
         assert (info["remote_aet"], info["called_aet"], info["remote_ip"]) == ("STORESCU", "PACS", "127.0.0.1")
         assert info["received_at"].endswith("Z") and info["series_last_update"].endswith("Z")
-        stored = stored_object(embedded_node.data_dir, item.sop_instance_uid).read_bytes()
+        stored = stored_object(module_node.data_dir, item.sop_instance_uid).read_bytes()
         assert stored[:128] == b"\x00" * 128 and stored[128:132] == b"DICM"
         assert stored[dataset_start(stored):] == sent[item.sop_instance_uid], item.transfer_syntax
 
 
 def test_an_instance_larger_than_the_spool_limit_is_stored_from_disk_byte_identical(
-    embedded_node: Node, tmp_path: Path
+    module_node: Node, tmp_path: Path
 ) -> None:
     """The SCP spools a data set over SPOOL_ABOVE_BYTES to an anonymous file and streams it into the store."""
     image = make_image(rows=3072, columns=3072)  # 18 MiB of pixel data
     path = save(image, tmp_path / "large.dcm")
     assert path.stat().st_size > SPOOL_ABOVE_BYTES
+    held = module_node.settled_status()["counts"]["instances"]
     for _ in range(2):  # the second send is an identical re-send: Success, nothing new
-        assert storescu_answer(embedded_node.dicom_port, path) == "Success"
+        assert storescu_answer(module_node.dicom_port, path) == "Success"
 
-    status = embedded_node.wait_indexed(1)
-    assert status["counts"]["instances"] == 1 and status["queue"]["dead_letter"] == 0
-    info = embedded_node.get(f"/api/instances/{image.SOPInstanceUID}").json()
+    status = module_node.wait_indexed(held + 1)
+    assert status["counts"]["instances"] == held + 1 and status["queue"]["dead_letter"] == 0
+    info = module_node.get(f"/api/instances/{image.SOPInstanceUID}").json()
     assert info["size"] == info["stored_size"] > SPOOL_ABOVE_BYTES
-    stored = stored_object(embedded_node.data_dir, image.SOPInstanceUID)
+    stored = stored_object(module_node.data_dir, image.SOPInstanceUID)
     stored_bytes, sent_bytes = stored.read_bytes(), path.read_bytes()
     assert stored_bytes[dataset_start(stored_bytes):] == sent_bytes[dataset_start(sent_bytes):]
     assert dcmread(stored).PixelData == image.PixelData
-    assert [p for p in (embedded_node.data_dir / "spool").rglob("*") if p.is_file()] == []
+    assert [p for p in (module_node.data_dir / "spool").rglob("*") if p.is_file()] == []
 
 
-def test_resending_the_same_50_instances_changes_nothing(embedded_node: Node, tmp_path: Path) -> None:
+def test_resending_the_same_50_instances_changes_nothing(module_node: Node, tmp_path: Path) -> None:
     files = study_set(tmp_path / "study", 50)
-    push_files(embedded_node.dicom_port, files)
-    embedded_node.wait_indexed(50)
-    objects_before = {path: path.stat().st_mtime_ns for path in stored_objects(embedded_node)}
+    held = module_node.settled_status()["counts"]["instances"]
+    push_files(module_node.dicom_port, files)
+    module_node.wait_indexed(held + 50)
+    objects_before = {path: path.stat().st_mtime_ns for path in stored_objects(module_node)}
 
-    push_files(embedded_node.dicom_port, files)  # every C-STORE must answer Success again
+    push_files(module_node.dicom_port, files)  # every C-STORE must answer Success again
 
-    status = embedded_node.wait_indexed(50)
-    assert status["counts"]["instances"] == 50
-    assert {path: path.stat().st_mtime_ns for path in stored_objects(embedded_node)} == objects_before
+    status = module_node.wait_indexed(held + 50)
+    assert status["counts"]["instances"] == held + 50
+    assert {path: path.stat().st_mtime_ns for path in stored_objects(module_node)} == objects_before
 
 
-def test_instance_metadata_answers_404_for_an_unknown_uid_and_422_for_a_malformed_one(embedded_node: Node) -> None:
-    assert embedded_node.get("/api/instances/1.2.3.4.5").status_code == 404
-    assert embedded_node.get("/api/instances/not-a-uid").status_code == 422
-    assert embedded_node.get("/api/instances/1." + "2" * 70).status_code == 422
+def test_instance_metadata_answers_404_for_an_unknown_uid_and_422_for_a_malformed_one(module_node: Node) -> None:
+    assert module_node.get("/api/instances/1.2.3.4.5").status_code == 404
+    assert module_node.get("/api/instances/not-a-uid").status_code == 422
+    assert module_node.get("/api/instances/1." + "2" * 70).status_code == 422

@@ -119,8 +119,8 @@ def test_pacs_stop_stops_the_node_of_a_data_dir_and_reports_stale_pid_files(tmp_
         sleeper.wait()
 
 
-def test_pacs_status_reports_a_running_node(embedded_node: Node) -> None:
-    status = embedded_node.run("status")
+def test_pacs_status_reports_a_running_node(module_node: Node) -> None:
+    status = module_node.run("status")
     assert status.returncode == 0, status.stdout
     assert "C-ECHO ok" in status.stdout and "0 instances" in status.stdout
 
@@ -182,8 +182,8 @@ def test_a_second_signal_stops_at_once_and_loses_nothing_acknowledged(tmp_path: 
         restarted.stop()
 
 
-def test_serve_prints_its_ae_title_port_data_directory_and_dashboard(embedded_node: Node) -> None:
-    banner = embedded_node.services["serve"].log()
-    assert f"DICOM on port {embedded_node.dicom_port} (AE title PACS)" in banner
-    assert f"data directory: {embedded_node.data_dir.resolve()}" in banner
-    assert f"dashboard: http://127.0.0.1:{embedded_node.api_port}/" in banner
+def test_serve_prints_its_ae_title_port_data_directory_and_dashboard(module_node: Node) -> None:
+    banner = module_node.services["serve"].log()
+    assert f"DICOM on port {module_node.dicom_port} (AE title PACS)" in banner
+    assert f"data directory: {module_node.data_dir.resolve()}" in banner
+    assert f"dashboard: http://127.0.0.1:{module_node.api_port}/" in banner
