@@ -19,7 +19,6 @@ from typing import Any, NoReturn
 from pydantic import ValidationError
 
 from services import token_cli
-from shared.dicom.reading import configure_pydicom
 from shared.logs import configure_logging
 from shared.settings import Settings, load_settings
 
@@ -49,12 +48,12 @@ def _settings_flags() -> argparse.ArgumentParser:
 
 
 def _leave(code: int) -> NoReturn:
-    """End a service process once its own stop is complete: everything it acknowledged is durable, its queues and
-    logs are flushed. The exit handlers run (logging's flush among them), the rest of the interpreter's finalization
-    is skipped: it adds nothing then, and costs time a stop must not spend (threads of connections dropped at the
-    stop, hostile peers mid-PDU, keep it busy; collecting the objects of the libraries a service imports takes
-    0.3 s on an idle machine and seconds on a loaded one, which pushed `pacs serve` past the 15 s a SIGTERM may
-    take)."""
+    """End the process once the command is done (a service: once its own stop is complete, everything it
+    acknowledged durable, its queues and logs flushed). The exit handlers run (logging's flush among them), the
+    rest of the interpreter's finalization is skipped: it adds nothing then, and costs time a stop must not spend
+    (threads of connections dropped at the stop, hostile peers mid-PDU, keep it busy; collecting the objects of
+    the libraries a service imports takes 0.3 s on an idle machine and seconds on a loaded one, which pushed
+    `pacs serve` past the 15 s a SIGTERM may take; 0.1 s of a `pacs migrate`)."""
     atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -64,31 +63,31 @@ def _leave(code: int) -> NoReturn:
 def _run_serve(settings: Settings) -> int:
     from services.serve import run_serve
 
-    _leave(run_serve(settings))
+    return run_serve(settings)
 
 
 def _run_scp(settings: Settings) -> int:
     from services.scp.main import run_scp
 
-    _leave(run_scp(settings))
+    return run_scp(settings)
 
 
 def _run_indexer(settings: Settings) -> int:
     from services.indexer.main import run_indexer
 
-    _leave(run_indexer(settings))
+    return run_indexer(settings)
 
 
 def _run_mover(settings: Settings) -> int:
     from services.mover.main import run_mover
 
-    _leave(run_mover(settings))
+    return run_mover(settings)
 
 
 def _run_api(settings: Settings) -> int:
     from services.api.main import run_api
 
-    _leave(run_api(settings))
+    return run_api(settings)
 
 
 def _run_migrate(settings: Settings) -> int:
@@ -123,7 +122,11 @@ COMMANDS: dict[str, tuple[Callable[[Settings], int], str]] = {
 }
 
 
+READS_DICOM = {"scp", "indexer", "mover", "api", "status"}  # the commands that read or write DICOM data sets
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. The process ends with it (``_leave``); only a refused configuration returns (2)."""
     flags = _settings_flags()
     parser = argparse.ArgumentParser(prog="pacs", description="A scalable DICOM PACS node.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -139,11 +142,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pacs: invalid configuration: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, command)
-    configure_pydicom()
+    if command in READS_DICOM:
+        from shared.dicom.reading import configure_pydicom  # pydicom costs 0.3 s to import: only where it is used
+
+        configure_pydicom()
     if command == "token":
-        return token_cli.run(settings, token_arguments)
+        _leave(token_cli.run(settings, token_arguments))
     run, _ = COMMANDS[command]
-    return run(settings)
+    _leave(run(settings))
 
 
 if __name__ == "__main__":

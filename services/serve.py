@@ -145,6 +145,8 @@ def run_serve(settings: Settings) -> int:
 
 def tls_refusal(settings: Settings) -> str | None:
     """Checked before any child starts: a bad TLS certificate must not send the scp child into a restart loop."""
+    if settings.tls_port is None:
+        return None  # no TLS listener, nothing to check (services.scp.tls loads the whole SCP: 0.6 s of the start)
     from services.scp.tls import TlsConfigurationError, server_context
 
     try:
