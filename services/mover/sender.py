@@ -23,6 +23,7 @@ from pynetdicom import AE, _config, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.presentation import build_context
 
+from shared.dicom.direct_responses import read_store_responses_directly
 from shared.dicom.event_driven import event_driven_requestors
 from shared.dicom.message_writer import MessageWriter, write_messages_directly, writer_of
 from shared.dicom.part10 import skip_file_meta
@@ -196,6 +197,7 @@ class StoreSender:
                 "the destination rejected the association (result/source/reason %d/%d/%d)" % rejection)
         send_without_waiting_for_the_reactor(self._association)
         write_messages_directly(self._association)
+        read_store_responses_directly(self._association)
         self._accepted = accepted_syntaxes(self._association)
 
     def close(self) -> None:

@@ -8,6 +8,8 @@ command set (shared.dicom.command_set), gathers the data set (spooled to disk ab
 asks the access policy, stores the instance (services.scp.store) and writes the response (shared.dicom.
 message_writer), with the same statuses, audit trail and metrics as pynetdicom's path.
 
+The responses to C-GET's C-STORE sub-operations are taken the same way (shared.dicom.direct_responses).
+
 Only a request that is plainly a C-STORE-RQ we serve takes this path: established association, a complete valid
 command set on an accepted context whose abstract syntax is the request's storage SOP class, Message ID,
 Priority and UIDs present and valid. Every other message (C-ECHO, C-FIND, C-MOVE, C-GET, N-ACTION, C-CANCEL, a
@@ -20,7 +22,6 @@ association to it.
 from __future__ import annotations
 
 import logging
-import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,22 +34,17 @@ from pynetdicom.sop_class import uid_to_service_class
 from services.scp.spooling import ReceivedSpool
 from services.scp.store import StoreCommand, StoreService
 from shared.dicom import command_set
+from shared.dicom.direct_responses import deliver, plain_store_response
 from shared.dicom.message_writer import MessageWriter
 from shared.dicom.pdata import Fragment, MalformedPData, fragments, p_data_tf
+from shared.dicom.pdu_reading import ProtocolViolation
 from shared.dicom.spooled import SpooledDataset
-from shared.dicom.store_request import C_STORE_RQ, StoreResponse
+from shared.dicom.store_request import C_STORE_RQ, C_STORE_RSP, StoreResponse
 from shared.uids import is_valid_uid
 
 log = logging.getLogger(__name__)
 
-P_DATA_TF = 0x04
 HANDLER_FAILURE = 0xC211  # what pynetdicom answers when a C-STORE handler raises
-_PDU_HEADER = struct.Struct(">BBL")
-_KNOWN_PDU_TYPES = frozenset(range(0x01, 0x08))
-
-
-class ProtocolViolation(Exception):
-    """The peer broke the message structure in the middle of a C-STORE this path was receiving."""
 
 
 class StoreRequestReceived:
@@ -106,8 +102,10 @@ class DirectStore:
         for index, fragment in enumerate(items):
             if self._receiving is not None:
                 if fragment.is_command or fragment.context_id != self._receiving.context_id:
-                    self.discard()
+                    self.on_other_pdu()
                     self.disabled = True
+                    log.warning("scp.direct_store_protocol_violation remote=%s",
+                                getattr(self._assoc.requestor, "address", "?"))
                     raise ProtocolViolation("a fragment of another message inside a C-STORE data set")
                 self._receiving.data_set.write(fragment.data)
                 if fragment.is_last:
@@ -126,7 +124,7 @@ class DirectStore:
                     return p_data_tf([*forward, *(fragment.item for fragment in items[index + 1:])])
         return p_data_tf(forward) if forward else None
 
-    def discard(self) -> None:
+    def on_other_pdu(self) -> None:
         """Drop a partly received request (the association ends, or the peer broke the protocol)."""
         if self._receiving is not None:
             self._receiving.data_set.close()
@@ -160,6 +158,11 @@ class DirectStore:
         if receiving is not None and data_set_type != command_set.NO_DATA_SET:
             self._receiving = receiving
             return []
+        if field == C_STORE_RSP and len(items) == 1:  # a response to one of C-GET's sub-operations
+            response = plain_store_response(encoded)
+            if response is not None:
+                deliver(self._assoc, context_id, response)
+                return []
         self._passing = data_set_type != command_set.NO_DATA_SET
         return items
 
@@ -234,54 +237,3 @@ class DirectStore:
 
 def _context_of(item: memoryview) -> int:
     return int(item[4])
-
-
-def install(assoc: Any, direct: DirectStore) -> None:
-    """Read the association's PDUs with ``direct`` first (in its DUL thread, from the start of the association)."""
-    dul = assoc.dul
-    dul._read_pdu_data = lambda: _read_pdu_data(dul, direct)
-
-
-def _read_pdu_data(dul: Any, direct: DirectStore) -> None:
-    """pynetdicom's ``DULServiceProvider._read_pdu_data`` (same events for every failure), with P-DATA-TF PDUs of
-    an established association offered to ``direct`` first."""
-    sock = dul.socket
-    try:
-        header = bytes(sock.recv(6))
-    except (OSError, TimeoutError):
-        dul.event_queue.put("Evt17")  # transport connection closed
-        return
-    if len(header) != 6:
-        dul.event_queue.put("Evt17")
-        return
-    pdu_type, _, length = _PDU_HEADER.unpack(header)
-    if pdu_type not in _KNOWN_PDU_TYPES:
-        dul.event_queue.put("Evt19")  # unrecognised PDU
-        return
-    try:
-        body = sock.recv(length)
-    except (OSError, TimeoutError):
-        dul.event_queue.put("Evt17")
-        return
-    if len(body) != length:
-        dul.event_queue.put("Evt17")
-        return
-    if pdu_type == P_DATA_TF and dul.state_machine.current_state == "Sta6":
-        try:
-            pdu = direct.on_p_data(body)
-        except ProtocolViolation:
-            log.warning("scp.direct_store_protocol_violation remote=%s", getattr(dul.assoc.requestor, "address", "?"))
-            dul.event_queue.put("Evt19")  # invalid PDU: the state machine aborts the association (AA-8)
-            return
-        if pdu is None:
-            return
-    else:
-        direct.discard()  # a release or an abort: a partly received request will never complete
-        pdu = header + bytes(body)
-    try:
-        decoded, event = dul._decode_pdu(bytearray(pdu))
-    except Exception:
-        dul.event_queue.put("Evt19")
-        return
-    dul.event_queue.put(event)
-    dul._recv_pdu.put(decoded)

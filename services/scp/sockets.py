@@ -20,11 +20,11 @@ from pynetdicom.transport import AssociationSocket, RequestHandler
 
 from services.scp.dimse_guard import guard_dimse_decoding
 from services.scp.direct_store import DirectStore
-from services.scp.direct_store import install as install_direct_store
 from services.scp.pdu_guard import PduLimits, check_header
 from services.scp.spooling import spool_received_datasets
 from shared.dicom.event_driven import make_event_driven
 from shared.dicom.message_writer import write_messages_directly
+from shared.dicom.pdu_reading import read_p_data_first
 from shared.dicom.tcp import quickack
 
 _RECV_CHUNK = 1 << 20
@@ -133,7 +133,7 @@ class LowLatencyRequestHandler(RequestHandler):
         guard_dimse_decoding(assoc)
         direct = getattr(self.server, "direct_store", None)
         if direct is not None and writer is not None:  # not on TLS: pynetdicom keeps those (see message_writer)
-            install_direct_store(assoc, DirectStore(assoc, direct, writer))
+            read_p_data_first(assoc, DirectStore(assoc, direct, writer))
         spool = getattr(self.server, "received_spool", None)
         if spool is not None:
             spool_received_datasets(assoc, spool)

@@ -14,10 +14,11 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, Verification
 
-from services.scp.direct_store import DirectStore, DirectStoreServices, ProtocolViolation, StoreRequestReceived
+from services.scp.direct_store import DirectStore, DirectStoreServices, StoreRequestReceived
 from services.scp.spooling import ReceivedSpool
 from shared.dicom import command_set
 from shared.dicom.pdata import fragments
+from shared.dicom.pdu_reading import ProtocolViolation
 from shared.dicom.store_request import StoreRequest, encode_command
 from tests.factory import encode_dataset, make_image, with_file_meta
 from tests.node import Node, wait_until
@@ -82,7 +83,8 @@ def direct_path(recorder: Recorder, tmp_path: Path) -> DirectStore:
                 3: SimpleNamespace(abstract_syntax=Verification, transfer_syntax=[ExplicitVRLittleEndian])}
     assoc = SimpleNamespace(_accepted_cx=contexts, is_established=True,
                             acceptor=SimpleNamespace(accepted_common_extended={}),
-                            get_handlers=lambda _event: [])  # no notification handlers bound
+                            get_handlers=lambda _event: [],  # no notification handlers bound
+                            requestor=SimpleNamespace(address="127.0.0.1"))
     services = DirectStoreServices(recorder, lambda *_: recorder.allowed, lambda _: 0x0124,  # type: ignore[arg-type]
                                    ReceivedSpool(tmp_path))
     return DirectStore(assoc, services, recorder)  # type: ignore[arg-type]

@@ -1,0 +1,82 @@
+"""An association's DUL thread reads its PDUs as pynetdicom does, offering each P-DATA-TF of an established
+association to a handler of ours first (services.scp.direct_store, shared.dicom.direct_responses).
+
+What the handler takes never becomes pynetdicom PDU, primitive or state-machine work; what it gives back (a
+whole P-DATA-TF PDU) is decoded by pynetdicom as if it had just arrived. Every failure raises the event
+pynetdicom's own ``DULServiceProvider._read_pdu_data`` raises for it.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, Protocol
+
+P_DATA_TF = 0x04
+ESTABLISHED = "Sta6"
+TRANSPORT_CLOSED = "Evt17"
+INVALID_PDU = "Evt19"  # the state machine answers it with A-ABORT (PS3.8 AA-8)
+_PDU_HEADER = struct.Struct(">BBL")
+_KNOWN_PDU_TYPES = frozenset(range(0x01, 0x08))
+
+
+class ProtocolViolation(Exception):
+    """The peer broke the message structure where a handler was reading a message of its own."""
+
+
+class PDataHandler(Protocol):
+    def on_p_data(self, body: bytearray) -> bytes | None:
+        """Take what is ours; return a P-DATA-TF PDU of the rest for pynetdicom, or None. ProtocolViolation
+        aborts the association."""
+        ...
+
+    def on_other_pdu(self) -> None:
+        """A release, an abort or an association PDU arrived: a message being read will never complete."""
+        ...
+
+
+def read_p_data_first(assoc: Any, handler: PDataHandler) -> None:
+    """From now on the association's DUL thread offers P-DATA-TF PDUs to ``handler`` before pynetdicom."""
+    dul = assoc.dul
+    dul._read_pdu_data = lambda: _read_pdu_data(dul, handler)
+
+
+def _read_pdu_data(dul: Any, handler: PDataHandler) -> None:
+    sock = dul.socket
+    try:
+        header = bytes(sock.recv(6))
+    except (OSError, TimeoutError):
+        dul.event_queue.put(TRANSPORT_CLOSED)
+        return
+    if len(header) != 6:
+        dul.event_queue.put(TRANSPORT_CLOSED)
+        return
+    pdu_type, _, length = _PDU_HEADER.unpack(header)
+    if pdu_type not in _KNOWN_PDU_TYPES:
+        dul.event_queue.put(INVALID_PDU)
+        return
+    try:
+        body = sock.recv(length)
+    except (OSError, TimeoutError):
+        dul.event_queue.put(TRANSPORT_CLOSED)
+        return
+    if len(body) != length:
+        dul.event_queue.put(TRANSPORT_CLOSED)
+        return
+    if pdu_type == P_DATA_TF and dul.state_machine.current_state == ESTABLISHED:
+        try:
+            pdu = handler.on_p_data(body)
+        except ProtocolViolation:
+            dul.event_queue.put(INVALID_PDU)
+            return
+        if pdu is None:
+            return
+    else:
+        handler.on_other_pdu()
+        pdu = header + bytes(body)
+    try:
+        decoded, event = dul._decode_pdu(bytearray(pdu))
+    except Exception:
+        dul.event_queue.put(INVALID_PDU)
+        return
+    dul.event_queue.put(event)
+    dul._recv_pdu.put(decoded)
