@@ -1,4 +1,5 @@
-"""A workstation pulls instances back on its own association with dcmtk's getscu (C-GET)."""
+"""A workstation pulls instances back on its own association with dcmtk's getscu (C-GET). The tests share one node
+(module_node); each registers the workstation with the services it needs."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pydicom.uid import CTImageStorage, generate_uid
 
 from tests.factory import SampleFile, dataset_start, make_image, save
 from tests.integration.test_move import register
-from tests.node import Node
+from tests.node import Node, wait_until
 from tests.peers import dcmtk_env, dcmtk_tool, push_files
 from tests.stored import stored_object
 
@@ -32,16 +33,17 @@ def received(out: Path) -> dict[str, Path]:
     return {re.sub(r"^[A-Z]+\.", "", path.name): path for path in out.iterdir()}  # storescp adds "CT."; getscu not
 
 
-def test_get_a_study_on_the_same_association(embedded_node: Node, tmp_path: Path) -> None:
-    register(embedded_node, "workstation", WORKSTATION, 104, ["find", "get"])
+def test_get_a_study_on_the_same_association(module_node: Node, tmp_path: Path) -> None:
+    register(module_node, "workstation", WORKSTATION, 104, ["find", "get"])
     study, series = generate_uid(), generate_uid()
     datasets = [make_image(CTImageStorage, study, series, instance_number=n + 1) for n in range(8)]
     files = [SampleFile(save(ds, tmp_path / f"{ds.SOPInstanceUID}.dcm"), "1.2.840.10008.1.2.1", ds.SOPInstanceUID)
              for ds in datasets]
-    push_files(embedded_node.dicom_port, files)
-    embedded_node.wait_indexed(8)
+    held = module_node.settled_status()["counts"]["instances"]
+    push_files(module_node.dicom_port, files)
+    module_node.wait_indexed(held + 8)
 
-    result = getscu(embedded_node, tmp_path / "pulled", {"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": study})
+    result = getscu(module_node, tmp_path / "pulled", {"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": study})
 
     output = result.stdout + result.stderr
     assert "Received C-GET Response (Success)" in output, output
@@ -49,7 +51,7 @@ def test_get_a_study_on_the_same_association(embedded_node: Node, tmp_path: Path
     pulled = received(tmp_path / "pulled")
     assert sorted(pulled) == sorted(ds.SOPInstanceUID for ds in datasets)
     for sop_uid, path in pulled.items():
-        stored = stored_object(embedded_node.data_dir, sop_uid)
+        stored = stored_object(module_node.data_dir, sop_uid)
         got, kept = pydicom.dcmread(path), pydicom.dcmread(stored)
         if got.file_meta.TransferSyntaxUID == kept.file_meta.TransferSyntaxUID:
             assert path.read_bytes()[dataset_start(path.read_bytes()):] == \
@@ -58,18 +60,23 @@ def test_get_a_study_on_the_same_association(embedded_node: Node, tmp_path: Path
             assert got == kept
 
 
-def test_get_that_matches_nothing_succeeds_with_no_suboperations(embedded_node: Node, tmp_path: Path) -> None:
-    register(embedded_node, "workstation", WORKSTATION, 104, ["get"])
+def test_get_that_matches_nothing_succeeds_with_no_suboperations(module_node: Node, tmp_path: Path) -> None:
+    register(module_node, "workstation", WORKSTATION, 104, ["get"])
     for keys in ({"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": "1.2.3.4.5.6.7"},
                  {"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": ""}):
-        result = getscu(embedded_node, tmp_path / "none", keys)
+        result = getscu(module_node, tmp_path / "none", keys)
         assert "Received C-GET Response (Success)" in result.stdout + result.stderr
     assert not list((tmp_path / "none").iterdir())
 
 
-def test_a_caller_not_allowed_to_get_is_refused(embedded_node: Node, tmp_path: Path) -> None:
-    register(embedded_node, "workstation", WORKSTATION, 104, ["find"])
-    result = getscu(embedded_node, tmp_path / "refused", {"QueryRetrieveLevel": "STUDY",
-                                                          "StudyInstanceUID": "1.2.3"})
-    output = result.stdout + result.stderr
-    assert "Received C-GET Response" in output and "0x124" in output.lower().replace("0x0124", "0x124"), output
+def test_a_caller_not_allowed_to_get_is_refused(module_node: Node, tmp_path: Path) -> None:
+    register(module_node, "workstation", WORKSTATION, 104, ["find"])  # an earlier test allowed it to get
+
+    def refused() -> str | None:
+        result = getscu(module_node, tmp_path / "refused", {"QueryRetrieveLevel": "STUDY",
+                                                             "StudyInstanceUID": "1.2.3"})
+        output = result.stdout + result.stderr
+        return output if "0x124" in output.lower().replace("0x0124", "0x124") else None
+
+    output = wait_until(refused, 10, "the C-GET refused once the registration is live (within 0.5 s)")
+    assert "Received C-GET Response" in output, output

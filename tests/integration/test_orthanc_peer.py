@@ -1,5 +1,6 @@
 """Orthanc as a real peer: it stores to the node, queries it, asks it to move a study to Orthanc, and receives
-a REST send; every exchange is Orthanc's own DICOM code talking to ours."""
+a REST send; every exchange is Orthanc's own DICOM code talking to ours. The tests share one node (module_node),
+each with an Orthanc of its own."""
 
 from __future__ import annotations
 
@@ -20,9 +21,9 @@ from tests.peers import push_files
 
 
 @pytest.fixture
-def orthanc(embedded_node: Node, tmp_path: Path) -> Iterator[OrthancPeer]:
-    peer = OrthancPeer(tmp_path / "orthanc", embedded_node.ae_title, embedded_node.dicom_port).start()
-    registered = httpx.put(f"{embedded_node.api}/api/modalities/orthanc", json={
+def orthanc(module_node: Node, tmp_path: Path) -> Iterator[OrthancPeer]:
+    peer = OrthancPeer(tmp_path / "orthanc", module_node.ae_title, module_node.dicom_port).start()
+    registered = httpx.put(f"{module_node.api}/api/modalities/orthanc", json={
         "ae_title": ORTHANC_AET, "host": "127.0.0.1", "port": peer.dicom_port,
         "allow": ["echo", "store", "find", "move", "get"]}, timeout=10)
     assert registered.status_code in (200, 201), registered.text
@@ -48,10 +49,11 @@ def push_study(node: Node, workdir: Path, count: int, patient_id: str, patient_n
     return study, hashes
 
 
-def test_orthanc_queries_the_node_at_every_level(embedded_node: Node, orthanc: OrthancPeer, tmp_path: Path) -> None:
-    study, _ = push_study(embedded_node, tmp_path, 3, "ORTH-1", "Müller^Jürgen", charset="ISO_IR 100")
-    push_study(embedded_node, tmp_path, 1, "ORTH-2", "Doe^John", sop_class=MRImageStorage)
-    embedded_node.wait_indexed(4)
+def test_orthanc_queries_the_node_at_every_level(module_node: Node, orthanc: OrthancPeer, tmp_path: Path) -> None:
+    held = module_node.settled_status()["counts"]["instances"]
+    study, _ = push_study(module_node, tmp_path, 3, "ORTH-1", "Müller^Jürgen", charset="ISO_IR 100")
+    push_study(module_node, tmp_path, 1, "ORTH-2", "Doe^John", sop_class=MRImageStorage)
+    module_node.wait_indexed(held + 4)
 
     [patient] = orthanc.query_node("Patient", {"PatientID": "ORTH-1", "PatientName": ""})
     assert patient["PatientName"] == "Müller^Jürgen"
@@ -70,9 +72,10 @@ def test_orthanc_queries_the_node_at_every_level(embedded_node: Node, orthanc: O
 
 
 def test_orthanc_asks_the_node_to_move_a_study_to_orthanc(
-        embedded_node: Node, orthanc: OrthancPeer, tmp_path: Path) -> None:
-    study, hashes = push_study(embedded_node, tmp_path, 20, "ORTH-3", "Roe^Jane")
-    embedded_node.wait_indexed(20)
+        module_node: Node, orthanc: OrthancPeer, tmp_path: Path) -> None:
+    held = module_node.settled_status()["counts"]["instances"]
+    study, hashes = push_study(module_node, tmp_path, 20, "ORTH-3", "Roe^Jane")
+    module_node.wait_indexed(held + 20)
 
     orthanc.post("/modalities/pacs/move", {"Level": "Study", "Resources": [{"StudyInstanceUID": study}],
                                            "TargetAet": ORTHANC_AET, "Timeout": 60})
@@ -86,23 +89,24 @@ def test_orthanc_asks_the_node_to_move_a_study_to_orthanc(
 
 
 def test_orthanc_stores_to_the_node_and_the_node_sends_back_over_rest(
-        embedded_node: Node, orthanc: OrthancPeer, tmp_path: Path) -> None:
+        module_node: Node, orthanc: OrthancPeer, tmp_path: Path) -> None:
     dataset = make_image(CTImageStorage, patient_id="ORTH-4", patient_name="Peer^Stored")
     uploaded = httpx.post(f"{orthanc.url}/instances", content=save(dataset, tmp_path / "up.dcm").read_bytes(),
                           timeout=30)
     assert uploaded.status_code == 200, uploaded.text
     orthanc_id = uploaded.json()["ID"]
+    held = module_node.settled_status()["counts"]["instances"]
     orthanc.post("/modalities/pacs/store", {"Resources": [orthanc_id], "Synchronous": True})
-    embedded_node.wait_indexed(1)
-    stored = httpx.get(f"{embedded_node.api}/api/instances/{dataset.SOPInstanceUID}", timeout=10).json()
+    module_node.wait_indexed(held + 1)
+    stored = httpx.get(f"{module_node.api}/api/instances/{dataset.SOPInstanceUID}", timeout=10).json()
     assert stored["remote_aet"] == ORTHANC_AET
 
     httpx.delete(f"{orthanc.url}/instances/{orthanc_id}", timeout=30).raise_for_status()
     assert orthanc.instance_count() == 0
-    sent = httpx.post(f"{embedded_node.api}/api/modalities/orthanc/store",
+    sent = httpx.post(f"{module_node.api}/api/modalities/orthanc/store",
                       json={"studies": [dataset.StudyInstanceUID]}, timeout=30)
     assert sent.status_code == 202, sent.text
-    job = wait_until(lambda: (body := httpx.get(f"{embedded_node.api}{sent.headers['location']}",
+    job = wait_until(lambda: (body := httpx.get(f"{module_node.api}{sent.headers['location']}",
                                                 timeout=10).json())["finished_at"] and body, 60, "the send")
     assert (job["state"], job["completed"], job["failed"]) == ("done", 1, 0)
     assert orthanc.study_instance_uids() == {dataset.StudyInstanceUID}
