@@ -38,7 +38,8 @@ REPO = Path(__file__).resolve().parent.parent
 GENERATOR_VERSION = 1  # bump when the generated files change, to invalidate caches
 HOST = "127.0.0.1"
 CHUNKS = 4  # files are split into this many directories; C=4 sends one per association
-RECEIVERS = ("storescp", "orthanc", "pacs")
+RECEIVERS = ("storescp", "orthanc", "pacs", "pacs-dist")
+PACS_RECEIVERS = ("pacs", "pacs-dist")  # they index after acknowledging: both rates are measured
 SIZES = {
     # name: (rows, columns)
     "small": (64, 64),     # ~9.6 KB per file
@@ -494,7 +495,56 @@ class Pacs(Receiver):
             time.sleep(0.05)
 
 
-RECEIVER_CLASSES = {"storescp": StoreSCP, "orthanc": Orthanc, "pacs": Pacs}
+class PacsDistributed(Pacs):
+    """The distributed form on one machine: `pacs scp`, `pacs indexer` and `pacs api` as separate processes on a
+    throwaway PostgreSQL database, a Redis database and an S3 endpoint (moto's standalone server, started here;
+    a real deployment uses MinIO, see deploy/). The same code as `pacs serve`; only the URLs differ."""
+
+    name = "pacs-dist"
+    REDIS_DB = 14
+
+    def start(self) -> None:
+        self.port, self.api = free_port(), free_port()
+        while self.api == self.port:
+            self.api = free_port()
+        self.procs: list[subprocess.Popen] = []
+        self.database = f"pacs_bench_ingest_{os.getpid()}_{self.port}"
+        subprocess.run(["psql", "-h", HOST, "-U", "postgres", "-q", "-c", f'CREATE DATABASE "{self.database}"'],
+                       check=True, capture_output=True)
+        subprocess.run(["redis-cli", "-h", HOST, "-n", str(self.REDIS_DB), "flushdb"], check=True,
+                       capture_output=True)
+        s3_port = free_port()
+        moto = str(Path(self.args.pacs).parent / "moto_server")
+        self._start_one([moto, "-H", HOST, "-p", str(s3_port)], dict(os.environ), "s3")
+        self._wait_ready(lambda: http_get(f"http://{HOST}:{s3_port}/")[0] == 200, 30)
+        env = dict(os.environ, PACS_DATABASE_URL=f"postgresql+psycopg://postgres@{HOST}:5432/{self.database}",
+                   PACS_BROKER_URL=f"redis://{HOST}:6379/{self.REDIS_DB}", PACS_STORAGE_URL="s3://pacs-bench",
+                   PACS_S3_ENDPOINT=f"http://{HOST}:{s3_port}", PACS_S3_ACCESS_KEY="bench",
+                   PACS_S3_SECRET_KEY="bench-secret", PACS_DATA_DIR=str(self.dir / "data"),
+                   PACS_DICOM_HOST=HOST, PACS_DICOM_PORT=str(self.port), PACS_API_HOST=HOST,
+                   PACS_API_PORT=str(self.api), PACS_AE_TITLE=self.aet)
+        subprocess.run([self.args.pacs, "migrate"], env=env, check=True, capture_output=True, cwd=self.dir)
+        for service in ("scp", "indexer", "api"):
+            self._start_one([self.args.pacs, service], env, service)
+        base = f"http://{HOST}:{self.api}"
+        self._wait_ready(lambda: http_get(base + "/healthz")[0] == 200 and tcp_accepts(self.port), 60)
+
+    def _start_one(self, cmd: list[str], env: dict, name: str) -> None:
+        log_file = open(self.dir / f"{name}.log", "wb")
+        self.procs.append(subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=self.dir,
+                                           start_new_session=True, stdin=subprocess.DEVNULL))
+        self.proc = self.procs[-1]  # _wait_ready watches the latest one
+        log_file.close()
+
+    def stop(self) -> int | None:
+        codes = [stop_process(proc) for proc in reversed(self.procs)]
+        subprocess.run(["psql", "-h", HOST, "-U", "postgres", "-q", "-c",
+                        f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)'], capture_output=True)
+        subprocess.run(["redis-cli", "-h", HOST, "-n", str(self.REDIS_DB), "flushdb"], capture_output=True)
+        return next((code for code in codes[1:] if code not in (0, None)), 0)  # moto's own code is not ours
+
+
+RECEIVER_CLASSES = {"storescp": StoreSCP, "orthanc": Orthanc, "pacs": Pacs, "pacs-dist": PacsDistributed}
 PACS_VERSION: dict = {}
 
 
@@ -593,7 +643,7 @@ def measure(receiver: str, manifest: dict, conc: int, nodelay: bool, run: int, a
         wall, rcs, ok, fail = run_storescu(manifest, conc, rx.port, rx.aet, nodelay, timeout, rx.dir,
                                                args.count_responses)
         res.ack_s, res.storescu_rc, res.sender_ok, res.sender_fail = wall, rcs, ok, fail
-        if receiver == "pacs":
+        if receiver in PACS_RECEIVERS:
             if PACS_VERSION.get("version") is None:
                 PACS_VERSION["version"] = (rx.status() or {}).get("version")
             expected = n - fail if ok is None else min(ok, n)
@@ -612,10 +662,10 @@ def measure(receiver: str, manifest: dict, conc: int, nodelay: bool, run: int, a
         t_stop = time.perf_counter()
         rc = rx.stop()
         res.stop_s, res.receiver_rc = time.perf_counter() - t_stop, rc
-        if receiver == "pacs" and rc not in (0, None):
-            log(f"[pacs] exit code {rc} after SIGTERM (contract: 0)")
-        if receiver == "pacs" and res.stop_s > 15:
-            log(f"[pacs] took {res.stop_s:.1f} s to stop after SIGTERM (contract: within 15 s)")
+        if receiver in PACS_RECEIVERS and rc not in (0, None):
+            log(f"[{receiver}] exit code {rc} after SIGTERM (contract: 0)")
+        if receiver in PACS_RECEIVERS and res.stop_s > 15:
+            log(f"[{receiver}] took {res.stop_s:.1f} s to stop after SIGTERM (contract: within 15 s)")
         if res.error and args.keep_failed:
             log(f"[{receiver}] kept {rx.dir} for inspection")
         else:
@@ -683,8 +733,8 @@ def report(results: list[Result], sizes: list[str], receivers: list[str], nodela
     for nd in nodelays:
         suffix = "" if nd else " (Nagle client)"
         for rx in receivers:
-            metrics = [("ack", "ack_mbs", "")] if rx != "pacs" else [("ack", "ack_mbs", " ack"),
-                                                                     ("indexed", "indexed_mbs", " indexed")]
+            metrics = [("ack", "ack_mbs", "")] if rx not in PACS_RECEIVERS else [
+                ("ack", "ack_mbs", " ack"), ("indexed", "indexed_mbs", " indexed")]
             for m, mm, label in metrics:
                 cells = []
                 for s, c in cols:
@@ -697,29 +747,31 @@ def report(results: list[Result], sizes: list[str], receivers: list[str], nodela
         return v[m] if v else None
 
     ratio_lines = []
-    if "pacs" in receivers and ({"orthanc", "storescp"} & set(receivers) or len(nodelays) > 1):
+    ours = [rx for rx in PACS_RECEIVERS if rx in receivers]
+    if ours and ({"orthanc", "storescp"} & set(receivers) or len(nodelays) > 1):
         ratio_lines += ["", "Ratios (instances/s, medians of this run; target from PERFORMANCE.md):", "",
                         "| ratio | " + " | ".join(f"{s} C={c}" for s, c in cols) + " | target |",
                         "|---|" + "---|" * (len(cols) + 1)]
         targets = {("ack", "orthanc"): "≥ 1.5", ("indexed", "orthanc"): "≥ 1.0"}
-        for nd in nodelays:
-            suffix = "" if nd else " (Nagle client)"
-            for m in ("ack", "indexed"):
-                for anchor in ("orthanc", "storescp"):
-                    if anchor not in receivers:
-                        continue
-                    cells = []
-                    for s, c in cols:
-                        a, b = rate("pacs", s, c, nd, m), rate(anchor, s, c, nd)
-                        cells.append(f"{a / b:.2f}×" if a and b else "–")
-                    ratio_lines.append(f"| pacs {m} / {anchor}{suffix} | " + " | ".join(cells)
-                                       + f" | {targets.get((m, anchor), '') if nd else ''} |")
-        if False in nodelays and True in nodelays:
-            cells = []
-            for s, c in cols:
-                a, b = rate("pacs", s, c, False), rate("pacs", s, c, True)
-                cells.append(f"{a / b:.2f}×" if a and b else "–")
-            ratio_lines.append("| pacs ack Nagle / TCP_NODELAY client | " + " | ".join(cells) + " | ≥ 0.90 |")
+        for pacs in ours:
+            for nd in nodelays:
+                suffix = "" if nd else " (Nagle client)"
+                for m in ("ack", "indexed"):
+                    for anchor in ("orthanc", "storescp"):
+                        if anchor not in receivers:
+                            continue
+                        cells = []
+                        for s, c in cols:
+                            a, b = rate(pacs, s, c, nd, m), rate(anchor, s, c, nd)
+                            cells.append(f"{a / b:.2f}×" if a and b else "–")
+                        ratio_lines.append(f"| {pacs} {m} / {anchor}{suffix} | " + " | ".join(cells)
+                                           + f" | {targets.get((m, anchor), '') if nd else ''} |")
+            if False in nodelays and True in nodelays:
+                cells = []
+                for s, c in cols:
+                    a, b = rate(pacs, s, c, False), rate(pacs, s, c, True)
+                    cells.append(f"{a / b:.2f}×" if a and b else "–")
+                ratio_lines.append(f"| {pacs} ack Nagle / TCP_NODELAY client | " + " | ".join(cells) + " | ≥ 0.90 |")
     return "\n".join(lines + ratio_lines)
 
 
@@ -736,7 +788,7 @@ def tool_versions(args, receivers) -> dict:
             v[key] = out.strip().splitlines()[0] if out.strip() else "?"
         except (OSError, subprocess.TimeoutExpired):
             v[key] = None
-    if "pacs" in receivers:
+    if set(PACS_RECEIVERS) & set(receivers):
         v["pacs"] = None  # filled in from GET /api/status "version" by the first pacs measurement
     return v
 
@@ -746,7 +798,8 @@ def main(argv=None) -> int:
     ap.add_argument("--small", type=int, default=2000, help="64x64 CT instances (~9.6 KB); 0 skips (default 2000)")
     ap.add_argument("--large", type=int, default=1000, help="512x512 CT instances (~526 KB); 0 skips (default 1000)")
     ap.add_argument("--runs", type=int, default=3, help="runs per (receiver, size, C); the median is reported")
-    ap.add_argument("--only", default=",".join(RECEIVERS), help="comma-separated receivers (storescp,orthanc,pacs)")
+    ap.add_argument("--only", default=",".join(RECEIVERS),
+                    help="comma-separated receivers (storescp,orthanc,pacs,pacs-dist)")
     ap.add_argument("--conc", default="1,4", help="parallel associations to measure (default 1,4)")
     ap.add_argument("--nagle", action="store_true", help="also measure with a Nagle client (no TCP_NODELAY)")
     ap.add_argument("--out", help="write every raw measurement and the medians to this JSON file")
@@ -778,7 +831,7 @@ def main(argv=None) -> int:
             ap.error(f"{tool} (dcmtk) not found on PATH")
     if "orthanc" in receivers and not os.access(args.orthanc, os.X_OK):
         ap.error(f"Orthanc not found at {args.orthanc} (use --orthanc or --only)")
-    if "pacs" in receivers and not os.access(args.pacs, os.X_OK):
+    if set(PACS_RECEIVERS) & set(receivers) and not os.access(args.pacs, os.X_OK):
         ap.error(f"pacs not found at {args.pacs} (run `make install`, pass --pacs, or leave it out of --only)")
 
     sizes = [s for s, n in (("small", args.small), ("large", args.large)) if n > 0]
@@ -803,7 +856,7 @@ def main(argv=None) -> int:
             results.append(r)
             extra = f", indexed {r.sent / r.indexed_s:,.0f}/s" if r.indexed_s else ""
             ack = f"{r.sent / r.ack_s:,.0f}/s" if r.ack_s else "n/a"
-            log(f"[{k}/{len(plan)}] run {run} {rx:8s} {s} C={c} {'nodelay' if nd else 'NAGLE'}: "
+            log(f"[{k}/{len(plan)}] run {run} {rx:9s} {s} C={c} {'nodelay' if nd else 'NAGLE'}: "
                 f"ack {ack}{extra} (sent {r.sent}, storescu failed {r.sender_fail}"
                 f"{'' if r.sender_ok is None else f', ok {r.sender_ok}'}, "
                 f"receiver {r.receiver_count}){' MISMATCH' if r.mismatch else ''}")
@@ -830,7 +883,8 @@ def main(argv=None) -> int:
             "params": {"small": args.small, "large": args.large, "runs": args.runs, "receivers": receivers,
                        "conc": concs, "nagle": args.nagle},
             "data": {s: {k2: v for k2, v in m.items() if k2 != "chunks"} for s, m in manifests.items()},
-            "versions": dict(versions, **({"pacs": PACS_VERSION.get("version")} if "pacs" in receivers else {})),
+            "versions": dict(versions, **({"pacs": PACS_VERSION.get("version")}
+                                          if set(PACS_RECEIVERS) & set(receivers) else {})),
             "raw": [asdict(r) for r in results],
             "median": [dict(receiver=k2[0], size=k2[1], conc=k2[2], nodelay=k2[3], **v) for k2, v in summ.items()],
             "table_markdown": table,
