@@ -2,6 +2,11 @@
 
 A PUT is durable once S3 acknowledges it. Every request is bounded by short timeouts so that a store
 that hangs is reported well within a DICOM caller's timeout.
+
+``put_new`` never overwrites. Where the store honours conditional writes (``If-None-Match: *``: AWS S3 and MinIO
+since 2024, moto), the store itself refuses a second writer of a key, in one request; elsewhere a HEAD decides
+before the PUT (two writers racing on one key could then both write). Which applies is learned once, with a
+probe object written twice.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import threading
+import uuid
 from collections.abc import Iterator
 from datetime import timezone
 from typing import BinaryIO
@@ -34,6 +40,8 @@ from shared.storage.base import (
 
 _SHA256_META = "sha256"
 _PART_BYTES = 16 << 20
+_PROBE_PREFIX = ".conditional-write-probe/"
+_ALREADY_WRITTEN_CODES = {"PreconditionFailed", "ConditionalRequestConflict"}
 _FULL_CODES = {"XMinioStorageFull", "QuotaExceeded", "XMinioAdminBucketQuotaExceeded", "EntityTooLarge"}
 _MISSING_CODES = {"NoSuchKey", "NoSuchObject", "ResourceNotFound"}
 _NETWORK_ERRORS = (urllib3.exceptions.HTTPError, OSError, MinioException)
@@ -121,6 +129,7 @@ class S3ObjectStore:
         )
         self._bucket_ready = False
         self._bucket_lock = threading.Lock()
+        self._conditional_writes: bool | None = None  # learned by _learn_conditional_writes
 
     def _ensure_bucket(self) -> None:
         if self._bucket_ready:
@@ -137,6 +146,23 @@ class S3ObjectStore:
             except _NETWORK_ERRORS as exc:
                 raise _translate(exc) from exc
             self._bucket_ready = True
+            if self._conditional_writes is None:
+                self._conditional_writes = self._learn_conditional_writes()
+
+    def _learn_conditional_writes(self) -> bool:
+        """Whether the store refuses a PUT with ``If-None-Match: *`` to a key that exists (a probe, removed)."""
+        probe = f"{_PROBE_PREFIX}{uuid.uuid4().hex}"
+        try:
+            self._client._put_object(self.bucket, probe, b"1", headers={"If-None-Match": "*"})
+            try:
+                self._client._put_object(self.bucket, probe, b"2", headers={"If-None-Match": "*"})
+                return False
+            except S3Error as exc:
+                return exc.code in _ALREADY_WRITTEN_CODES
+            finally:
+                self._client.remove_object(self.bucket, probe)
+        except (S3Error, *_NETWORK_ERRORS):
+            return False  # HEAD before PUT always works
 
     def _forget_bucket_if_missing(self, exc: BaseException) -> None:
         """A bucket that vanished (a store rebuilt empty) is created again on the next request."""
@@ -172,6 +198,8 @@ class S3ObjectStore:
             return write()
 
     def _put_new(self, key: str, data: ObjectData, sha256: str) -> PutResult:
+        if self._conditional_writes and isinstance(data, bytes) and len(data) <= _PART_BYTES:
+            return self._put_new_conditionally(key, data, sha256)
         try:
             existing = self._stored_sha256(key)
             if existing is not None:
@@ -190,6 +218,23 @@ class S3ObjectStore:
             self._forget_bucket_if_missing(exc)
             raise _translate(exc) from exc
         return PutResult(PutOutcome.CREATED, sha256)
+
+    def _put_new_conditionally(self, key: str, data: bytes, sha256: str) -> PutResult:
+        headers = {"If-None-Match": "*", "Content-Type": "application/dicom", f"x-amz-meta-{_SHA256_META}": sha256}
+        try:
+            try:
+                self._client._put_object(self.bucket, key, data, headers=headers)
+                return PutResult(PutOutcome.CREATED, sha256)
+            except S3Error as exc:
+                if exc.code not in _ALREADY_WRITTEN_CODES:
+                    raise
+            existing = self._stored_sha256(key)
+        except _NETWORK_ERRORS as exc:
+            self._forget_bucket_if_missing(exc)
+            raise _translate(exc) from exc
+        if existing is None:  # written and removed again in between (a deletion): the next send writes it
+            raise StorageUnavailable("the object changed while it was written; send it again")
+        return PutResult(PutOutcome.IDENTICAL if existing == sha256 else PutOutcome.CONFLICT, existing)
 
     def put_hint(self, key: str, data: bytes) -> None:
         validate_key(key)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 import urllib.request
 import uuid
@@ -176,3 +177,40 @@ def test_streamed_data_larger_than_a_part_is_uploaded_in_parts(store: S3ObjectSt
     assert hashlib.sha256(raw.get_object(bucket, KEY).read()).hexdigest() == digest
     assert "-" in raw.stat_object(bucket, KEY).etag  # a multipart upload's ETag names its parts
     assert store.put_new(KEY, streamed, digest).outcome is PutOutcome.IDENTICAL
+
+
+def test_two_stores_writing_one_key_at_once_create_it_once(s3_server: S3Server, bucket: str) -> None:
+    """The store itself refuses the second writer (conditional PUT): no HEAD-then-PUT race."""
+    stores = [S3ObjectStore(bucket, s3_server.endpoint, "testing", "testing", "us-east-1", timeout_seconds=4.0)
+              for _ in range(2)]
+    stores[0].ping()
+    for n in range(20):
+        key = f"1.2/1.3/{n}.dcm"
+        barrier = threading.Barrier(2)
+        outcomes: list[PutOutcome] = []
+
+        def write(store: S3ObjectStore, content: bytes) -> None:
+            barrier.wait()
+            outcomes.append(store.put_new(key, content, sha(content)).outcome)
+
+        threads = [threading.Thread(target=write, args=(store, b"writer %d" % i)) for i, store in enumerate(stores)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sorted(outcome.value for outcome in outcomes) == ["conflict", "created"]
+
+
+def test_a_store_without_conditional_writes_decides_before_it_writes(store: S3ObjectStore) -> None:
+    store.ping()
+    store._conditional_writes = False  # as an S3 server that ignores If-None-Match
+    assert store.put_new(KEY, b"first", sha(b"first")).outcome is PutOutcome.CREATED
+    assert store.put_new(KEY, b"first", sha(b"first")).outcome is PutOutcome.IDENTICAL
+    assert store.put_new(KEY, b"second", sha(b"second")).outcome is PutOutcome.CONFLICT
+    assert store.get(KEY) == b"first"
+
+
+def test_the_conditional_write_probe_leaves_nothing_behind(store: S3ObjectStore, raw: Minio, bucket: str) -> None:
+    store.ping()
+    assert store._conditional_writes is True  # moto honours If-None-Match
+    assert [item.object_name for item in raw.list_objects(bucket, recursive=True)] == []
