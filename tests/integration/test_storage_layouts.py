@@ -1,14 +1,17 @@
 """Storage layouts and file names seen on disk after storescu pushes to `pacs serve`; hostile PatientIDs stay
-inside the object folder; duplicates are still detected when the key of a new send would differ."""
+inside the object folder; duplicates are still detected when the key of a new send would differ. The tests share
+one node (module_node), the first one while it still has the default layout; each waits for the layout it sets."""
 
 from __future__ import annotations
 
 import subprocess
 from datetime import datetime, timedelta, timezone
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from pydicom.dataset import Dataset
 
 from shared.storage.layout import patient_component
@@ -29,6 +32,17 @@ def storescu_verbose(port: int, path: Path) -> subprocess.CompletedProcess[str]:
 def patch_config(node: Node, **values: Any) -> None:
     response = httpx.patch(f"{node.api}/api/config", json=values, timeout=10)
     assert response.status_code == 200, response.text
+
+
+@pytest.fixture(autouse=True)
+def layout_put_back(module_node: Node) -> Iterator[None]:
+    """Each test starts from the node's configuration as it was: the keys it does not set have their defaults."""
+    config = module_node.get("/api/config").json()
+    yield
+    now = module_node.get("/api/config").json()
+    put_back = {key: value for key, value in config.items() if now[key] != value}
+    if put_back:
+        patch_config(module_node, **put_back)
 
 
 def push(node: Node, dataset: Dataset, folder: Path) -> None:
@@ -62,8 +76,8 @@ def key_after_change(node: Node, folder: Path, expected: Any, **image: Any) -> t
     return result
 
 
-def test_each_layout_and_naming_on_disk(embedded_node: Node, tmp_path: Path) -> None:
-    node = embedded_node
+def test_each_layout_and_naming_on_disk(module_node: Node, tmp_path: Path) -> None:
+    node = module_node
     first = make_image(patient_id="PID-7")
     push(node, first, tmp_path / "default")
     assert relative_key(node, first.SOPInstanceUID) == (
@@ -86,8 +100,8 @@ def test_each_layout_and_naming_on_disk(embedded_node: Node, tmp_path: Path) -> 
     node.wait_indexed(len(list((node.data_dir / "objects").rglob("*.dcm"))))
 
 
-def test_hostile_patient_ids_become_safe_folders_inside_the_object_store(embedded_node: Node, tmp_path: Path) -> None:
-    node = embedded_node
+def test_hostile_patient_ids_become_safe_folders_inside_the_object_store(module_node: Node, tmp_path: Path) -> None:
+    node = module_node
     objects = node.data_dir / "objects"
     patch_config(node, storage_layout="patient")
     hostile = ["../../escaped", "..", "a b/../c", "Müller^Änne", "/etc/passwd", ".pending", "   "]
@@ -109,9 +123,8 @@ def test_hostile_patient_ids_become_safe_folders_inside_the_object_store(embedde
     node.wait_indexed(len(list(objects.rglob("*.dcm"))))  # and every one of them is indexed
 
 
-def test_a_duplicate_is_detected_when_the_layout_would_give_it_another_key(embedded_node: Node,
-                                                                          tmp_path: Path) -> None:
-    node = embedded_node
+def test_a_duplicate_is_detected_when_the_layout_would_give_it_another_key(module_node: Node, tmp_path: Path) -> None:
+    node = module_node
     patch_config(node, storage_layout="date", storage_naming="timestamp")
     dataset, key = key_after_change(node, tmp_path / "first", lambda ds, key: received_day(key)
                                     and key.endswith(f"Z_{ds.SOPInstanceUID}.dcm"), patient_id="P1")

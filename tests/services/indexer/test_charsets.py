@@ -1,4 +1,5 @@
-"""Names are decoded with the dataset's Specific Character Set and indexed as Unicode."""
+"""Names are decoded with the dataset's Specific Character Set and indexed as Unicode (one node for the module,
+a patient of its own for each character set)."""
 
 from __future__ import annotations
 
@@ -24,18 +25,21 @@ JAPANESE_NAME = "Yamada^Tarou=山田^太郎=やまだ^たろう"
     ids=["latin1", "iso2022-ir87", "utf8-greek"],
 )
 def test_patient_names_are_indexed_as_the_right_unicode_text(
-    embedded_node: Node, tmp_path: Path, charset: str | list[str], name: str, search_form: str
+    module_node: Node, tmp_path: Path, request: pytest.FixtureRequest, charset: str | list[str], name: str,
+    search_form: str
 ) -> None:
-    dataset = make_image(charset=charset, patient_name=name, patient_id="CHARSET-1")  # type: ignore[arg-type]
+    patient_id = f"CHARSET-{request.node.callspec.id}"
+    dataset = make_image(charset=charset, patient_name=name, patient_id=patient_id)  # type: ignore[arg-type]
     path = save(dataset, tmp_path / "named.dcm")
     raw = path.read_bytes()
     assert name.encode("utf-8") not in raw or charset == "ISO_IR 192"  # really encoded in its own charset
 
-    push_files(embedded_node.dicom_port, [SampleFile(path, "1.2.840.10008.1.2.1", dataset.SOPInstanceUID)])
-    embedded_node.wait_indexed(1)
+    held = module_node.settled_status()["counts"]["instances"]
+    push_files(module_node.dicom_port, [SampleFile(path, "1.2.840.10008.1.2.1", dataset.SOPInstanceUID)])
+    module_node.wait_indexed(held + 1)
 
-    with sqlite3.connect(embedded_node.data_dir / "index.sqlite3") as connection:
+    with sqlite3.connect(module_node.data_dir / "index.sqlite3") as connection:
         stored_name, stored_search = connection.execute(
-            "SELECT patient_name, patient_name_search FROM patients WHERE patient_id = 'CHARSET-1'").fetchone()
+            "SELECT patient_name, patient_name_search FROM patients WHERE patient_id = ?", (patient_id,)).fetchone()
     assert stored_name == name
     assert stored_search == search_form
