@@ -24,11 +24,12 @@ from pydicom.values import convert_string
 
 from services.indexer.json_values import (
     BINARY_VRS,
-    CONVERTERS,
     LUT_DESCRIPTORS,
     NUMBER_FORMATS,
     JsonElement,
+    convert,
     decode_text,
+    element_text,
     numbers,
 )
 from services.indexer.lean_errors import DropElement, LeftToPydicom
@@ -46,7 +47,7 @@ PIXEL_DATA_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})  # where dcmre
 SPECIFIC_CHARACTER_SET = 0x00080005
 PIXEL_REPRESENTATION = 0x00280103
 US_OR_SS = "US or SS"
-DEFAULT_ENCODINGS = ["iso8859"]
+DEFAULT_ENCODINGS = ("iso8859",)
 ITEM_SPECIAL_TAGS = frozenset({SPECIFIC_CHARACTER_SET, PIXEL_REPRESENTATION, *LUT_DESCRIPTORS})
 LAST_ORDINARY_TAG = min(PIXEL_DATA_TAGS)  # pixel data and the item delimiter are at or above it
 EXPLICIT_VRS = {**{code: (vr, False) for code, vr in SHORT_LENGTH_VRS.items()},
@@ -57,14 +58,15 @@ CACHE_LIMIT = 4096
 
 _dictionary_vrs: dict[int, str | None] = {}
 _keys: dict[int, str] = {}
-_encodings_of_value: dict[bytes, list[str]] = {}
+_encodings_of_value: dict[bytes, tuple[str, ...]] = {}
 
 
 @dataclass(frozen=True)
 class LeanDataSet:
     attributes: dict[str, JsonElement]
+    attributes_json: str  # the text json.dumps gives for ``attributes``
     top_level: dict[int, tuple[str, bytes]]  # (VR, encoded value) of the top-level elements asked for
-    encodings: list[str]  # the Python encodings of the top-level Specific Character Set
+    encodings: tuple[str, ...]  # the Python encodings of the top-level Specific Character Set
 
 
 def _dictionary_vr(tag: int) -> str | None:
@@ -89,12 +91,20 @@ def _key(tag: int) -> str:
     return key
 
 
-def encodings_of(value: bytes) -> list[str]:
+def _object_text(member_texts: list[str]) -> str:
+    return f"{{{', '.join(member_texts)}}}"
+
+
+def _sequence_text(item_texts: list[str]) -> str:
+    return f'{{"vr": "SQ", "Value": [{", ".join(item_texts)}]}}'
+
+
+def encodings_of(value: bytes) -> tuple[str, ...]:
     """Python encodings of a Specific Character Set value, as dcmread derives them (lenient: unknown terms warn)."""
     encodings = _encodings_of_value.get(value)
     if encodings is None:
         terms = convert_string(value, True) if value else ""
-        encodings = convert_encodings(list(terms) if not isinstance(terms, str) else terms)
+        encodings = tuple(convert_encodings(list(terms) if not isinstance(terms, str) else terms))
         if len(_encodings_of_value) < CACHE_LIMIT:
             _encodings_of_value[value] = encodings
     return encodings
@@ -116,9 +126,10 @@ class _Walker:
         self.pixel_representation: bytes | None = None  # of the top-level data set, once read
         self.top_level_special = ITEM_SPECIAL_TAGS | wanted
 
-    def data_set(self, pos: int, end: int, encodings: Sequence[str], depth: int, top: bool,
-                 undefined_item: bool) -> tuple[dict[str, JsonElement], int, bool]:
-        """(attributes, position after the data set, whether an element refused by strict reading is inside).
+    def data_set(self, pos: int, end: int, encodings: tuple[str, ...], depth: int, top: bool,
+                 undefined_item: bool) -> tuple[dict[str, JsonElement], str, int, bool]:
+        """(attributes, their JSON text, position after the data set, whether an element refused by strict reading
+        is inside).
 
         ``end`` is where a defined-length data set ends, or the limit an undefined-length item must end before.
         """
@@ -127,6 +138,7 @@ class _Walker:
         data, little, implicit = self.data, self.little, self.implicit
         special = self.top_level_special if top else ITEM_SPECIAL_TAGS
         attributes: dict[str, JsonElement] = {}
+        texts: list[str] = []  # '"key": element' in the order of ``attributes``
         creators: dict[int, tuple[str, int, int]] = {}  # private creator tag: (VR, value start, value end)
         refused = False
         previous = -1
@@ -134,9 +146,9 @@ class _Walker:
         while True:
             if end - pos < 8:
                 if top and self.complete:
-                    return attributes, pos, refused  # dcmread ignores fewer than 8 trailing bytes
+                    return attributes, _object_text(texts), pos, refused  # dcmread ignores fewer than 8 bytes
                 if pos == end and not top and not undefined_item:
-                    return attributes, pos, refused
+                    return attributes, _object_text(texts), pos, refused
                 raise LeftToPydicom("data set cut short")
             if implicit:
                 group, element, length = self.implicit_header(data, pos)
@@ -147,9 +159,9 @@ class _Walker:
                 if tag == ITEM_END:
                     if not undefined_item:
                         raise LeftToPydicom("item delimiter outside an undefined-length item")
-                    return attributes, pos + 8, refused
+                    return attributes, _object_text(texts), pos + 8, refused
                 if top and tag in PIXEL_DATA_TAGS:
-                    return attributes, pos, refused
+                    return attributes, _object_text(texts), pos, refused
             if implicit:
                 vr: str | None = None
                 pos += 8
@@ -174,10 +186,12 @@ class _Walker:
                         vr = self._undefined_length_vr(tag, pos)
                     if vr != "SQ":
                         raise LeftToPydicom("undefined length outside a sequence")
-                    items, pos, items_refused = self.items(pos, None, end, encodings, depth + 1)
+                    items, item_texts, pos, items_refused = self.items(pos, None, end, encodings, depth + 1)
                     if items_refused:
                         raise DropElement
-                    attributes[_key(tag)] = {"vr": "SQ", "Value": items}
+                    key = _key(tag)
+                    attributes[key] = {"vr": "SQ", "Value": items}
+                    texts.append(f'"{key}": {_sequence_text(item_texts)}')
                     continue
                 value_start = pos
                 pos += length
@@ -186,23 +200,27 @@ class _Walker:
                 if vr is None or vr == "UN":
                     vr = self._vr_read_by_pydicom(tag, vr, length, creators, encodings)
                     if vr in AMBIGUOUS_VR:
-                        attributes[_key(tag)] = self._us_or_ss(tag, vr, data[value_start:pos], top)
+                        key = _key(tag)
+                        attributes[key] = element = self._us_or_ss(tag, vr, data[value_start:pos], top)
+                        texts.append(f'"{key}": {element_text(element)}')
                         continue
                 if group & 1 and 0x10 <= element < 0x100:
                     creators[tag] = (vr, value_start, pos)
                 if vr == "SQ":
-                    items, _, items_refused = self.items(value_start, pos, pos, encodings, depth + 1)
+                    items, item_texts, _, items_refused = self.items(value_start, pos, pos, encodings, depth + 1)
                     if items_refused:
                         raise DropElement
-                    attributes[_key(tag)] = {"vr": "SQ", "Value": items}
+                    key = _key(tag)
+                    attributes[key] = {"vr": "SQ", "Value": items}
+                    texts.append(f'"{key}": {_sequence_text(item_texts)}')
                     continue
                 value = data[value_start:pos]
                 if tag in special:
                     encodings = self._special(tag, vr, value, top, encodings)
-                converter = CONVERTERS.get(vr)
-                if converter is None:
-                    raise LeftToPydicom("a VR without a converter")
-                attributes[_key(tag)] = converter(vr, value, encodings, little, tag) if value else {"vr": vr}
+                element, text = convert(vr, value, encodings, little, tag, tag not in LUT_DESCRIPTORS)
+                key = _keys.get(tag) or _key(tag)
+                attributes[key] = element
+                texts.append(f'"{key}": {text}')
             except DropElement:
                 if not top:
                     refused = True  # the whole top-level sequence holding it is left out
@@ -220,7 +238,8 @@ class _Walker:
         if looks_implicit != self.implicit:
             raise LeftToPydicom("VR encoding other than the transfer syntax's")
 
-    def _special(self, tag: int, vr: str, value: bytes, top: bool, encodings: Sequence[str]) -> Sequence[str]:
+    def _special(self, tag: int, vr: str, value: bytes, top: bool,
+                 encodings: tuple[str, ...]) -> tuple[str, ...]:
         """What an element read besides its JSON means: the character set of the data set, the Pixel Representation
         that resolves later 'US or SS' VRs, a record column's value. Returns the encodings from here on."""
         if tag == SPECIFIC_CHARACTER_SET:
@@ -238,16 +257,17 @@ class _Walker:
             self.top_level[tag] = (vr, value)
         return encodings
 
-    def items(self, pos: int, end: int | None, limit: int, encodings: Sequence[str],
-              depth: int) -> tuple[list[dict[str, JsonElement]], int, bool]:
+    def items(self, pos: int, end: int | None, limit: int, encodings: tuple[str, ...],
+              depth: int) -> tuple[list[dict[str, JsonElement]], list[str], int, bool]:
         """The items of a sequence that starts at ``pos`` and ends at ``end`` (None: at its delimiter, before
-        ``limit``)."""
+        ``limit``), with their JSON texts."""
         data = self.data
         items: list[dict[str, JsonElement]] = []
+        texts: list[str] = []
         refused = False
         while True:
             if end is not None and pos == end:
-                return items, pos, refused
+                return items, texts, pos, refused
             if limit - pos < 8:
                 raise LeftToPydicom("sequence cut short")
             group, element, length = self.implicit_header(data, pos)
@@ -256,16 +276,17 @@ class _Walker:
             if tag == SEQUENCE_END:
                 if end is not None:
                     raise LeftToPydicom("sequence delimiter in a defined-length sequence")
-                return items, pos, refused
+                return items, texts, pos, refused
             if tag != ITEM:
                 raise LeftToPydicom("sequence element that is no item")
             if length == UNDEFINED_LENGTH:
-                item, pos, item_refused = self.data_set(pos, limit, encodings, depth, False, True)
+                item, text, pos, item_refused = self.data_set(pos, limit, encodings, depth, False, True)
             else:
                 if pos + length > limit:
                     raise LeftToPydicom("item longer than its sequence")
-                item, pos, item_refused = self.data_set(pos, pos + length, encodings, depth, False, False)
+                item, text, pos, item_refused = self.data_set(pos, pos + length, encodings, depth, False, False)
             items.append(item)
+            texts.append(text)
             refused = refused or item_refused
 
     def _undefined_length_vr(self, tag: int, pos: int) -> str | None:
@@ -337,6 +358,6 @@ class _Walker:
 def read_json_model(encoded: EncodedDataSet, wanted: frozenset[int]) -> LeanDataSet:
     """The attributes of the data set (up to its pixel data), plus the encoded top-level elements in ``wanted``."""
     walker = _Walker(encoded, wanted)
-    attributes, _, _ = walker.data_set(encoded.start, len(encoded.data), DEFAULT_ENCODINGS, 0, True, False)
-    return LeanDataSet(attributes, walker.top_level, list(walker.encodings))
+    attributes, text, _, _ = walker.data_set(encoded.start, len(encoded.data), DEFAULT_ENCODINGS, 0, True, False)
+    return LeanDataSet(attributes, text, walker.top_level, walker.encodings)
 

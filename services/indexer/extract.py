@@ -10,6 +10,7 @@ from typing import Any, BinaryIO
 from services.indexer.lean_errors import LeftToPydicom
 from services.indexer.lean_record import read_lean
 from services.indexer.pydicom_record import read_with_pydicom
+from services.indexer.record_fields import ReadObject
 from shared.dicom.names import accent_free, folded
 from shared.digest import read_chunks, size_and_sha256
 
@@ -51,7 +52,8 @@ class IndexRecord:
     specific_character_set: str
     size: int
     sha256: str
-    attributes: dict[str, Any]
+    attributes: dict[str, Any]  # DICOM JSON model of the non-bulk attributes
+    attributes_json: str  # ``attributes`` as json.dumps writes them (what the index stores)
 
 
 def _read(part10: bytes | BinaryIO) -> tuple[int, str, bytes, bool]:
@@ -69,7 +71,7 @@ def _read(part10: bytes | BinaryIO) -> tuple[int, str, bytes, bool]:
     return size, digest.hexdigest(), head, complete
 
 
-def _read_with_pydicom(part10: bytes | BinaryIO) -> tuple[dict[str, Any], dict[str, Any]]:
+def _read_with_pydicom(part10: bytes | BinaryIO) -> ReadObject:
     if not isinstance(part10, bytes):
         part10.seek(0)
     try:
@@ -84,13 +86,14 @@ def extract(part10: bytes | BinaryIO) -> IndexRecord:
     when those bytes hold everything before the pixel data; pydicom reads whatever it leaves."""
     size, sha256, head, complete = _read(part10)
     try:
-        attributes, columns = read_lean(head, complete)
+        read = read_lean(head, complete)
     except LeftToPydicom as exc:
         log.debug("index.read_by_pydicom reason=%s", exc)
-        attributes, columns = _read_with_pydicom(part10)
+        read = _read_with_pydicom(part10)
     except Exception as exc:  # a malformed object: pydicom's reading decides what it is
         log.debug("index.read_by_pydicom reason=%s", exc.__class__.__name__)
-        attributes, columns = _read_with_pydicom(part10)
+        read = _read_with_pydicom(part10)
+    columns = read.columns
     patient_name = columns["patient_name"]
     return IndexRecord(
         patient_key=columns["patient_id"] or NO_PATIENT_ID_PREFIX + columns["study_instance_uid"],
@@ -98,6 +101,7 @@ def extract(part10: bytes | BinaryIO) -> IndexRecord:
         patient_name_search=accent_free(patient_name),
         size=size,
         sha256=sha256,
-        attributes=attributes,
+        attributes=read.attributes,
+        attributes_json=read.attributes_json,
         **columns,
     )

@@ -4,14 +4,19 @@ The reference is ``Dataset.to_json_dict(bulk_data_threshold=1024, suppress_inval
 handler that answers "" on a dataset read by ``dcmread``: values are read strictly (a value pydicom's strict reading
 refuses raises DropElement), text is decoded with the Specific Character Set by pydicom's own rules, numbers become
 JSON numbers, binary values up to 768 bytes are inline (base64) and larger ones are left out (an empty BulkDataURI).
-Sequences are the walker's (services/indexer/dicom_json.py); everything else of one element is here.
+Each element also gets its text exactly as ``json.dumps`` writes it, so that the index stores a data set's text
+without serializing it again. Sequences are the walker's (services/indexer/dicom_json.py); everything else of one
+element is here.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import struct
 from collections.abc import Callable, Sequence
+from json.encoder import encode_basestring_ascii
+from math import inf
 from typing import Any
 
 from pydicom.charset import decode_bytes
@@ -38,7 +43,13 @@ NUMBER_FORMATS = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "UV": "Q", "SV": "
 NUMBER_SIZES = {vr: struct.calcsize("<" + code) for vr, code in NUMBER_FORMATS.items()}  # standard sizes
 BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 
+UNCACHED_VRS = BINARY_VRS | {"PN"}  # values seldom repeated, or JSON values that are dicts
+CACHED_VALUE_MAX_BYTES = 256
+CACHE_ENTRIES = 20_000
+REFUSED = object()  # cached for a value strict reading refuses
+
 JsonElement = dict[str, Any]
+_converted: dict[tuple[str, bytes, tuple[str, ...], bool], Any] = {}  # (JSON values or None, text), or REFUSED
 
 
 def decode_text(value: bytes, encodings: Sequence[str]) -> str:
@@ -225,11 +236,68 @@ CONVERTERS: dict[str, Converter] = {
 }
 
 
-def json_element(vr: str, value: bytes, encodings: Sequence[str], little: bool, tag: int) -> JsonElement:
-    """The JSON of a non-sequence element with a defined length (its VR one of CONVERTERS)."""
+def _scalar_text(value: Any) -> str:
+    """A JSON value as ``json.dumps`` writes it (ASCII only; NaN and infinities as Python's json writes them)."""
+    if type(value) is str:
+        return encode_basestring_ascii(value)
+    if type(value) is int:
+        return int.__repr__(value)
+    if type(value) is float:
+        if value != value:
+            return "NaN"
+        if value in (inf, -inf):
+            return "Infinity" if value > 0 else "-Infinity"
+        return float.__repr__(value)
+    return json.dumps(value)
+
+
+def element_text(element: JsonElement) -> str:
+    """The text ``json.dumps`` gives for a non-sequence element (so that a data set's text is its elements' joined)."""
+    if len(element) == 1:
+        return f'{{"vr": "{element["vr"]}"}}'
+    values = element.get("Value")
+    if values is None:
+        return json.dumps(element)
+    return f'{{"vr": "{element["vr"]}", "Value": [{", ".join([_scalar_text(value) for value in values])}]}}'
+
+
+def convert(vr: str, value: bytes, encodings: tuple[str, ...], little: bool, tag: int,
+            cacheable: bool) -> tuple[JsonElement, str]:
+    """A non-sequence element with a defined length: its JSON (a new dict every time) and that JSON's text.
+
+    Values that repeat from object to object (most of a series' attributes) are converted once: a bounded cache
+    keeps their JSON values and text. PN values, binary values, long values and those whose conversion depends on
+    the tag (``cacheable`` False) are converted each time.
+    """
+    if not value:
+        return {"vr": vr}, f'{{"vr": "{vr}"}}'
+    if cacheable and len(value) <= CACHED_VALUE_MAX_BYTES and vr not in UNCACHED_VRS:
+        key = (vr, value, encodings, little)
+        cached = _converted.get(key)
+        if cached is None:
+            cached = _converted_for_cache(vr, value, encodings, little, tag)
+            if len(_converted) >= CACHE_ENTRIES:
+                _converted.clear()  # a flood of values seen once: start again
+            _converted[key] = cached
+        if cached is REFUSED:
+            raise DropElement
+        values, text = cached
+        return ({"vr": vr, "Value": list(values)} if values is not None else {"vr": vr}), text
+    element = _converter(vr)(vr, value, encodings, little, tag)
+    return element, element_text(element)
+
+
+def _converter(vr: str) -> Converter:
     converter = CONVERTERS.get(vr)
     if converter is None:
         raise LeftToPydicom("a VR without a converter")
-    if not value:
-        return {"vr": vr}
-    return converter(vr, value, encodings, little, tag)
+    return converter
+
+
+def _converted_for_cache(vr: str, value: bytes, encodings: tuple[str, ...], little: bool, tag: int) -> Any:
+    try:
+        element = _converter(vr)(vr, value, encodings, little, tag)
+    except DropElement:
+        return REFUSED
+    values = element.get("Value")
+    return tuple(values) if values is not None else None, element_text(element)

@@ -9,13 +9,19 @@ from typing import Any
 from services.indexer.dicom_json import read_json_model
 from services.indexer.lenient_values import lenient_number_text, lenient_text
 from services.indexer.part10_header import locate_data_set
-from services.indexer.record_fields import INTEGER_KEYWORDS, RECORD_TAGS, TAG_OF_KEYWORD, record_columns
+from services.indexer.record_fields import (
+    INTEGER_KEYWORDS,
+    RECORD_TAGS,
+    TAG_OF_KEYWORD,
+    ReadObject,
+    record_columns,
+)
 from shared.uids import require_uid
 
 
-def read_lean(data: bytes, complete: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(attributes, record columns including ``transfer_syntax``) of a Part-10 object, or of its first bytes
-    (``complete`` False) when they hold everything before the pixel data."""
+def read_lean(data: bytes, complete: bool = True) -> ReadObject:
+    """What the record takes from a Part-10 object, or from its first bytes (``complete`` False) when they hold
+    everything before the pixel data."""
     encoded = locate_data_set(data, complete)
     lean = read_json_model(encoded, RECORD_TAGS)
 
@@ -30,4 +36,4 @@ def read_lean(data: bytes, complete: bool = True) -> tuple[dict[str, Any], dict[
 
     columns = record_columns(value_of)
     columns["transfer_syntax"] = require_uid(encoded.transfer_syntax, "Transfer Syntax UID")
-    return lean.attributes, columns
+    return ReadObject(lean.attributes, lean.attributes_json, columns)

@@ -15,7 +15,11 @@ from pydicom.valuerep import TEXT_VR_DELIMS
 from services.indexer.json_values import decode_text, name_components
 from services.indexer.lean_errors import LeftToPydicom
 
-Value = str | list[str]
+Value = str | tuple[str, ...]
+CACHED_VALUE_MAX_BYTES = 256
+CACHE_ENTRIES = 10_000
+
+_texts: dict[tuple[str, bytes, tuple[str, ...]], Value] = {}
 
 
 def _decoded(value: bytes, encodings: Sequence[str]) -> str:
@@ -26,11 +30,25 @@ def _decoded(value: bytes, encodings: Sequence[str]) -> str:
 
 
 def _one_or_many(items: list[str]) -> Value:
-    return items[0] if len(items) == 1 else items
+    return items[0] if len(items) == 1 else tuple(items)
 
 
-def lenient_text(vr: str, value: bytes, encodings: Sequence[str]) -> Value:
-    """A text-like element's value: one text, or a list for several."""
+def lenient_text(vr: str, value: bytes, encodings: tuple[str, ...]) -> Value:
+    """A text-like element's value: one text, or a tuple for several. Values that repeat from object to object (a
+    series' patient and study columns) are read once: a bounded cache keeps them."""
+    if len(value) > CACHED_VALUE_MAX_BYTES:
+        return _lenient_text(vr, value, encodings)
+    key = (vr, value, encodings)
+    text = _texts.get(key)
+    if text is None:
+        text = _lenient_text(vr, value, encodings)
+        if len(_texts) >= CACHE_ENTRIES:
+            _texts.clear()
+        _texts[key] = text
+    return text
+
+
+def _lenient_text(vr: str, value: bytes, encodings: Sequence[str]) -> Value:
     if vr in ("SH", "LO", "UC"):
         return _one_or_many([item.rstrip("\x00 ") for item in _decoded(value, encodings).split("\\")])
     if vr in ("ST", "LT", "UT"):
@@ -57,5 +75,5 @@ def lenient_number_text(vr: str, value: bytes) -> Value | None:
     text = value.decode("latin-1")
     items = (text.strip() if vr == "DS" else text).rstrip(" \x00").split("\\")
     if len(items) > 1:
-        return items
+        return tuple(items)
     return items[0].strip() or None

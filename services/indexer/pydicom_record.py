@@ -7,13 +7,14 @@ leaves to pydicom. It raises whatever pydicom raises on a malformed object.
 
 from __future__ import annotations
 
+import json
 from io import BytesIO
 from typing import Any, BinaryIO
 
 import pydicom
 
 from services.indexer.json_values import BULK_DATA_THRESHOLD
-from services.indexer.record_fields import record_columns
+from services.indexer.record_fields import ReadObject, record_columns
 from shared.uids import require_uid
 
 
@@ -27,10 +28,10 @@ def attributes_of(dataset: pydicom.Dataset) -> dict[str, Any]:
                                 suppress_invalid_tags=True)
 
 
-def read_with_pydicom(part10: bytes | BinaryIO) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(attributes, record columns including ``transfer_syntax``) of a Part-10 object."""
+def read_with_pydicom(part10: bytes | BinaryIO) -> ReadObject:
+    """What the record takes from a Part-10 object."""
     dataset = pydicom.dcmread(BytesIO(part10) if isinstance(part10, bytes) else part10, stop_before_pixels=True)
     attributes = attributes_of(dataset)
     columns = record_columns(dataset.get)
     columns["transfer_syntax"] = require_uid(dataset.file_meta.get("TransferSyntaxUID"), "Transfer Syntax UID")
-    return attributes, columns
+    return ReadObject(attributes, json.dumps(attributes), columns)

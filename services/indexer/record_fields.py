@@ -7,7 +7,7 @@ for a multi-valued element, a pydicom value object, or None when the element is 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydicom.datadict import tag_for_keyword
 from pydicom.multival import MultiValue
@@ -47,6 +47,14 @@ TAG_OF_KEYWORD: dict[str, int] = {
 }
 KEYWORD_OF_TAG = {tag: keyword for keyword, tag in TAG_OF_KEYWORD.items()}
 RECORD_TAGS = frozenset(TAG_OF_KEYWORD.values())
+
+
+class ReadObject(NamedTuple):
+    """What the index record takes from a stored object's data set."""
+
+    attributes: dict[str, Any]  # the DICOM JSON model of its non-bulk attributes
+    attributes_json: str  # their text as json.dumps writes it: what the index stores
+    columns: dict[str, Any]  # the record's columns, transfer_syntax included
 
 
 def text_of(value: Any, limit: int) -> str:

@@ -16,8 +16,9 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Connection, Insert, Select, Table, Update, bindparam, select
+from sqlalchemy import Connection, Insert, Select, Table, Text, Update, bindparam, cast, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
 from services.indexer.extract import IndexRecord
@@ -52,6 +53,15 @@ class _Statements:
 KEYS = {"patients": "patient_key", "studies": "study_instance_uid", "series": "series_instance_uid"}
 
 
+def _instance_values(dialect: str) -> dict[str, Any]:
+    """A parameter per column; the attributes as the JSON text the record carries (not serialized again)."""
+    values: dict[str, Any] = {column.name: bindparam(column.name, type_=column.type)
+                              for column in INSTANCES.c if column.name not in ("pk", "attributes")}
+    text = bindparam("attributes_json", type_=Text)
+    values["attributes"] = cast(text, JSONB()) if dialect == "postgresql" else text  # SQLite keeps JSON as text
+    return values
+
+
 @cache
 def _statements(dialect: str) -> _Statements:
     keys = bindparam("keys", expanding=True)
@@ -65,7 +75,8 @@ def _statements(dialect: str) -> _Statements:
              .where(SERIES.c.series_instance_uid.in_(keys)))
     inserts = {name: _dialect_insert(dialect, table).on_conflict_do_nothing(index_elements=[KEYS[name]])
                for name, table in tables.items()}
-    insert_instances = (_dialect_insert(dialect, INSTANCES).on_conflict_do_nothing(index_elements=["sop_instance_uid"])
+    insert_instances = (_dialect_insert(dialect, INSTANCES).values(_instance_values(dialect))
+                        .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
                         .returning(INSTANCES.c.sop_instance_uid))
     touch = {name: table.update().where(table.c.pk.in_(bindparam("pks", expanding=True)))
              .values(last_update=bindparam("now", type_=table.c.last_update.type))
@@ -139,7 +150,7 @@ class _Writer:
             object_key=event.object_key, size=record.size, sha256=record.sha256,
             remote_aet=event.reception.remote_aet, called_aet=event.reception.called_aet,
             remote_ip=event.reception.remote_ip, received_at=event.reception.received_at, indexed_at=now,
-            specific_character_set=record.specific_character_set, attributes=record.attributes,
+            specific_character_set=record.specific_character_set, attributes_json=record.attributes_json,
         ) for event, record in batch]
         return set(self.connection.execute(self.statements.insert_instances, rows).scalars())
 

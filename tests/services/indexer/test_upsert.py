@@ -5,6 +5,7 @@ PostgreSQL."""
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -47,7 +48,8 @@ def indexed(sop: str, study: str = "1.2.3", series: str = "1.2.3.4", patient_id:
         series_number=1, series_description="first", body_part_examined="", sop_instance_uid=sop,
         sop_class_uid="1.2.840.10008.5.1.4.1.1.2", instance_number=1, transfer_syntax="1.2.840.10008.1.2.1",
         specific_character_set="", size=10, sha256=hashlib.sha256(sop.encode()).hexdigest(),
-        attributes={"00080018": {"vr": "UI", "Value": [sop]}})
+        attributes={"00080018": {"vr": "UI", "Value": [sop]}},
+        attributes_json=json.dumps({"00080018": {"vr": "UI", "Value": [sop]}}))
     record = replace(record, **columns)  # type: ignore[arg-type]
     event = InstanceStored(
         sop_instance_uid=sop, sop_class_uid=record.sop_class_uid, study_instance_uid=study,
