@@ -27,8 +27,9 @@ WAIT_MS = 60_000  # how long the page may take to show what the API answers (it 
 pytestmark = pytest.mark.dcmtk
 
 
-@pytest.fixture
-def browser() -> Iterator[Browser]:
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Browser]:
+    """One Chromium for the module (a launch costs a second or two)."""
     if not Path(CHROMIUM).exists():
         pytest.fail("Debian's chromium is required (apt-get install chromium)")
     with sync_playwright() as playwright:
@@ -37,6 +38,14 @@ def browser() -> Iterator[Browser]:
             yield browser
         finally:
             browser.close()
+
+
+@pytest.fixture
+def browser(chromium: Browser) -> Iterator[Browser]:
+    """The module's Chromium; the pages (browsing contexts) a test opened are closed after it."""
+    yield chromium
+    for context in chromium.contexts:
+        context.close()
 
 
 def open_dashboard(browser: Browser, node: Node) -> tuple[Page, list[str]]:
