@@ -8,14 +8,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
 from services.indexer.extract import IndexRecord
+from shared.db.routing_models import RoutingRule, Webhook
 from shared.events import InstanceStored, iso_utc
 from shared.routing import Subject, active_rules, add_forward, matches
 from shared.webhooks import deliver_to_each, subscribers
 
 Indexed = tuple[InstanceStored, IndexRecord]
+# Whether any webhook is enabled, whether any instance_stored rule is: one cheap query per batch, and the full
+# lookups only when there is something to look up (most nodes have neither).
+WHAT_TO_LOOK_UP = select(exists().where(Webhook.enabled.is_(True)),
+                         exists().where(RoutingRule.enabled.is_(True), RoutingRule.trigger == "instance_stored"))
 
 
 def _instance(event: InstanceStored, record: IndexRecord, include_patient: bool) -> dict[str, Any]:
@@ -32,11 +38,12 @@ def _instance(event: InstanceStored, record: IndexRecord, include_patient: bool)
 def record_instance_events(session: Session, indexed: list[Indexed]) -> None:
     if not indexed:
         return
-    targets = subscribers(session, "instance_stored")
+    any_webhook, any_rule = session.connection().execute(WHAT_TO_LOOK_UP).one()
+    targets = subscribers(session, "instance_stored") if any_webhook else []
     if targets:
         deliver_to_each(session, "instance_stored", lambda include_patient: {
             "instances": [_instance(event, record, include_patient) for event, record in indexed]}, targets)
-    for rule in active_rules(session, "instance_stored"):
+    for rule in active_rules(session, "instance_stored") if any_rule else []:
         by_study: dict[str, list[str]] = {}
         for event, record in indexed:
             subject = Subject(frozenset({event.reception.remote_aet}), frozenset({record.modality}),
