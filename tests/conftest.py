@@ -49,6 +49,16 @@ def redis_url() -> Iterator[str]:
     client.flushdb()
 
 
+def workers_consuming(redis_url: str) -> int:
+    """Clients of this Redis database blocked in BRPOP: Celery workers (indexers, movers) consuming their queue."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        db = client.connection_pool.connection_kwargs["db"]
+        return sum(1 for entry in client.client_list() if entry["cmd"] == "brpop" and int(entry["db"]) == db)
+    finally:
+        client.close()
+
+
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
     server = OwnRedis(tmp_path)

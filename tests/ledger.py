@@ -54,7 +54,9 @@ class Ledger:
         return entry
 
     def acknowledged(self) -> list[Entry]:
-        return [entry for entry in self.entries.values() if entry.status == SUCCESS]
+        with self._lock:  # the pushers add entries meanwhile
+            entries = list(self.entries.values())
+        return [entry for entry in entries if entry.status == SUCCESS]
 
     def studies(self) -> set[str]:
         return {entry.study_instance_uid for entry in self.acknowledged()}

@@ -196,9 +196,12 @@ def test_a_deeply_nested_dataset_is_stored_then_dead_lettered_and_the_queue_keep
 
 
 def test_an_association_flood_is_limited_and_an_allowed_modality_still_stores(node: Node) -> None:
-    changed = httpx.patch(f"{node.api}/api/config", json={"max_associations": ASSOCIATION_LIMIT}, timeout=10)
+    # One PATCH is applied as a whole: once the marker AE title is refused, the limit is in force too.
+    changed = httpx.patch(f"{node.api}/api/config", json={"max_associations": ASSOCIATION_LIMIT,
+                                                          "blocked_calling_aets": ["MARKER"]}, timeout=10)
     assert changed.status_code == 200, changed.text
-    time.sleep(1)  # applied within 0.5 s
+    wait_until(lambda: echoscu(node.dicom_port, node.ae_title, calling_aet="MARKER").returncode != 0, 10,
+               "the PATCH in force")
     connections = [RawConnection(node.dicom_port) for _ in range(3 * ASSOCIATION_LIMIT)]
     try:
         answers = [connection.associate(node.ae_title) for connection in connections]
@@ -208,7 +211,8 @@ def test_an_association_flood_is_limited_and_an_allowed_modality_still_stores(no
         for connection in connections:
             connection.close()
     wait_until(lambda: echoscu(node.dicom_port, node.ae_title).returncode == 0, 15, "a free association slot")
-    restored = httpx.patch(f"{node.api}/api/config", json={"max_associations": 64}, timeout=10)
+    restored = httpx.patch(f"{node.api}/api/config", json={"max_associations": 64, "blocked_calling_aets": []},
+                           timeout=10)
     assert restored.status_code == 200
 
 

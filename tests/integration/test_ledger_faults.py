@@ -56,6 +56,11 @@ def push_in_parallel(node: Node, studies: list[list[Dataset]], ledger: Ledger) -
     return pushers
 
 
+def under_way(ledger: Ledger, acknowledged: int = 20) -> None:
+    """Wait until the pushes are under way (some instances acknowledged), so that the fault comes under load."""
+    wait_until(lambda: len(ledger.acknowledged()) >= acknowledged, 60, f"{acknowledged} instances acknowledged")
+
+
 def finish(pushers: list[Pusher]) -> None:
     for pusher in pushers:
         pusher.join(timeout=240)
@@ -151,7 +156,7 @@ def test_redis_stopped_for_30_seconds_under_load_and_back_empty(
     ledger = Ledger()
     try:
         pushers = push_in_parallel(node, [study(300, "REDIS-1"), study(300, "REDIS-2")], ledger)
-        time.sleep(1)
+        under_way(ledger)
         own_redis.stop()  # whatever it held is gone: it comes back empty
         stopped = time.monotonic()
         finish(pushers)  # every C-STORE is still answered while the queue is down
@@ -174,7 +179,7 @@ def test_postgres_stopped_for_30_seconds_under_load(
     ledger = Ledger()
     try:
         pushers = push_in_parallel(node, [study(300, "PGDOWN-1"), study(300, "PGDOWN-2")], ledger)
-        time.sleep(1)
+        under_way(ledger)
         proxy.cut()  # every connection dropped, new ones refused: the database is gone
         stopped = time.monotonic()
         finish(pushers)
@@ -202,7 +207,7 @@ def test_object_store_stalled_then_unreachable_under_load(
     ledger = Ledger()
     try:
         pushers = push_in_parallel(node, [study(150, "S3DOWN-1"), study(150, "S3DOWN-2")], ledger)
-        time.sleep(1)
+        under_way(ledger)
         proxy.stall()
         time.sleep(12)  # beyond the SCP's 10 s limit per store
         proxy.cut()

@@ -20,6 +20,7 @@ from typing import Any
 from pydicom.uid import CTImageStorage, generate_uid
 from pynetdicom import AE, evt
 
+from tests.conftest import workers_consuming
 from tests.destinations import StoreScp
 from tests.factory import make_image
 from tests.integration.test_move import movescu, register
@@ -64,6 +65,8 @@ def distributed(tmp_path: Path, postgres_url: str, redis_url: str, movers: int,
     for number in range(movers):
         node.service("mover", name=f"mover{number + 1}")
     with node.running():
+        # Every worker consumes before the test begins: a mover still starting could not take a redelivered job.
+        wait_until(lambda: workers_consuming(redis_url) >= 1 + movers, 60, "the indexer and the movers consuming")
         yield node
 
 

@@ -9,10 +9,9 @@ import time
 from pathlib import Path
 
 import psycopg
-import redis
 from minio import Minio
 
-from tests.conftest import S3Server
+from tests.conftest import S3Server, workers_consuming
 from tests.factory import study_set
 from tests.integration.test_move import StoreScp, movescu, register
 from tests.node import Node, free_port, port_accepts, wait_until
@@ -71,23 +70,13 @@ def test_two_scp_replicas_two_indexers_a_mover_and_an_api(
         print(node.logs())
 
 
-def workers_waiting_on(redis_url: str) -> int:
-    """Clients of the test's Redis database blocked in BRPOP: Celery workers consuming their queue."""
-    client = redis.Redis.from_url(redis_url)
-    try:
-        db = client.connection_pool.connection_kwargs["db"]
-        return sum(1 for entry in client.client_list() if entry["cmd"] == "brpop" and int(entry["db"]) == db)
-    finally:
-        client.close()
-
-
 def test_each_service_stops_cleanly_on_sigterm(tmp_path: Path, postgres_url: str, redis_url: str) -> None:
     node = Node(tmp_path, {"PACS_DATABASE_URL": postgres_url, "PACS_BROKER_URL": redis_url})
     assert node.run("migrate").returncode == 0
     services = [node.service(name) for name in ("scp", "indexer", "mover", "api")]
     try:
         node.wait_ready()
-        wait_until(lambda: workers_waiting_on(redis_url) >= 2, 30, "the indexer and the mover consuming their queues")
+        wait_until(lambda: workers_consuming(redis_url) >= 2, 30, "the indexer and the mover consuming their queues")
         for service in services:
             assert service.process is not None
             started = time.monotonic()
