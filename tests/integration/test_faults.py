@@ -9,7 +9,7 @@ from pathlib import Path
 
 import psycopg
 
-from tests.conftest import S3Server
+from tests.conftest import S3Server, workers_consuming
 from tests.factory import make_image, study_set
 from tests.faults import OwnRedis, TcpProxy
 from tests.node import Node, wait_until
@@ -193,6 +193,7 @@ def test_indexing_tasks_that_outlast_the_visibility_timeout_index_each_instance_
     try:
         start_services(node, "scp", "api", "indexer")
         node.service("indexer", name="indexer2")
+        wait_until(lambda: workers_consuming(redis_url) >= 2, 60, "both indexers consuming")
         files = study_set(tmp_path / "study", 60)
         with psycopg.connect(postgres_url.replace("+psycopg", "")) as blocker:
             blocker.execute("LOCK TABLE instances IN SHARE ROW EXCLUSIVE MODE")  # inserts wait, reads go on
