@@ -43,7 +43,7 @@ NUMBER_FORMATS = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "UV": "Q", "SV": "
 NUMBER_SIZES = {vr: struct.calcsize("<" + code) for vr, code in NUMBER_FORMATS.items()}  # standard sizes
 BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 
-UNCACHED_VRS = BINARY_VRS | {"PN"}  # values seldom repeated, or JSON values that are dicts
+UNCACHED_VRS = BINARY_VRS  # values seldom repeated
 CACHED_VALUE_MAX_BYTES = 256
 CACHE_ENTRIES = 20_000
 REFUSED = object()  # cached for a value strict reading refuses
@@ -248,6 +248,9 @@ def _scalar_text(value: Any) -> str:
         if value in (inf, -inf):
             return "Infinity" if value > 0 else "-Infinity"
         return float.__repr__(value)
+    if type(value) is dict:  # a person name's groups
+        return "{" + ", ".join([f"{encode_basestring_ascii(key)}: {_scalar_text(part)}"
+                                for key, part in value.items()]) + "}"
     return json.dumps(value)
 
 
@@ -266,8 +269,8 @@ def convert(vr: str, value: bytes, encodings: tuple[str, ...], little: bool, tag
     """A non-sequence element with a defined length: its JSON (a new dict every time) and that JSON's text.
 
     Values that repeat from object to object (most of a series' attributes) are converted once: a bounded cache
-    keeps their JSON values and text. PN values, binary values, long values and those whose conversion depends on
-    the tag (``cacheable`` False) are converted each time.
+    keeps their JSON values and text (a person name's groups are copied, never shared). Binary values, long values
+    and those whose conversion depends on the tag (``cacheable`` False) are converted each time.
     """
     if not value:
         return {"vr": vr}, f'{{"vr": "{vr}"}}'
@@ -282,7 +285,9 @@ def convert(vr: str, value: bytes, encodings: tuple[str, ...], little: bool, tag
         if cached is REFUSED:
             raise DropElement
         values, text = cached
-        return ({"vr": vr, "Value": list(values)} if values is not None else {"vr": vr}), text
+        if values is None:
+            return {"vr": vr}, text
+        return {"vr": vr, "Value": [dict(name) for name in values] if vr == "PN" else list(values)}, text
     element = _converter(vr)(vr, value, encodings, little, tag)
     return element, element_text(element)
 

@@ -16,13 +16,13 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Connection, Insert, Select, Table, Text, Update, bindparam, cast, select
+from sqlalchemy import Connection, Insert, Select, Table, Update, bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
 from services.indexer.extract import IndexRecord
-from shared.db.models import AuditEvent, DeadLetter, Instance, Patient, Series, Study
+from services.indexer.instance_insert import insert_instances
+from shared.db.models import AuditEvent, DeadLetter, Patient, Series, Study
 from shared.events import InstanceStored, utc_now
 
 AUDIT_NAMESPACE = uuid.UUID("6f1c1d55-6d0e-4a77-8f7f-0d6f9a3b2c11")
@@ -32,7 +32,6 @@ Indexed = tuple[InstanceStored, IndexRecord]
 PATIENTS: Table = Patient.__table__  # type: ignore[assignment]
 STUDIES: Table = Study.__table__  # type: ignore[assignment]
 SERIES: Table = Series.__table__  # type: ignore[assignment]
-INSTANCES: Table = Instance.__table__  # type: ignore[assignment]
 
 
 def _dialect_insert(dialect: str, table: Table) -> Any:
@@ -46,20 +45,10 @@ class _Statements:
     known: Select[Any]  # series by UID, with their study and the study's patient
     lookups: dict[str, Select[Any]]  # table name: (key, primary key[, patient_fk]) by key
     inserts: dict[str, Insert]  # table name: insert-if-absent by key
-    insert_instances: Insert  # insert-if-absent, returning the SOP Instance UIDs inserted
     touch: dict[str, Update]  # table name: last_update of rows by primary key
 
 
 KEYS = {"patients": "patient_key", "studies": "study_instance_uid", "series": "series_instance_uid"}
-
-
-def _instance_values(dialect: str) -> dict[str, Any]:
-    """A parameter per column; the attributes as the JSON text the record carries (not serialized again)."""
-    values: dict[str, Any] = {column.name: bindparam(column.name, type_=column.type)
-                              for column in INSTANCES.c if column.name not in ("pk", "attributes")}
-    text = bindparam("attributes_json", type_=Text)
-    values["attributes"] = cast(text, JSONB()) if dialect == "postgresql" else text  # SQLite keeps JSON as text
-    return values
 
 
 @cache
@@ -75,13 +64,10 @@ def _statements(dialect: str) -> _Statements:
              .where(SERIES.c.series_instance_uid.in_(keys)))
     inserts = {name: _dialect_insert(dialect, table).on_conflict_do_nothing(index_elements=[KEYS[name]])
                for name, table in tables.items()}
-    insert_instances = (_dialect_insert(dialect, INSTANCES).values(_instance_values(dialect))
-                        .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
-                        .returning(INSTANCES.c.sop_instance_uid))
     touch = {name: table.update().where(table.c.pk.in_(bindparam("pks", expanding=True)))
              .values(last_update=bindparam("now", type_=table.c.last_update.type))
              for name, table in (("studies", STUDIES), ("series", SERIES))}
-    return _Statements(known, lookups, inserts, insert_instances, touch)
+    return _Statements(known, lookups, inserts, touch)
 
 
 def insert_ignoring_conflict(session: Session, model: Any, values: dict[str, Any], key: str) -> None:
@@ -150,9 +136,9 @@ class _Writer:
             object_key=event.object_key, size=record.size, sha256=record.sha256,
             remote_aet=event.reception.remote_aet, called_aet=event.reception.called_aet,
             remote_ip=event.reception.remote_ip, received_at=event.reception.received_at, indexed_at=now,
-            specific_character_set=record.specific_character_set, attributes_json=record.attributes_json,
+            specific_character_set=record.specific_character_set,
         ) for event, record in batch]
-        return set(self.connection.execute(self.statements.insert_instances, rows).scalars())
+        return insert_instances(self.connection, rows, [record.attributes_json for _, record in batch])
 
     def touch(self, name: str, pks: set[int]) -> None:
         """Set last_update of the studies or series that received an instance."""

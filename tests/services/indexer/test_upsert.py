@@ -76,6 +76,11 @@ def test_a_replayed_batch_changes_nothing(runtime: Runtime) -> None:
     assert [count(runtime, model) for model in (Patient, Study, Series, Instance)] == [1, 1, 1, 5]
     with runtime.sessions() as session:
         assert session.scalar(select(Series.last_update)) == EARLIER  # a replay touches nothing
+        row = session.execute(select(Instance).where(Instance.sop_instance_uid == "1.2.3.4.0")).scalar_one()
+    event, record = batch[0]
+    assert (row.received_at, row.indexed_at, row.remote_aet, row.object_key, row.size, row.sha256) == (
+        EARLIER, EARLIER, "MODALITY", event.object_key, record.size, record.sha256)
+    assert row.attributes == record.attributes
 
 
 def test_a_sop_instance_uid_twice_in_a_batch_is_indexed_once(runtime: Runtime) -> None:
