@@ -45,7 +45,6 @@ TAG_OF_KEYWORD: dict[str, int] = {
     for keyword in [*(k for k, _ in TEXT_COLUMNS.values()), *(k for k, _ in UID_COLUMNS.values()),
                     *INTEGER_COLUMNS.values()]
 }
-KEYWORD_OF_TAG = {tag: keyword for keyword, tag in TAG_OF_KEYWORD.items()}
 RECORD_TAGS = frozenset(TAG_OF_KEYWORD.values())
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
@@ -105,17 +105,18 @@ TEXT = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=12)
 @given(patient_id=TEXT, instance_number=st.one_of(TEXT, st.integers(-5, 10**6).map(str)),
        sop_uid=st.one_of(st.from_regex(r"[12]\.[0-9]{1,20}(\.[0-9]{1,8}){0,3}", fullmatch=True), TEXT),
        implicit=st.booleans(), sequences=st.booleans(), undefined=st.booleans())
+@example(patient_id="", instance_number="INFINITY", sop_uid="1.2", implicit=False, sequences=True, undefined=True)
 def test_identify_answers_as_pydicom_does(patient_id: str, instance_number: str, sop_uid: str, implicit: bool,
                                           sequences: bool, undefined: bool) -> None:
     """The same identity when pydicom reads one; a refusal when pydicom refuses."""
     dataset = make_image(patient_id=patient_id)
     dataset.SOPInstanceUID = sop_uid
-    raw = instance_number.encode() + b" " * (len(instance_number) % 2)  # as sent, even when pydicom would refuse it
-    dataset[0x00200013] = RawDataElement(Tag(0x00200013), "IS", len(raw), raw, 0, implicit, True)
     if sequences:
         dataset = with_sequences(dataset)
     if undefined:
         dataset = undefined_lengths(dataset)
+    raw = instance_number.encode() + b" " * (len(instance_number) % 2)  # as sent, even when pydicom would refuse it
+    dataset[0x00200013] = RawDataElement(Tag(0x00200013), "IS", len(raw), raw, 0, implicit, True)
     syntax = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
     try:
         encoded = written(dataset, syntax)
