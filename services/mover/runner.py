@@ -21,7 +21,7 @@ from shared.runtime import Runtime
 log = logging.getLogger(__name__)
 
 CHUNK = 200
-RECORD_BATCH = 32
+RECORD_BATCH = 128
 RECORD_SECONDS = 0.2  # C-MOVE pending responses follow the counters at most this late
 CANCEL_CHECK_SECONDS = 0.25
 COUNTER_OF = {SendOutcome.COMPLETED: "completed", SendOutcome.WARNING: "warning", SendOutcome.FAILED: "failed"}
@@ -74,6 +74,31 @@ class Outcomes:
         self._waiting, self._count, self._since = {}, 0, time.monotonic()
 
 
+TAKEN_OVER, CANCELLED = "taken over", "cancelled"
+
+
+class Turns:
+    """The job's pending items for as long as it may go on: before each, the lease must still be ours, and at
+    most every CANCEL_CHECK_SECONDS the job must not have been cancelled. ``stopped`` says why they ended early."""
+
+    def __init__(self, runtime: Runtime, job_id: str, lease: LeaseKeeper) -> None:
+        self._runtime, self._job_id, self._lease = runtime, job_id, lease
+        self.stopped: str | None = None
+
+    def __iter__(self) -> Iterator[tuple[int, Item]]:
+        next_cancel_check = 0.0
+        for item_pk, item in _pending_items(self._runtime, self._job_id):
+            if self._lease.lost.is_set():
+                self.stopped = TAKEN_OVER
+                return
+            if time.monotonic() >= next_cancel_check:
+                if _cancel_requested(self._runtime, self._job_id):
+                    self.stopped = CANCELLED
+                    return
+                next_cancel_check = time.monotonic() + CANCEL_CHECK_SECONDS
+            yield item_pk, item
+
+
 def _cancel_requested(runtime: Runtime, job_id: str) -> bool:
     with runtime.sessions() as session:
         return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
@@ -110,27 +135,20 @@ def _run_claimed(runtime: Runtime, job_id: str, spool_dir: Path, lease: LeaseKee
         with runtime.sessions.begin() as session:
             fail_unfinished(session, job_id, str(exc))
         return
-    next_cancel_check = 0.0
+    turns = Turns(runtime, job_id, lease)
     outcomes = Outcomes(runtime, job_id)
     try:
-        for item_pk, item in _pending_items(runtime, job_id):
-            if lease.lost.is_set():
-                log.warning("mover.job_taken_over job=%s (stopping this run)", job_id)
-                return
-            if time.monotonic() >= next_cancel_check:
-                if _cancel_requested(runtime, job_id):
-                    outcomes.flush()
-                    _finish(runtime, job_id, "cancelled")
-                    log.info("mover.cancelled job=%s", job_id)
-                    return
-                next_cancel_check = time.monotonic() + CANCEL_CHECK_SECONDS
-            if not sender.alive:
-                outcomes.add(item_pk, SendOutcome.FAILED, "association with the destination lost")
-                continue
-            outcome, reason = sender.send(item)
+        for item_pk, outcome, reason in sender.send_each(turns):
             outcomes.add(item_pk, outcome, reason)
     finally:
         outcomes.flush()
         sender.close()
+    if turns.stopped == TAKEN_OVER:
+        log.warning("mover.job_taken_over job=%s (stopping this run)", job_id)
+        return
+    if turns.stopped == CANCELLED:
+        _finish(runtime, job_id, "cancelled")
+        log.info("mover.cancelled job=%s", job_id)
+        return
     _finish(runtime, job_id, "done")
     log.info("mover.done job=%s", job_id)

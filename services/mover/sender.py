@@ -16,16 +16,18 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pydicom
 from pynetdicom import AE, _config, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.presentation import build_context
 
+from services.mover.prepared import Framer, Prepared
 from shared.dicom.direct_responses import read_store_responses_directly
 from shared.dicom.event_driven import event_driven_requestors
 from shared.dicom.message_writer import MessageWriter, write_messages_directly, writer_of
+from shared.dicom.own_responses import NoResponse, read_own_responses, response_channel_of
 from shared.dicom.part10 import skip_file_meta
 from shared.dicom.requestor import rejection_of, send_without_waiting_for_the_reactor
 from shared.dicom.store_request import StoreRequest
@@ -37,6 +39,8 @@ from shared.storage.filesystem import FilesystemObjectStore
 log = logging.getLogger(__name__)
 
 MAX_CONTEXTS = 128
+MESSAGE_ID = 1  # one request at a time on the mover's association
+Key = TypeVar("Key")
 SUCCESS_STATUSES = {0x0000}
 WARNING_STATUSES = {0x0001, 0x0107, 0x0116} | set(range(0xB000, 0xC000))
 
@@ -45,6 +49,9 @@ class SendOutcome:
     COMPLETED = "completed"
     WARNING = "warning"
     FAILED = "failed"
+
+
+ASSOCIATION_LOST = (SendOutcome.FAILED, "association with the destination lost")
 
 
 class DestinationUnreachable(Exception):
@@ -100,8 +107,25 @@ def accepted_syntaxes(association: Any, as_scu_only: bool = False) -> Accepted:
     return accepted
 
 
-def _status_of_response(association: Any, message_id: int) -> int | None:
+def status_of_response(association: Any, message_id: int) -> int | None:
     """The status of the C-STORE response to ``message_id``; None (and the association aborted) without one."""
+    channel = response_channel_of(association)
+    if channel is None or not channel.holding:
+        return _status_awaited_from_pynetdicom(association, message_id)
+    try:
+        status = channel.store_status(message_id)
+    except NoResponse:
+        log.warning("mover.no_store_response")
+        channel.give_back()
+        association.abort()
+        return None
+    if status is None:  # another message than a plain response: pynetdicom has it
+        status = _status_awaited_from_pynetdicom(association, message_id)
+        channel.resume()
+    return status
+
+
+def _status_awaited_from_pynetdicom(association: Any, message_id: int) -> int | None:
     _context_id, response = association.dimse.get_msg(block=True)
     if not isinstance(response, C_STORE) or response.MessageIDBeingRespondedTo != message_id \
             or response.Status is None:
@@ -118,12 +142,25 @@ def _send_as_stored(association: Any, writer: MessageWriter, context_id: int, st
     with store.open(item.object_key) as stream:
         skip_file_meta(stream)
         writer.send_stored_object(context_id, request, stream)
-    return _status_of_response(association, message_id)
+    return status_of_response(association, message_id)
 
 
 def _send_with_pynetdicom(association: Any, syntaxes: dict[str, int], store: ObjectStore, item: Item,
                           spool_dir: Path, message_id: int) -> int | None | str:
-    """pynetdicom's send_c_store: an object to transcode, or any object on a TLS association."""
+    """pynetdicom's send_c_store: an object to transcode, or any object on a TLS association. Its response is
+    read by pynetdicom's DUL thread."""
+    channel = response_channel_of(association)
+    if channel is not None:
+        channel.give_back()
+    try:
+        return _send_with_pynetdicom_reading(association, syntaxes, store, item, spool_dir, message_id)
+    finally:
+        if channel is not None:
+            channel.resume()
+
+
+def _send_with_pynetdicom_reading(association: Any, syntaxes: dict[str, int], store: ObjectStore, item: Item,
+                                  spool_dir: Path, message_id: int) -> int | None | str:
     with _local_file(store, item.object_key, spool_dir) as path:
         if item.transfer_syntax in syntaxes:
             answer = association.send_c_store(path, msg_id=message_id)
@@ -148,10 +185,24 @@ def send_item(association: Any, accepted: Accepted, store: ObjectStore, item: It
             status = _send_as_stored(association, writer, syntaxes[item.transfer_syntax], store, item, message_id)
         else:
             status = _send_with_pynetdicom(association, syntaxes, store, item, spool_dir, message_id)
-    except StorageError:
+    except SEND_ERRORS as exc:
+        return failure_of(exc)
+    return outcome_of(status)
+
+
+SEND_ERRORS = (StorageError, OSError, ValueError, AttributeError, RuntimeError)
+
+
+def failure_of(exc: BaseException) -> tuple[str, str]:
+    """The outcome of a sub-operation that met one of SEND_ERRORS."""
+    if isinstance(exc, StorageError):
         return SendOutcome.FAILED, "object store unavailable"
-    except (OSError, ValueError, AttributeError, RuntimeError) as exc:
-        return SendOutcome.FAILED, f"sending failed ({exc.__class__.__name__})"
+    return SendOutcome.FAILED, f"sending failed ({exc.__class__.__name__})"
+
+
+def outcome_of(status: int | None | str) -> tuple[str, str]:
+    """The outcome of a sub-operation from the status of its response (None: no response; text: why nothing was
+    sent)."""
     if isinstance(status, str):
         return SendOutcome.FAILED, status
     if status is None:
@@ -198,9 +249,13 @@ class StoreSender:
         send_without_waiting_for_the_reactor(self._association)
         write_messages_directly(self._association)
         read_store_responses_directly(self._association)
+        self._responses = read_own_responses(self._association)
+        self._framer = Framer()
         self._accepted = accepted_syntaxes(self._association)
 
     def close(self) -> None:
+        if self._responses is not None:
+            self._responses.give_back()  # the release response is the DUL thread's to read
         if self._association.is_established:
             self._association.release()
 
@@ -209,4 +264,54 @@ class StoreSender:
         return bool(self._association.is_established)
 
     def send(self, item: Item) -> tuple[str, str]:
-        return send_item(self._association, self._accepted, self._store, item, self._spool_dir)
+        if not self.alive:
+            return ASSOCIATION_LOST
+        return send_item(self._association, self._accepted, self._store, item, self._spool_dir, MESSAGE_ID)
+
+    def send_each(self, items: Iterable[tuple[Key, Item]]) -> Iterator[tuple[Key, str, str]]:
+        """(key, outcome, reason) of each item, in order, one sub-operation at a time (services.mover.prepared).
+
+        While the destination stores one object, the next item is taken from ``items`` and its object read and
+        framed, and the outcome before it is handed out (the caller records it meanwhile). ``items`` may end
+        early (a cancellation): the sub-operation in flight is still completed and reported."""
+        iterator = iter(items)
+        upcoming = next(iterator, None)
+        ready = self._prepare(upcoming[1]) if upcoming is not None else None
+        finished: tuple[Key, str, str] | None = None  # reported once the next request is on its way
+        while upcoming is not None:
+            key, item = upcoming
+            outcome: tuple[str, str] | None = None
+            if ready is None:  # streamed at its turn, decoded, or not sendable
+                if finished is not None:
+                    yield finished
+                outcome = self.send(item)
+            else:
+                outcome = ASSOCIATION_LOST if not self.alive else self._write(ready)
+                if finished is not None:
+                    yield finished
+            upcoming = next(iterator, None)
+            following = self._prepare(upcoming[1]) if upcoming is not None and self.alive else None
+            if outcome is None:  # written: its response is awaited now
+                outcome = outcome_of(status_of_response(self._association, MESSAGE_ID))
+            finished, ready = (key, *outcome), following
+        if finished is not None:
+            yield finished
+
+    def _prepare(self, item: Item) -> Prepared | None:
+        syntaxes = self._accepted.get(item.sop_class_uid, {})
+        writer = writer_of(self._association)
+        if writer is None or item.transfer_syntax not in syntaxes:
+            return None
+        return self._framer.prepare(writer, syntaxes[item.transfer_syntax], self._store, item, MESSAGE_ID)
+
+    def _write(self, ready: Prepared) -> tuple[str, str] | None:
+        """Write the prepared request; the sub-operation's failure, or None once it is on its way."""
+        try:
+            if ready.error is not None:
+                raise ready.error
+            writer = writer_of(self._association)
+            assert writer is not None and ready.framed is not None
+            writer.send_framed(ready.framed, ready.size)
+        except SEND_ERRORS as exc:
+            return failure_of(exc)
+        return None

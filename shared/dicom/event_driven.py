@@ -92,7 +92,8 @@ def _dul_waiter(dul: Any, wakeup: _DulWakeup) -> Any:
     def wait() -> None:
         if getattr(dul.socket, "buffered", 0):
             return  # read ahead already: nothing to wait for
-        sock = getattr(dul.socket, "socket", None)
+        # A socket held by its sending thread (shared.dicom.own_responses) is that thread's to watch.
+        sock = None if getattr(dul, "_pacs_socket_held", False) else getattr(dul.socket, "socket", None)
         # poll, not select: select refuses descriptors above 1023, which a busy listener reaches (and each refusal
         # would turn this wait into a busy loop).
         poller = select.poll()
@@ -134,6 +135,14 @@ def make_event_driven(association: Any) -> None:
     weakref.finalize(dul, os.close, wakeup.fd)
     dul.to_provider_queue = _NotifyingQueue(wakeup.notify)
     dul._pacs_wait = _dul_waiter(dul, wakeup)
+    dul._pacs_wakeup = wakeup
+
+
+def wake_dul(dul: Any) -> None:
+    """End the DUL thread's current wait (it then watches its socket again if that is no longer held)."""
+    wakeup: _DulWakeup | None = getattr(dul, "_pacs_wakeup", None)
+    if wakeup is not None:
+        wakeup.notify()
 
 
 class _EventDrivenRequestor(pynetdicom.association.Association):

@@ -34,6 +34,7 @@ _PDU_AND_ITEM_HEADER = struct.Struct(">BBLLB")  # PDU type, reserved, PDU length
 _P_DATA_TF = 0x04
 _UNLIMITED_FRAGMENT = 1 << 20  # the peer set no maximum PDU length
 _BATCH_BYTES = 1 << 18
+_PDU_AND_DATA_HEADER_LENGTH = 12  # PDU type, reserved, length (6); PDV item length, context ID, control (6)
 _ATTRIBUTE = "_pacs_message_writer"
 
 DATA_SET_FRAGMENT = 0x00
@@ -191,6 +192,46 @@ class MessageWriter:
         evt.trigger(self._association, evt.EVT_DIMSE_SENT,
                     {"message": StoredObjectSent(sent)})
         return sent
+
+    def frame_stored_object(self, context_id: int, request: StoreRequest, data_set_size: int,
+                            buffer: bytearray | None) -> tuple[bytearray, memoryview, list[memoryview]]:
+        """Lay out a C-STORE request of ``data_set_size`` bytes as its PDUs in ``buffer`` (or in a new one when it
+        is too small or None): the command and every fragment's header are written, the fragments' places are
+        returned for the caller to fill. Returns the buffer used, the whole request in it (for send_framed) and
+        the fragments' places, in order."""
+        if not data_set_size:
+            raise ValueError("the stored object has an empty data set")
+        size = _fragment_size(self._association)
+        command = b"".join(self._command_pdus(context_id, encode_command(request)))
+        count = -(-data_set_size // size)
+        total = len(command) + data_set_size + count * _PDU_AND_DATA_HEADER_LENGTH
+        if buffer is None or len(buffer) < total:
+            buffer = bytearray(total)  # never resized in place: a request framed earlier may still be in use
+        view = memoryview(buffer)
+        view[:len(command)] = command
+        places: list[memoryview] = []
+        position = len(command)
+        full_header = _header(context_id, size + 1) + bytes((DATA_SET_FRAGMENT,))
+        for index in range(count):
+            length = min(size, data_set_size - index * size)
+            last = index == count - 1
+            view[position:position + _PDU_AND_DATA_HEADER_LENGTH] = \
+                _header(context_id, length + 1) + bytes((LAST_DATA_SET_FRAGMENT,)) if last else full_header
+            position += _PDU_AND_DATA_HEADER_LENGTH
+            places.append(view[position:position + length])
+            position += length
+        return buffer, view[:total], places
+
+    def send_framed(self, framed: bytes | memoryview, data_set_size: int) -> None:
+        """Write a request framed by frame_stored_object; a failed write aborts the association."""
+        with self._lock:
+            self._check_established()
+            try:
+                self._socket.sendall(framed)
+            except BaseException:
+                self._association.abort()
+                raise
+        evt.trigger(self._association, evt.EVT_DIMSE_SENT, {"message": StoredObjectSent(data_set_size)})
 
 
 def write_messages_directly(association: Any) -> MessageWriter | None:

@@ -19,7 +19,7 @@ from pydicom.uid import (
 from pynetdicom import AE, evt
 
 from services.mover.sender import SendOutcome, StoreSender
-from shared.dicom.part10 import encode_part10
+from shared.dicom.part10 import encode_part10, skip_file_meta
 from shared.jobs import Destination, Item
 from shared.storage.filesystem import FilesystemObjectStore
 from tests.factory import COMPRESSED_SAMPLES, dataset_bytes_of_file, encode_dataset, make_image
@@ -29,9 +29,10 @@ from tests.node import free_port
 class Destination_:
     """A pynetdicom storage SCP that accepts only the syntaxes given, and keeps what it receives."""
 
-    def __init__(self, syntaxes: list[str]) -> None:
+    def __init__(self, syntaxes: list[str], maximum_pdu_size: int = 16382) -> None:
         self.received: dict[str, tuple[str, Dataset]] = {}
         ae = AE(ae_title="DEST")
+        ae.maximum_pdu_size = maximum_pdu_size
         for sample in [CTImageStorage, *{str(pydicom.dcmread(s).SOPClassUID) for s in COMPRESSED_SAMPLES}]:
             ae.add_supported_context(sample, syntaxes)
         self.port = free_port()
@@ -122,3 +123,104 @@ def test_an_object_that_cannot_be_decoded_fails(store: FilesystemObjectStore, im
     [(outcome, reason)] = send_all(store, [item], implicit_only.port, tmp_path)
     assert outcome == SendOutcome.FAILED and "transcode" in reason
     assert implicit_only.received == {}
+
+
+class Answering(Destination_):
+    """A destination that answers each SOP Instance UID as told: a status with an Error Comment, or an abort."""
+
+    def __init__(self, refused: dict[str, int], aborts_at: str | None = None) -> None:
+        self.refused, self.aborts_at = refused, aborts_at
+        super().__init__([ExplicitVRLittleEndian])
+
+    def _store(self, event: evt.Event) -> int | Dataset:
+        uid = str(event.request.AffectedSOPInstanceUID)
+        if uid == self.aborts_at:
+            event.assoc.abort()
+            return 0x0000
+        if uid in self.refused:
+            status = Dataset()
+            status.Status = self.refused[uid]
+            status.ErrorComment = "refused by the test"
+            return status
+        return super()._store(event)
+
+
+def test_a_response_with_error_details_counts_and_later_responses_are_still_read(
+        store: FilesystemObjectStore, tmp_path: Path) -> None:
+    """The sender reads plain responses itself; one with an Error Comment goes through pynetdicom, after which the
+    sender reads the following ones itself again."""
+    items = [stored(store, make_image(), ExplicitVRLittleEndian) for _ in range(4)]
+    destination = Answering({items[1].sop_instance_uid: 0xA700})
+    sender = StoreSender(store, Destination("DEST", "127.0.0.1", destination.port, "PACS"), items, tmp_path)
+    try:
+        outcomes = [sender.send(item) for item in items]
+        assert sender._responses is not None and sender._responses.holding
+    finally:
+        sender.close()
+        destination.server.shutdown()
+    assert outcomes == [(SendOutcome.COMPLETED, ""), (SendOutcome.FAILED, "destination answered 0xA700"),
+                        (SendOutcome.COMPLETED, ""), (SendOutcome.COMPLETED, "")]
+    assert set(destination.received) == {items[i].sop_instance_uid for i in (0, 2, 3)}
+
+
+def test_a_destination_that_aborts_fails_the_suboperation_at_once_and_the_sender_stops(
+        store: FilesystemObjectStore, tmp_path: Path) -> None:
+    items = [stored(store, make_image(), ExplicitVRLittleEndian) for _ in range(3)]
+    destination = Answering({}, aborts_at=items[1].sop_instance_uid)
+    sender = StoreSender(store, Destination("DEST", "127.0.0.1", destination.port, "PACS"), items, tmp_path)
+    try:
+        first, second = sender.send(items[0]), sender.send(items[1])
+        alive = sender.alive
+    finally:
+        sender.close()
+        destination.server.shutdown()
+    assert first == (SendOutcome.COMPLETED, "")
+    assert second == (SendOutcome.FAILED, "no response from the destination")
+    assert not alive
+
+
+class RawDestination(Destination_):
+    """Keeps each data set as the bytes received, and takes PDUs of at most 4 KB (many fragments per object)."""
+
+    def __init__(self) -> None:
+        self.raw: dict[str, bytes] = {}
+        super().__init__([ExplicitVRLittleEndian], maximum_pdu_size=4096)
+
+    def _store(self, event: evt.Event) -> int:
+        self.raw[str(event.request.AffectedSOPInstanceUID)] = event.request.DataSet.getvalue()
+        return 0x0000
+
+
+def test_objects_arrive_byte_for_byte_whether_read_ahead_or_streamed_at_their_turn(
+        store: FilesystemObjectStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.mover import prepared
+
+    monkeypatch.setattr(prepared, "PREPARED_MAX_BYTES", 20_000)  # 16x16 and 64x64 are read ahead, 128x128 is not
+    destination = RawDestination()
+    items = [stored(store, make_image(rows=side, columns=side), ExplicitVRLittleEndian)
+             for side in (16, 128, 64, 128, 128, 16, 64)]
+    sender = StoreSender(store, Destination("DEST", "127.0.0.1", destination.port, "PACS"), items, tmp_path)
+    try:
+        outcomes = list(sender.send_each(enumerate(items)))
+    finally:
+        sender.close()
+        destination.server.shutdown()
+    assert outcomes == [(index, SendOutcome.COMPLETED, "") for index in range(len(items))]
+    for item in items:
+        with open(store.root / item.object_key, "rb") as stream:
+            skip_file_meta(stream)
+            assert destination.raw[item.sop_instance_uid] == stream.read()
+
+
+def test_an_object_missing_from_the_store_fails_alone(store: FilesystemObjectStore, tmp_path: Path) -> None:
+    destination = Destination_([ExplicitVRLittleEndian])
+    items = [stored(store, make_image(), ExplicitVRLittleEndian) for _ in range(3)]
+    store.delete(items[1].object_key)
+    sender = StoreSender(store, Destination("DEST", "127.0.0.1", destination.port, "PACS"), items, tmp_path)
+    try:
+        outcomes = list(sender.send_each(enumerate(items)))
+    finally:
+        sender.close()
+        destination.server.shutdown()
+    assert outcomes == [(0, SendOutcome.COMPLETED, ""), (1, SendOutcome.FAILED, "object store unavailable"),
+                        (2, SendOutcome.COMPLETED, "")]
