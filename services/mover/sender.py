@@ -228,7 +228,7 @@ def _decoded_for(path: Path, accepted: set[str]) -> pydicom.Dataset | None:
 
 
 class StoreSender:
-    """One association to one destination; ``send`` makes one C-STORE sub-operation."""
+    """One association to one destination; ``send_each`` makes its C-STORE sub-operations."""
 
     def __init__(self, store: ObjectStore, destination: Destination, items: list[Item], spool_dir: Path) -> None:
         _config.STORE_SEND_CHUNKED_DATASET = True  # paths are streamed from disk, never loaded whole
@@ -263,55 +263,64 @@ class StoreSender:
     def alive(self) -> bool:
         return bool(self._association.is_established)
 
-    def send(self, item: Item) -> tuple[str, str]:
-        if not self.alive:
-            return ASSOCIATION_LOST
-        return send_item(self._association, self._accepted, self._store, item, self._spool_dir, MESSAGE_ID)
-
     def send_each(self, items: Iterable[tuple[Key, Item]]) -> Iterator[tuple[Key, str, str]]:
-        """(key, outcome, reason) of each item, in order, one sub-operation at a time (services.mover.prepared).
+        """(key, outcome, reason) of each item, in order (send_in_turn)."""
+        return send_in_turn(self._association, self._accepted, self._store, self._spool_dir, self._framer,
+                            ((key, item, MESSAGE_ID) for key, item in items))
 
-        While the destination stores one object, the next item is taken from ``items`` and its object read and
-        framed, and the outcome before it is handed out (the caller records it meanwhile). ``items`` may end
-        early (a cancellation): the sub-operation in flight is still completed and reported."""
-        iterator = iter(items)
+
+def send_in_turn(association: Any, accepted: Accepted, store: ObjectStore, spool_dir: Path, framer: Framer,
+                 items: Iterable[tuple[Key, Item, int]]) -> Iterator[tuple[Key, str, str]]:
+    """(key, outcome, reason) of each (key, item, message ID), in order, one sub-operation at a time
+    (services.mover.prepared).
+
+    While the destination stores one object, the next item is taken from ``items`` and its object read and framed,
+    and the outcome before it is handed out (the caller records it meanwhile). ``items`` may end early (a
+    cancellation): the sub-operation in flight is still completed and reported."""
+
+    def alive() -> bool:
+        return bool(association.is_established)
+
+    def prepared(item: Item, message_id: int) -> Prepared | None:
+        syntaxes = accepted.get(item.sop_class_uid, {})
+        writer = writer_of(association)
+        if writer is None or item.transfer_syntax not in syntaxes or not alive():
+            return None  # streamed or decoded at its turn, or not sendable
+        return framer.prepare(writer, syntaxes[item.transfer_syntax], store, item, message_id)
+
+    iterator = iter(items)
+    upcoming = next(iterator, None)
+    ready = prepared(*upcoming[1:]) if upcoming is not None else None
+    finished: tuple[Key, str, str] | None = None  # reported once the next request is on its way
+    while upcoming is not None:
+        key, item, message_id = upcoming
+        outcome: tuple[str, str] | None
+        if ready is None:
+            if finished is not None:
+                yield finished
+            outcome = ASSOCIATION_LOST if not alive() else \
+                send_item(association, accepted, store, item, spool_dir, message_id)
+        else:
+            outcome = ASSOCIATION_LOST if not alive() else _write(association, ready)
+            if finished is not None:
+                yield finished
         upcoming = next(iterator, None)
-        ready = self._prepare(upcoming[1]) if upcoming is not None else None
-        finished: tuple[Key, str, str] | None = None  # reported once the next request is on its way
-        while upcoming is not None:
-            key, item = upcoming
-            outcome: tuple[str, str] | None = None
-            if ready is None:  # streamed at its turn, decoded, or not sendable
-                if finished is not None:
-                    yield finished
-                outcome = self.send(item)
-            else:
-                outcome = ASSOCIATION_LOST if not self.alive else self._write(ready)
-                if finished is not None:
-                    yield finished
-            upcoming = next(iterator, None)
-            following = self._prepare(upcoming[1]) if upcoming is not None and self.alive else None
-            if outcome is None:  # written: its response is awaited now
-                outcome = outcome_of(status_of_response(self._association, MESSAGE_ID))
-            finished, ready = (key, *outcome), following
-        if finished is not None:
-            yield finished
+        following = prepared(*upcoming[1:]) if upcoming is not None else None
+        if outcome is None:  # written: its response is awaited now
+            outcome = outcome_of(status_of_response(association, message_id))
+        finished, ready = (key, *outcome), following
+    if finished is not None:
+        yield finished
 
-    def _prepare(self, item: Item) -> Prepared | None:
-        syntaxes = self._accepted.get(item.sop_class_uid, {})
-        writer = writer_of(self._association)
-        if writer is None or item.transfer_syntax not in syntaxes:
-            return None
-        return self._framer.prepare(writer, syntaxes[item.transfer_syntax], self._store, item, MESSAGE_ID)
 
-    def _write(self, ready: Prepared) -> tuple[str, str] | None:
-        """Write the prepared request; the sub-operation's failure, or None once it is on its way."""
-        try:
-            if ready.error is not None:
-                raise ready.error
-            writer = writer_of(self._association)
-            assert writer is not None and ready.framed is not None
-            writer.send_framed(ready.framed, ready.size)
-        except SEND_ERRORS as exc:
-            return failure_of(exc)
-        return None
+def _write(association: Any, ready: Prepared) -> tuple[str, str] | None:
+    """Write a prepared request; the sub-operation's failure, or None once it is on its way."""
+    try:
+        if ready.error is not None:
+            raise ready.error
+        writer = writer_of(association)
+        assert writer is not None and ready.framed is not None
+        writer.send_framed(ready.framed, ready.size)
+    except SEND_ERRORS as exc:
+        return failure_of(exc)
+    return None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +23,10 @@ from pynetdicom.sop_class import (
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.mover.sender import SendOutcome, accepted_syntaxes, send_item
+from services.mover.prepared import Framer
+from services.mover.sender import SendOutcome, accepted_syntaxes, send_in_turn
 from services.scp.retrieval import CANCELLED, SUCCESS, UNABLE_TO_PROCESS, final_status, open_request
-from shared.jobs import Progress
+from shared.jobs import Item, Progress
 from shared.query.retrieve import instances_to_retrieve
 from shared.storage import ObjectStore
 
@@ -70,23 +71,35 @@ class GetService:
             return Progress(state, len(items), counts[SendOutcome.COMPLETED], counts[SendOutcome.FAILED],
                             counts[SendOutcome.WARNING], failed_uids)
 
+        stopped: list[str] = []
+
+        def turns() -> Iterator[tuple[Item, Item, int]]:
+            """Each item with its message ID, while the requester has not cancelled and is still there."""
+            for position, item in enumerate(items):
+                if request.MessageID in assoc.dimse.cancel_req:
+                    stopped.append("cancelled")
+                    return
+                if not assoc.is_established:
+                    stopped.append("gone")
+                    return
+                yield item, item, (int(request.MessageID) + position + 1) % MAX_MESSAGE_ID or 1
+
         assoc._is_paused = True  # as pynetdicom does while a service runs: our sub-operations use send_c_store
         next_pending = time.monotonic() + PENDING_EVERY_SECONDS
         try:
-            for position, item in enumerate(items):
-                if request.MessageID in assoc.dimse.cancel_req:
-                    answer.final(CANCELLED, progress("cancelled"))
-                    return
-                if not assoc.is_established:
-                    return
-                message_id = (int(request.MessageID) + position + 1) % MAX_MESSAGE_ID or 1
-                outcome, _reason = send_item(assoc, accepted, self._store, item, self._spool_dir, message_id)
+            for item, outcome, _reason in send_in_turn(assoc, accepted, self._store, self._spool_dir, Framer(),
+                                                       turns()):
                 counts[outcome] += 1
                 if outcome == SendOutcome.FAILED:
                     failed_uids.append(item.sop_instance_uid)
-                if position + 1 < len(items) and time.monotonic() >= next_pending:
+                if sum(counts.values()) < len(items) and time.monotonic() >= next_pending:
                     answer.pending(progress("running"))
                     next_pending = time.monotonic() + PENDING_EVERY_SECONDS
+            if stopped == ["gone"]:
+                return
+            if stopped == ["cancelled"]:
+                answer.final(CANCELLED, progress("cancelled"))
+                return
             done = progress("done")
             answer.final(final_status(done) if items else SUCCESS, done)
         finally:

@@ -69,7 +69,7 @@ def stored_sample(store: FilesystemObjectStore, sample: Path) -> Item:
 def send_all(store: FilesystemObjectStore, items: list[Item], port: int, tmp_path: Path) -> list[tuple[str, str]]:
     sender = StoreSender(store, Destination("DEST", "127.0.0.1", port, "PACS"), items, tmp_path)
     try:
-        return [sender.send(item) for item in items]
+        return [(outcome, reason) for _, outcome, reason in sender.send_each(enumerate(items))]
     finally:
         sender.close()
 
@@ -153,7 +153,7 @@ def test_a_response_with_error_details_counts_and_later_responses_are_still_read
     destination = Answering({items[1].sop_instance_uid: 0xA700})
     sender = StoreSender(store, Destination("DEST", "127.0.0.1", destination.port, "PACS"), items, tmp_path)
     try:
-        outcomes = [sender.send(item) for item in items]
+        outcomes = [(outcome, reason) for _, outcome, reason in sender.send_each(enumerate(items))]
         assert sender._responses is not None and sender._responses.holding
     finally:
         sender.close()
@@ -163,19 +163,19 @@ def test_a_response_with_error_details_counts_and_later_responses_are_still_read
     assert set(destination.received) == {items[i].sop_instance_uid for i in (0, 2, 3)}
 
 
-def test_a_destination_that_aborts_fails_the_suboperation_at_once_and_the_sender_stops(
+def test_a_destination_that_aborts_fails_the_suboperation_and_the_rest_fail_without_a_connection(
         store: FilesystemObjectStore, tmp_path: Path) -> None:
     items = [stored(store, make_image(), ExplicitVRLittleEndian) for _ in range(3)]
     destination = Answering({}, aborts_at=items[1].sop_instance_uid)
     sender = StoreSender(store, Destination("DEST", "127.0.0.1", destination.port, "PACS"), items, tmp_path)
     try:
-        first, second = sender.send(items[0]), sender.send(items[1])
+        outcomes = list(sender.send_each(enumerate(items)))
         alive = sender.alive
     finally:
         sender.close()
         destination.server.shutdown()
-    assert first == (SendOutcome.COMPLETED, "")
-    assert second == (SendOutcome.FAILED, "no response from the destination")
+    assert outcomes == [(0, SendOutcome.COMPLETED, ""), (1, SendOutcome.FAILED, "no response from the destination"),
+                        (2, SendOutcome.FAILED, "association with the destination lost")]
     assert not alive
 
 
