@@ -80,3 +80,49 @@ def test_a_caller_not_allowed_to_get_is_refused(module_node: Node, tmp_path: Pat
 
     output = wait_until(refused, 10, "the C-GET refused once the registration is live (within 0.5 s)")
     assert "Received C-GET Response" in output, output
+
+
+def test_a_get_cancelled_by_the_requester_stops_and_answers_cancel(module_node: Node, tmp_path: Path) -> None:
+    """C-CANCEL (PS3.7 9.3.2.3): the sub-operations stop, the final response is 0xFE00 with the counters."""
+    from pydicom.dataset import Dataset
+    from pynetdicom import AE, build_role, evt
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
+
+    register(module_node, "workstation", WORKSTATION, 104, ["get"])
+    study, series = generate_uid(), generate_uid()
+    datasets = [make_image(CTImageStorage, study, series, instance_number=n + 1) for n in range(30)]
+    files = [SampleFile(save(ds, tmp_path / f"{ds.SOPInstanceUID}.dcm"), "1.2.840.10008.1.2.1", ds.SOPInstanceUID)
+             for ds in datasets]
+    held = module_node.settled_status()["counts"]["instances"]
+    push_files(module_node.dicom_port, files)
+    module_node.wait_indexed(held + 30)
+
+    ae = AE(ae_title=WORKSTATION)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(CTImageStorage)
+    stored_here: list[str] = []
+
+    def on_store(event: evt.Event) -> int:
+        stored_here.append(str(event.request.AffectedSOPInstanceUID))
+        if len(stored_here) == 3:
+            context = next(c for c in event.assoc.accepted_contexts
+                           if c.abstract_syntax == StudyRootQueryRetrieveInformationModelGet)
+            event.assoc.send_c_cancel(1, context.context_id)
+        return 0x0000
+
+    assoc = ae.associate("127.0.0.1", module_node.dicom_port, ae_title=module_node.ae_title,
+                         ext_neg=[build_role(CTImageStorage, scp_role=True)],
+                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    assert assoc.is_established
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.StudyInstanceUID = study
+    try:
+        responses = [status for status, _ in assoc.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet,
+                                                                msg_id=1)]
+    finally:
+        assoc.release()
+    final = responses[-1]
+    assert final.Status == 0xFE00
+    assert 3 <= final.NumberOfCompletedSuboperations == len(stored_here) < 30
+    assert final.NumberOfRemainingSuboperations == 30 - len(stored_here)
