@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pydicom
+from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, generate_uid
 
 from tests.factory import SampleFile, dataset_start, make_image, save
@@ -29,19 +30,25 @@ def getscu(node: Node, out: Path, keys: dict[str, str], calling_aet: str = WORKS
     return subprocess.run(command, capture_output=True, text=True, timeout=120, env=dcmtk_env())
 
 
+def pushed_study(node: Node, tmp_path: Path, count: int) -> tuple[str, list[Dataset]]:
+    """A new CT study of ``count`` instances, pushed to the node and indexed: its UID and its data sets."""
+    study, series = generate_uid(), generate_uid()
+    datasets = [make_image(CTImageStorage, study, series, instance_number=n + 1) for n in range(count)]
+    files = [SampleFile(save(ds, tmp_path / f"{ds.SOPInstanceUID}.dcm"), "1.2.840.10008.1.2.1", ds.SOPInstanceUID)
+             for ds in datasets]
+    held = node.settled_status()["counts"]["instances"]
+    push_files(node.dicom_port, files)
+    node.wait_indexed(held + count)
+    return study, datasets
+
+
 def received(out: Path) -> dict[str, Path]:
     return {re.sub(r"^[A-Z]+\.", "", path.name): path for path in out.iterdir()}  # storescp adds "CT."; getscu not
 
 
 def test_get_a_study_on_the_same_association(module_node: Node, tmp_path: Path) -> None:
     register(module_node, "workstation", WORKSTATION, 104, ["find", "get"])
-    study, series = generate_uid(), generate_uid()
-    datasets = [make_image(CTImageStorage, study, series, instance_number=n + 1) for n in range(8)]
-    files = [SampleFile(save(ds, tmp_path / f"{ds.SOPInstanceUID}.dcm"), "1.2.840.10008.1.2.1", ds.SOPInstanceUID)
-             for ds in datasets]
-    held = module_node.settled_status()["counts"]["instances"]
-    push_files(module_node.dicom_port, files)
-    module_node.wait_indexed(held + 8)
+    study, datasets = pushed_study(module_node, tmp_path, 8)
 
     result = getscu(module_node, tmp_path / "pulled", {"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": study})
 
@@ -84,18 +91,11 @@ def test_a_caller_not_allowed_to_get_is_refused(module_node: Node, tmp_path: Pat
 
 def test_a_get_cancelled_by_the_requester_stops_and_answers_cancel(module_node: Node, tmp_path: Path) -> None:
     """C-CANCEL (PS3.7 9.3.2.3): the sub-operations stop, the final response is 0xFE00 with the counters."""
-    from pydicom.dataset import Dataset
     from pynetdicom import AE, build_role, evt
     from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
 
     register(module_node, "workstation", WORKSTATION, 104, ["get"])
-    study, series = generate_uid(), generate_uid()
-    datasets = [make_image(CTImageStorage, study, series, instance_number=n + 1) for n in range(30)]
-    files = [SampleFile(save(ds, tmp_path / f"{ds.SOPInstanceUID}.dcm"), "1.2.840.10008.1.2.1", ds.SOPInstanceUID)
-             for ds in datasets]
-    held = module_node.settled_status()["counts"]["instances"]
-    push_files(module_node.dicom_port, files)
-    module_node.wait_indexed(held + 30)
+    study, _ = pushed_study(module_node, tmp_path, 30)
 
     ae = AE(ae_title=WORKSTATION)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)

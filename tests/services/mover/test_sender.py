@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,6 +40,12 @@ class Destination_:
         self.server = ae.start_server(("127.0.0.1", self.port), block=False,
                                       evt_handlers=[(evt.EVT_C_STORE, self._store)])
 
+    def __enter__(self) -> "Destination_":
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.server.shutdown()
+
     def _store(self, event: evt.Event) -> int:
         dataset = event.dataset
         self.received[str(dataset.SOPInstanceUID)] = (str(event.context.transfer_syntax), dataset)
@@ -66,12 +73,24 @@ def stored_sample(store: FilesystemObjectStore, sample: Path) -> Item:
     return Item(dataset.SOPInstanceUID, dataset.SOPClassUID, syntax, key)
 
 
-def send_all(store: FilesystemObjectStore, items: list[Item], port: int, tmp_path: Path) -> list[tuple[str, str]]:
+@dataclass
+class Sent:
+    outcomes: list[tuple[str, str]]
+    reading_itself: bool  # the sender still reads its responses from the socket (shared.dicom.own_responses)
+    alive: bool
+
+
+def sending(store: FilesystemObjectStore, items: list[Item], port: int, tmp_path: Path) -> Sent:
     sender = StoreSender(store, Destination("DEST", "127.0.0.1", port, "PACS"), items, tmp_path)
     try:
-        return [(outcome, reason) for _, outcome, reason in sender.send_each(enumerate(items))]
+        outcomes = [(outcome, reason) for _, outcome, reason in sender.send_each(enumerate(items))]
+        return Sent(outcomes, sender._responses is not None and sender._responses.holding, sender.alive)
     finally:
         sender.close()
+
+
+def send_all(store: FilesystemObjectStore, items: list[Item], port: int, tmp_path: Path) -> list[tuple[str, str]]:
+    return sending(store, items, port, tmp_path).outcomes
 
 
 @pytest.fixture
@@ -150,33 +169,22 @@ def test_a_response_with_error_details_counts_and_later_responses_are_still_read
     """The sender reads plain responses itself; one with an Error Comment goes through pynetdicom, after which the
     sender reads the following ones itself again."""
     items = [stored(store, make_image(), ExplicitVRLittleEndian) for _ in range(4)]
-    destination = Answering({items[1].sop_instance_uid: 0xA700})
-    sender = StoreSender(store, Destination("DEST", "127.0.0.1", destination.port, "PACS"), items, tmp_path)
-    try:
-        outcomes = [(outcome, reason) for _, outcome, reason in sender.send_each(enumerate(items))]
-        assert sender._responses is not None and sender._responses.holding
-    finally:
-        sender.close()
-        destination.server.shutdown()
-    assert outcomes == [(SendOutcome.COMPLETED, ""), (SendOutcome.FAILED, "destination answered 0xA700"),
-                        (SendOutcome.COMPLETED, ""), (SendOutcome.COMPLETED, "")]
+    with Answering({items[1].sop_instance_uid: 0xA700}) as destination:
+        sent = sending(store, items, destination.port, tmp_path)
+    assert sent.outcomes == [(SendOutcome.COMPLETED, ""), (SendOutcome.FAILED, "destination answered 0xA700"),
+                             (SendOutcome.COMPLETED, ""), (SendOutcome.COMPLETED, "")]
+    assert sent.reading_itself
     assert set(destination.received) == {items[i].sop_instance_uid for i in (0, 2, 3)}
 
 
 def test_a_destination_that_aborts_fails_the_suboperation_and_the_rest_fail_without_a_connection(
         store: FilesystemObjectStore, tmp_path: Path) -> None:
     items = [stored(store, make_image(), ExplicitVRLittleEndian) for _ in range(3)]
-    destination = Answering({}, aborts_at=items[1].sop_instance_uid)
-    sender = StoreSender(store, Destination("DEST", "127.0.0.1", destination.port, "PACS"), items, tmp_path)
-    try:
-        outcomes = list(sender.send_each(enumerate(items)))
-        alive = sender.alive
-    finally:
-        sender.close()
-        destination.server.shutdown()
-    assert outcomes == [(0, SendOutcome.COMPLETED, ""), (1, SendOutcome.FAILED, "no response from the destination"),
-                        (2, SendOutcome.FAILED, "association with the destination lost")]
-    assert not alive
+    with Answering({}, aborts_at=items[1].sop_instance_uid) as destination:
+        sent = sending(store, items, destination.port, tmp_path)
+    assert sent.outcomes == [(SendOutcome.COMPLETED, ""), (SendOutcome.FAILED, "no response from the destination"),
+                             (SendOutcome.FAILED, "association with the destination lost")]
+    assert not sent.alive
 
 
 class RawDestination(Destination_):
@@ -196,16 +204,10 @@ def test_objects_arrive_byte_for_byte_whether_read_ahead_or_streamed_at_their_tu
     from services.mover import prepared
 
     monkeypatch.setattr(prepared, "PREPARED_MAX_BYTES", 20_000)  # 16x16 and 64x64 are read ahead, 128x128 is not
-    destination = RawDestination()
     items = [stored(store, make_image(rows=side, columns=side), ExplicitVRLittleEndian)
              for side in (16, 128, 64, 128, 128, 16, 64)]
-    sender = StoreSender(store, Destination("DEST", "127.0.0.1", destination.port, "PACS"), items, tmp_path)
-    try:
-        outcomes = list(sender.send_each(enumerate(items)))
-    finally:
-        sender.close()
-        destination.server.shutdown()
-    assert outcomes == [(index, SendOutcome.COMPLETED, "") for index in range(len(items))]
+    with RawDestination() as destination:
+        assert send_all(store, items, destination.port, tmp_path) == [(SendOutcome.COMPLETED, "")] * len(items)
     for item in items:
         with open(store.root / item.object_key, "rb") as stream:
             skip_file_meta(stream)
@@ -213,14 +215,9 @@ def test_objects_arrive_byte_for_byte_whether_read_ahead_or_streamed_at_their_tu
 
 
 def test_an_object_missing_from_the_store_fails_alone(store: FilesystemObjectStore, tmp_path: Path) -> None:
-    destination = Destination_([ExplicitVRLittleEndian])
     items = [stored(store, make_image(), ExplicitVRLittleEndian) for _ in range(3)]
     store.delete(items[1].object_key)
-    sender = StoreSender(store, Destination("DEST", "127.0.0.1", destination.port, "PACS"), items, tmp_path)
-    try:
-        outcomes = list(sender.send_each(enumerate(items)))
-    finally:
-        sender.close()
-        destination.server.shutdown()
-    assert outcomes == [(0, SendOutcome.COMPLETED, ""), (1, SendOutcome.FAILED, "object store unavailable"),
-                        (2, SendOutcome.COMPLETED, "")]
+    with Destination_([ExplicitVRLittleEndian]) as destination:
+        outcomes = send_all(store, items, destination.port, tmp_path)
+    assert outcomes == [(SendOutcome.COMPLETED, ""), (SendOutcome.FAILED, "object store unavailable"),
+                        (SendOutcome.COMPLETED, "")]
