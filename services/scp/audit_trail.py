@@ -34,7 +34,7 @@ from pynetdicom.pdu_primitives import A_RELEASE
 
 from services.scp.access import AuditBuffer, printable_aet
 from services.scp.direct_store import StoreRequestReceived
-from shared.dicom.message_writer import StoredObjectSent, StoreResponseSent
+from shared.dicom.message_writer import FindResponseSent, StoredObjectSent, StoreResponseSent
 from shared.dicom.spooled import SpooledDataset
 from shared.events import iso_utc, utc_now
 
@@ -64,7 +64,7 @@ def outcome_of(status: int) -> str:
 
 
 def _data_set_bytes(message: Any) -> int:
-    if isinstance(message, StoredObjectSent):
+    if isinstance(message, (StoredObjectSent, FindResponseSent)):
         return message.data_set_size
     data = getattr(message, "data_set", None)
     if isinstance(data, SpooledDataset):
@@ -219,7 +219,7 @@ class AssociationTrail:
         with self._lock:
             state.bytes_sent += size
             self.bytes_sent += size
-        if isinstance(message, StoreResponseSent):
+        if isinstance(message, (StoreResponseSent, FindResponseSent)):
             status, message_id = message.response.status, message.response.message_id_being_responded_to
         elif type(message).__name__ in _RESPONSES:
             command = message.command_set

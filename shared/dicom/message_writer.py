@@ -28,6 +28,7 @@ from pynetdicom._handlers import standard_dimse_sent_handler
 from pynetdicom.dimse import _RQ_TO_MESSAGE, _RSP_TO_MESSAGE
 from pynetdicom.dimse_primitives import C_STORE
 
+from shared.dicom.find_response import FindResponse, encode_find_response, plain_find_response
 from shared.dicom.store_request import StoreRequest, StoreResponse, encode_command, encode_response
 
 _PDU_AND_ITEM_HEADER = struct.Struct(">BBLLB")  # PDU type, reserved, PDU length, PDV item length, context ID
@@ -52,6 +53,14 @@ class StoredObjectSent:
 
     def __init__(self, data_set_size: int) -> None:
         self.data_set_size = data_set_size
+
+
+class FindResponseSent:
+    """What EVT_DIMSE_SENT reports for a C-FIND response encoded without a pydicom command set."""
+
+    def __init__(self, response: FindResponse) -> None:
+        self.response = response
+        self.data_set_size = len(response.identifier or b"")
 
 
 class StoreResponseSent:
@@ -123,6 +132,10 @@ class MessageWriter:
         if store_response is not None:
             self.send_store_response(context_id, store_response)
             return
+        find_response = plain_find_response(primitive)
+        if find_response is not None:
+            self._send_find_response(context_id, find_response)
+            return
         if primitive.MessageIDBeingRespondedTo is None:
             message = _RQ_TO_MESSAGE[primitive.__class__]()
         else:
@@ -157,6 +170,22 @@ class MessageWriter:
                 return
             try:
                 self._write(self._command_pdus(context_id, encode_response(response)))
+            except OSError:
+                association.abort()
+
+    def _send_find_response(self, context_id: int, response: FindResponse) -> None:
+        """A C-FIND response encoded without a pydicom command set; its identifier is sent as encoded."""
+        association = self._association
+        evt.trigger(association, evt.EVT_DIMSE_SENT, {"message": FindResponseSent(response)})
+        buffers = self._command_pdus(context_id, encode_find_response(response))
+        if response.identifier:
+            for last, fragment in _fragments(response.identifier, _fragment_size(association)):
+                buffers += _pdu(context_id, LAST_DATA_SET_FRAGMENT if last else DATA_SET_FRAGMENT, fragment)
+        with self._lock:
+            if not association.is_established:
+                return
+            try:
+                self._write(buffers)
             except OSError:
                 association.abort()
 

@@ -8,8 +8,9 @@ the response is the SCP's plain answer (a status and no other element) to every 
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
+
+from shared.dicom.command_encoding import command_set, element, uid, us
 
 C_STORE_RQ = 0x0001
 C_STORE_RSP = 0x8001
@@ -25,32 +26,14 @@ class StoreRequest:
     message_id: int
 
 
-def _element(element: int, value: bytes) -> bytes:
-    return struct.pack("<HHI", 0x0000, element, len(value)) + value
-
-
-def _uid(value: str) -> bytes:
-    raw = value.encode("ascii")
-    return raw + b"\x00" if len(raw) % 2 else raw
-
-
-def _us(value: int) -> bytes:
-    return struct.pack("<H", value)
-
-
-def _command_set(elements: list[bytes]) -> bytes:
-    body = b"".join(elements)
-    return _element(0x0000, struct.pack("<I", len(body))) + body
-
-
 def encode_command(request: StoreRequest) -> bytes:
-    return _command_set([
-        _element(0x0002, _uid(request.sop_class_uid)),
-        _element(0x0100, _us(C_STORE_RQ)),
-        _element(0x0110, _us(request.message_id)),
-        _element(0x0700, _us(PRIORITY_MEDIUM)),
-        _element(0x0800, _us(DATA_SET_PRESENT)),
-        _element(0x1000, _uid(request.sop_instance_uid)),
+    return command_set([
+        element(0x0002, uid(request.sop_class_uid)),
+        element(0x0100, us(C_STORE_RQ)),
+        element(0x0110, us(request.message_id)),
+        element(0x0700, us(PRIORITY_MEDIUM)),
+        element(0x0800, us(DATA_SET_PRESENT)),
+        element(0x1000, uid(request.sop_instance_uid)),
     ])
 
 
@@ -63,11 +46,11 @@ class StoreResponse:
 
 
 def encode_response(response: StoreResponse) -> bytes:
-    return _command_set([
-        _element(0x0002, _uid(response.sop_class_uid)),
-        _element(0x0100, _us(C_STORE_RSP)),
-        _element(0x0120, _us(response.message_id_being_responded_to)),
-        _element(0x0800, _us(NO_DATA_SET)),
-        _element(0x0900, _us(response.status)),
-        _element(0x1000, _uid(response.sop_instance_uid)),
+    return command_set([
+        element(0x0002, uid(response.sop_class_uid)),
+        element(0x0100, us(C_STORE_RSP)),
+        element(0x0120, us(response.message_id_being_responded_to)),
+        element(0x0800, us(NO_DATA_SET)),
+        element(0x0900, us(response.status)),
+        element(0x1000, uid(response.sop_instance_uid)),
     ])
