@@ -158,10 +158,11 @@ def metric_samples(node: Node) -> dict[tuple[str, tuple[tuple[str, str], ...]], 
 
 def test_metrics_count_what_the_listener_did(node: Node, session: dict[str, Any]) -> None:
     def moved() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
-        samples = metric_samples(node)  # counters travel in heartbeats: wait for one sent after the whole session
-        stored = samples.get(("pacs_scp_instances_stored_total", ()), 0)
+        samples = metric_samples(node)  # counters travel in heartbeats: wait for one sent after the whole session,
+        stored = samples.get(("pacs_scp_instances_stored_total", ()), 0)  # whose last step is the refused association
         found = samples.get(("pacs_scp_operations_total", (("operation", "c_find"), ("outcome", "success"))), 0)
-        return samples if stored >= STORED and found >= 1 else None
+        refused = samples.get(("pacs_scp_associations_rejected_total", (("reason", "called_aet_not_recognized"),)), 0)
+        return samples if stored >= STORED and found >= 1 and refused >= 1 else None
 
     samples = wait_until(moved, 15, "the listener's heartbeat to carry the counters")
     assert samples[("pacs_scp_operations_total", (("operation", "c_store"), ("outcome", "success")))] >= STORED
