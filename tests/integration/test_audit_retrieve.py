@@ -151,8 +151,12 @@ def test_the_bytes_a_c_get_sends_are_counted(session: Session) -> None:
     [getter] = [e for e in session.events if e["action"] == "association" and e["remote_aet"] == WORKSTATION
                 and e["details"]["operations"] == {"c_get": 1}]
     assert getter["details"]["bytes_sent"] > INSTANCES * 16 * 16 * 2  # the instances went back on it
-    samples = metric_samples(session.node)
-    assert samples[("pacs_scp_sent_bytes_total", ())] > INSTANCES * 16 * 16 * 2
+
+    def sent_bytes() -> float | None:  # the listener's counters travel in its heartbeat
+        sent = metric_samples(session.node).get(("pacs_scp_sent_bytes_total", ()), 0.0)
+        return sent if sent > INSTANCES * 16 * 16 * 2 else None
+
+    wait_until(sent_bytes, 15, "the listener's heartbeat to carry the bytes the C-GET sent")
 
 
 def test_a_refused_request_and_a_refused_store_are_audited(session: Session) -> None:
