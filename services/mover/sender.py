@@ -27,7 +27,7 @@ from services.mover.prepared import Framer, Prepared
 from shared.dicom.direct_responses import read_store_responses_directly
 from shared.dicom.event_driven import event_driven_requestors
 from shared.dicom.message_writer import MessageWriter, write_messages_directly, writer_of
-from shared.dicom.own_responses import NoResponse, read_own_responses, response_channel_of
+from shared.dicom.own_responses import NoResponse, read_by_pynetdicom, read_own_responses, response_channel_of
 from shared.dicom.part10 import skip_file_meta
 from shared.dicom.requestor import rejection_of, send_without_waiting_for_the_reactor
 from shared.dicom.store_request import StoreRequest
@@ -149,19 +149,7 @@ def _send_with_pynetdicom(association: Any, syntaxes: dict[str, int], store: Obj
                           spool_dir: Path, message_id: int) -> int | None | str:
     """pynetdicom's send_c_store: an object to transcode, or any object on a TLS association. Its response is
     read by pynetdicom's DUL thread."""
-    channel = response_channel_of(association)
-    if channel is not None:
-        channel.give_back()
-    try:
-        return _send_with_pynetdicom_reading(association, syntaxes, store, item, spool_dir, message_id)
-    finally:
-        if channel is not None:
-            channel.resume()
-
-
-def _send_with_pynetdicom_reading(association: Any, syntaxes: dict[str, int], store: ObjectStore, item: Item,
-                                  spool_dir: Path, message_id: int) -> int | None | str:
-    with _local_file(store, item.object_key, spool_dir) as path:
+    with read_by_pynetdicom(association), _local_file(store, item.object_key, spool_dir) as path:
         if item.transfer_syntax in syntaxes:
             answer = association.send_c_store(path, msg_id=message_id)
         else:

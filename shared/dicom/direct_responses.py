@@ -62,6 +62,18 @@ def plain_store_response(encoded: bytes) -> StoreResponse | None:
     return StoreResponse(sop_class, sop_instance, message_id, status)
 
 
+def plain_store_response_in(body: bytes | bytearray) -> tuple[int, StoreResponse] | None:
+    """(presentation context ID, response) when a P-DATA-TF body is one whole plain C-STORE response."""
+    try:
+        items = fragments(body)
+    except MalformedPData:
+        return None
+    if len(items) != 1 or not items[0].is_command or not items[0].is_last:
+        return None
+    response = plain_store_response(bytes(items[0].data))
+    return None if response is None else (items[0].context_id, response)
+
+
 def deliver(assoc: Any, context_id: int, response: StoreResponse) -> None:
     """Queue the response for whoever waits on ``dimse.get_msg``, as pynetdicom would have."""
     primitive = C_STORE()
@@ -83,15 +95,10 @@ class ResponseReader:
 
     def on_p_data(self, body: bytearray) -> bytes | None:
         if self._assoc.dimse.message is None:  # pynetdicom is not in the middle of a message
-            try:
-                items = fragments(body)
-            except MalformedPData:
-                items = []
-            if len(items) == 1 and items[0].is_command and items[0].is_last:
-                response = plain_store_response(bytes(items[0].data))
-                if response is not None:
-                    deliver(self._assoc, items[0].context_id, response)
-                    return None
+            found = plain_store_response_in(body)
+            if found is not None:
+                deliver(self._assoc, *found)
+                return None
         return p_data_tf([body])
 
     def on_other_pdu(self) -> None:

@@ -94,11 +94,16 @@ def _header(context_id: int, pdv_length: int) -> bytes:
     return _PDU_AND_ITEM_HEADER.pack(_P_DATA_TF, 0, pdv_length + 5, pdv_length + 1, context_id)
 
 
+def _fragment_header(context_id: int, fragment_length: int, control: int) -> bytes:
+    """Everything a P-DATA-TF PDU of one PDV carries before the fragment (PS3.8 9.3.5, E.2)."""
+    return _header(context_id, fragment_length + 1) + bytes((control,))
+
+
 def _pdu(context_id: int, control: int, fragment: bytes | memoryview) -> list[bytes | memoryview]:
-    return [_header(context_id, len(fragment) + 1) + bytes((control,)), fragment]
+    return [_fragment_header(context_id, len(fragment), control), fragment]
 
 
-def _fragments(data: bytes, size: int) -> Iterator[tuple[bool, memoryview]]:
+def _fragments(data: bytes | memoryview, size: int) -> Iterator[tuple[bool, memoryview]]:
     view = memoryview(data)
     for start in range(0, len(data), size):
         yield start + size >= len(data), view[start:start + size]
@@ -161,33 +166,28 @@ class MessageWriter:
             except OSError:
                 association.abort()  # the connection failed or the peer stopped reading: the DUL reports it
 
-    def send_store_response(self, context_id: int, response: StoreResponse) -> None:
-        """A C-STORE response carrying only its status, encoded without a pydicom command set."""
-        association = self._association
-        evt.trigger(association, evt.EVT_DIMSE_SENT, {"message": StoreResponseSent(response)})
+    def _write_message(self, buffers: list[bytes | memoryview]) -> None:
+        """One whole message; none on an association that has ended, and an abort if the write fails."""
         with self._lock:
-            if not association.is_established:
-                return
-            try:
-                self._write(self._command_pdus(context_id, encode_response(response)))
-            except OSError:
-                association.abort()
-
-    def _send_find_response(self, context_id: int, response: FindResponse) -> None:
-        """A C-FIND response encoded without a pydicom command set; its identifier is sent as encoded."""
-        association = self._association
-        evt.trigger(association, evt.EVT_DIMSE_SENT, {"message": FindResponseSent(response)})
-        buffers = self._command_pdus(context_id, encode_find_response(response))
-        if response.identifier:
-            for last, fragment in _fragments(response.identifier, _fragment_size(association)):
-                buffers += _pdu(context_id, LAST_DATA_SET_FRAGMENT if last else DATA_SET_FRAGMENT, fragment)
-        with self._lock:
-            if not association.is_established:
-                return
+            if not self._association.is_established:
+                return  # as a message queued for a DUL that has stopped: never sent
             try:
                 self._write(buffers)
             except OSError:
-                association.abort()
+                self._association.abort()  # the connection failed or the peer stopped reading: the DUL reports it
+
+    def send_store_response(self, context_id: int, response: StoreResponse) -> None:
+        """A C-STORE response carrying only its status, encoded without a pydicom command set."""
+        evt.trigger(self._association, evt.EVT_DIMSE_SENT, {"message": StoreResponseSent(response)})
+        self._write_message(self._command_pdus(context_id, encode_response(response)))
+
+    def _send_find_response(self, context_id: int, response: FindResponse) -> None:
+        """A C-FIND response encoded without a pydicom command set; its identifier is sent as encoded."""
+        evt.trigger(self._association, evt.EVT_DIMSE_SENT, {"message": FindResponseSent(response)})
+        buffers = self._command_pdus(context_id, encode_find_response(response))
+        for last, fragment in _fragments(response.identifier or b"", _fragment_size(self._association)):
+            buffers += _pdu(context_id, LAST_DATA_SET_FRAGMENT if last else DATA_SET_FRAGMENT, fragment)
+        self._write_message(buffers)
 
     def send_stored_object(self, context_id: int, request: StoreRequest, data_set: BinaryIO) -> int:
         """A C-STORE request whose data set is read from ``data_set`` up to its end, as stored. Returns its size.
@@ -240,12 +240,12 @@ class MessageWriter:
         view[:len(command)] = command
         places: list[memoryview] = []
         position = len(command)
-        full_header = _header(context_id, size + 1) + bytes((DATA_SET_FRAGMENT,))
+        full_header = _fragment_header(context_id, size, DATA_SET_FRAGMENT)
         for index in range(count):
             length = min(size, data_set_size - index * size)
             last = index == count - 1
             view[position:position + _PDU_AND_DATA_HEADER_LENGTH] = \
-                _header(context_id, length + 1) + bytes((LAST_DATA_SET_FRAGMENT,)) if last else full_header
+                _fragment_header(context_id, length, LAST_DATA_SET_FRAGMENT) if last else full_header
             position += _PDU_AND_DATA_HEADER_LENGTH
             places.append(view[position:position + length])
             position += length

@@ -17,23 +17,27 @@ from __future__ import annotations
 import select
 import socket
 import ssl
-import struct
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from pynetdicom import evt
 
+from shared.dicom.direct_responses import StoreResponseReceived, plain_store_response_in
 from shared.dicom.event_driven import wake_dul
-from shared.dicom.direct_responses import StoreResponseReceived, plain_store_response
-from shared.dicom.pdata import MalformedPData, fragments
+from shared.dicom.pdu_reading import (
+    INVALID_PDU,
+    KNOWN_PDU_TYPES,
+    P_DATA_TF,
+    PDU_HEADER,
+    TRANSPORT_CLOSED,
+    queue_for_pynetdicom,
+)
 from shared.dicom.tcp import quickack
 
 _ATTRIBUTE = "_pacs_response_channel"
 HELD_ATTRIBUTE = "_pacs_socket_held"  # read by shared.dicom.event_driven's DUL wait
-P_DATA_TF = 0x04
-TRANSPORT_CLOSED = "Evt17"
-INVALID_PDU = "Evt19"
-_PDU_HEADER = struct.Struct(">BBL")
 _MAX_PDU_LENGTH = 1 << 26  # far above any maximum a peer negotiates; a longer one is a broken stream
 
 
@@ -54,7 +58,7 @@ class ResponseChannel:
 
         def read_unless_held() -> None:
             with self._lock:
-                if not getattr(self._dul, HELD_ATTRIBUTE, False):
+                if not self.holding:
                     read_by_dul()
 
         self._dul._read_pdu_data = read_unless_held
@@ -78,12 +82,12 @@ class ResponseChannel:
         pynetdicom, and the caller awaits it there). NoResponse when none can come."""
         header, body = self._read_pdu()
         self._dul._idle_timer.restart()
-        if header[0] == P_DATA_TF:
-            response = self._plain_response(body)
-            if response is not None and response.message_id_being_responded_to == message_id:
-                evt.trigger(self._association, evt.EVT_DIMSE_RECV, {"message": StoreResponseReceived(response)})
-                return response.status
-        self._hand_to_pynetdicom(header, body)
+        found = plain_store_response_in(body) if header[0] == P_DATA_TF else None
+        if found is not None and found[1].message_id_being_responded_to == message_id:
+            evt.trigger(self._association, evt.EVT_DIMSE_RECV, {"message": StoreResponseReceived(found[1])})
+            return found[1].status
+        self.give_back()  # as pynetdicom's DUL thread would have queued it; that thread reads on
+        queue_for_pynetdicom(self._dul, header + body)
         return None
 
     def resume(self) -> None:
@@ -91,31 +95,10 @@ class ResponseChannel:
         if self._association.is_established:
             self._hold()
 
-    @staticmethod
-    def _plain_response(body: bytearray) -> Any:
-        try:
-            items = fragments(body)
-        except MalformedPData:
-            return None
-        if len(items) != 1 or not items[0].is_command or not items[0].is_last:
-            return None
-        return plain_store_response(bytes(items[0].data))
-
-    def _hand_to_pynetdicom(self, header: bytes, body: bytearray) -> None:
-        """As pynetdicom's DUL thread would have queued the PDU; the socket goes back to that thread."""
-        self.give_back()
-        try:
-            decoded, event = self._dul._decode_pdu(bytearray(header) + body)
-        except Exception:
-            self._dul.event_queue.put(INVALID_PDU)
-            return
-        self._dul.event_queue.put(event)
-        self._dul._recv_pdu.put(decoded)
-
     def _read_pdu(self) -> tuple[bytes, bytearray]:
         header = bytes(self._receive(6))
-        pdu_type, _, length = _PDU_HEADER.unpack(header)
-        if not 0x01 <= pdu_type <= 0x07 or length > _MAX_PDU_LENGTH:
+        pdu_type, _, length = PDU_HEADER.unpack(header)
+        if pdu_type not in KNOWN_PDU_TYPES or length > _MAX_PDU_LENGTH:
             self.give_back()
             self._dul.event_queue.put(INVALID_PDU)
             raise NoResponse("the destination sent something that is not a PDU")
@@ -159,3 +142,17 @@ def read_own_responses(association: Any) -> ResponseChannel | None:
 
 def response_channel_of(association: Any) -> ResponseChannel | None:
     return getattr(association, _ATTRIBUTE, None)
+
+
+@contextmanager
+def read_by_pynetdicom(association: Any) -> Iterator[None]:
+    """Within: the association's responses are read by pynetdicom's DUL thread (for pynetdicom's own send_*)."""
+    channel = response_channel_of(association)
+    if channel is None:
+        yield
+        return
+    channel.give_back()
+    try:
+        yield
+    finally:
+        channel.resume()

@@ -15,8 +15,8 @@ P_DATA_TF = 0x04
 ESTABLISHED = "Sta6"
 TRANSPORT_CLOSED = "Evt17"
 INVALID_PDU = "Evt19"  # the state machine answers it with A-ABORT (PS3.8 AA-8)
-_PDU_HEADER = struct.Struct(">BBL")
-_KNOWN_PDU_TYPES = frozenset(range(0x01, 0x08))
+PDU_HEADER = struct.Struct(">BBL")  # PDU type, reserved, PDU length
+KNOWN_PDU_TYPES = frozenset(range(0x01, 0x08))
 
 
 class ProtocolViolation(Exception):
@@ -50,8 +50,8 @@ def _read_pdu_data(dul: Any, handler: PDataHandler) -> None:
     if len(header) != 6:
         dul.event_queue.put(TRANSPORT_CLOSED)
         return
-    pdu_type, _, length = _PDU_HEADER.unpack(header)
-    if pdu_type not in _KNOWN_PDU_TYPES:
+    pdu_type, _, length = PDU_HEADER.unpack(header)
+    if pdu_type not in KNOWN_PDU_TYPES:
         dul.event_queue.put(INVALID_PDU)
         return
     try:
@@ -73,6 +73,11 @@ def _read_pdu_data(dul: Any, handler: PDataHandler) -> None:
     else:
         handler.on_other_pdu()
         pdu = header + bytes(body)
+    queue_for_pynetdicom(dul, pdu)
+
+
+def queue_for_pynetdicom(dul: Any, pdu: bytes | bytearray) -> None:
+    """A whole PDU, decoded and queued for the state machine as pynetdicom's own reading would."""
     try:
         decoded, event = dul._decode_pdu(bytearray(pdu))
     except Exception:
