@@ -33,7 +33,7 @@ class PendingLedger:
         self._store.put_hint(marker_key(event.sop_instance_uid), event.model_dump_json().encode())
 
     def resolve(self, sop_instance_uid: str) -> None:
-        self._store.delete(marker_key(sop_instance_uid))
+        self._store.delete_hint(marker_key(sop_instance_uid))
 
     def count(self) -> int:
         return sum(1 for _ in self._store.list(PENDING_PREFIX))

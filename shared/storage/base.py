@@ -117,6 +117,11 @@ class ObjectStore(Protocol):
         """Remove the object; removing a missing key is not an error."""
         ...
 
+    def delete_hint(self, key: str) -> None:
+        """Remove a marker written by put_hint, whose space a later write may reuse: a reader that still has it
+        open may then read other content. Removing a missing key is not an error."""
+        ...
+
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         """Every object whose key starts with ``prefix`` (a folder-like prefix ending in '/')."""
         ...

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import threading
 import uuid
 from collections.abc import Iterator
@@ -40,8 +41,10 @@ from shared.storage.base import (
 )
 from shared.storage.journal import JOURNAL_FOLDER, PUT_HINT, PUT_NEW, SETTLE_SECONDS, Journal, Record
 from shared.storage.sync_barrier import SyncBarrier
+from shared.spare_files import SPARE_MAX_BYTES, SpareFiles
 
 _TMP_PREFIX = ".tmp-"
+SPARE_FOLDER = ".spare"
 JOURNALED_MAX_BYTES = 4 << 20  # larger objects are flushed in place instead of written twice
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
@@ -58,10 +61,17 @@ def _sha256_of_file(path: str) -> str:
 
 
 class _NewFile:
-    """The content of a file about to get its name: an unnamed file (O_TMPFILE), or a named temporary one."""
+    """The content of a file about to get its name: a spare file taken back (shared.spare_files), an unnamed file
+    (O_TMPFILE), or a named temporary one."""
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, spares: SpareFiles | None = None) -> None:
         self.temp_path: str | None = None
+        if spares is not None:
+            temp_path = os.path.join(directory, f"{_TMP_PREFIX}{uuid.uuid4().hex}")
+            if spares.take(temp_path):
+                self.temp_path = temp_path
+                self.fd = os.open(temp_path, os.O_WRONLY | os.O_TRUNC)
+                return
         if _tmpfile_supported:
             try:
                 self.fd = os.open(directory, os.O_WRONLY | _O_TMPFILE, 0o644)
@@ -135,6 +145,8 @@ class FilesystemObjectStore:
         self._dirs_lock = threading.Lock()
         self._barrier = barrier or SyncBarrier(root)
         self._journal = Journal(os.path.join(self._root, JOURNAL_FOLDER), self._barrier.sync, self._replay)
+        self._spare_folder = os.path.join(self._root, SPARE_FOLDER)
+        self._spares = SpareFiles(self._spare_folder)
 
     def _path(self, key: str) -> str:
         return os.path.join(self._root, validate_key(key))
@@ -163,7 +175,8 @@ class FilesystemObjectStore:
             self._known_dirs.add(directory)
 
     def _new_file(self, directory: str, data: ObjectData) -> _NewFile:
-        new = _NewFile(directory)
+        small = isinstance(data, bytes) and len(data) <= SPARE_MAX_BYTES
+        new = _NewFile(directory, self._spares if small else None)
         try:
             new.write(data)
         except BaseException:
@@ -310,6 +323,18 @@ class FilesystemObjectStore:
     def delete(self, key: str) -> None:
         try:
             os.unlink(self._path(key))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise _storage_error(exc) from exc
+
+    def delete_hint(self, key: str) -> None:
+        """Kept as a spare file for the next small write (shared.spare_files) when it can be, else deleted."""
+        path = self._path(key)
+        try:
+            info = os.stat(path)
+            if not (stat.S_ISREG(info.st_mode) and info.st_nlink == 1 and self._spares.give(path, info.st_size)):
+                os.unlink(path)
         except FileNotFoundError:
             pass
         except OSError as exc:

@@ -274,6 +274,9 @@ class S3ObjectStore:
         assert modified is not None
         return ObjectInfo(key, int(stat.size or 0), modified.astimezone(timezone.utc))
 
+    def delete_hint(self, key: str) -> None:
+        self.delete(key)
+
     def delete(self, key: str) -> None:
         validate_key(key)
         try:

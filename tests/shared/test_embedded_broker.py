@@ -155,3 +155,28 @@ def test_a_worker_asked_to_stop_stops_waiting_for_messages(app: Celery, queue_na
         monkeypatch.setattr(worker_state, "should_stop", 0)
         waiter.join(timeout=10)
         assert not waiter.is_alive() and type(waited[0]).__name__ in ("timeout", "TimeoutError")
+
+
+def test_a_consumed_message_file_is_kept_for_the_next_message(settings: Settings, app: Celery,
+                                                               queue_name: str) -> None:
+    """No inode is freed per message (shared.spare_files): the next messages are written into the files of the
+    consumed ones, and read back whole even when shorter."""
+    spare = settings.embedded_queue_dir / "spare"
+    with app.connection() as connection:
+        queue = connection.SimpleQueue(queue_name)
+        for number in range(3):
+            queue.put({"n": number, "padding": "x" * 200})
+        for _ in range(3):
+            queue.get(timeout=5).ack()
+        inodes = {path.stat().st_ino for path in spare.iterdir()}
+        assert len(inodes) == 3 and message_files(settings) == []
+        time.sleep(0.3)  # a process lists the spare folder again at most every 0.2 s
+        for number in range(3):
+            queue.put({"n": number})
+        assert list(spare.iterdir()) == []
+        assert {path.stat().st_ino for path in message_files(settings)} == inodes
+        payloads = [queue.get(timeout=5) for _ in range(3)]
+        for message in payloads:
+            message.ack()
+        queue.close()
+    assert sorted((message.payload["n"], len(message.payload)) for message in payloads) == [(0, 1), (1, 1), (2, 1)]

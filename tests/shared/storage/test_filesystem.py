@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from shared.storage.base import InvalidKey, ObjectNotFound, PutOutcome, StorageUnavailable, StreamedData, validate_key
-from shared.storage.filesystem import FilesystemObjectStore
+from shared.spare_files import SPARE_MAX_BYTES
+from shared.storage.filesystem import SPARE_FOLDER, FilesystemObjectStore
 
 KEY = "1.2.3/1.2.3.4/1.2.3.4.5.dcm"
 
@@ -91,6 +92,43 @@ def test_delete_removes_and_deleting_a_missing_object_is_fine(store: FilesystemO
     store.delete(KEY)
     store.delete(KEY)
     assert store.stat(KEY) is None
+
+
+def test_a_deleted_hint_keeps_its_inode_for_the_next_small_write(store: FilesystemObjectStore, root: Path) -> None:
+    store.put_hint(".pending/1.2.3.json", b"a marker longer than the object written after it")
+    inode = (root / ".pending/1.2.3.json").stat().st_ino
+    store.delete_hint(".pending/1.2.3.json")
+    store.delete_hint(".pending/1.2.3.json")  # a missing hint is fine
+    assert store.stat(".pending/1.2.3.json") is None
+    store.put_new(KEY, b"object", sha(b"object"))
+    assert (root / KEY).stat().st_ino == inode
+    assert store.get(KEY) == b"object"
+    store.close()
+    assert all_files(root) == [root / KEY]  # no spare, no temporary file left
+
+
+def test_a_spare_file_is_not_listed(store: FilesystemObjectStore) -> None:
+    store.put_new(KEY, b"x", sha(b"x"))
+    store.put_hint(".pending/1.2.3.json", b"{}")
+    store.delete_hint(".pending/1.2.3.json")
+    assert [info.key for info in store.list("")] == [KEY]
+
+
+def test_a_large_write_does_not_take_a_spare(store: FilesystemObjectStore, root: Path) -> None:
+    store.put_hint(".pending/1.2.3.json", b"{}")
+    store.delete_hint(".pending/1.2.3.json")
+    large = b"x" * (SPARE_MAX_BYTES + 1)
+    store.put_new(KEY, large, sha(large))
+    assert len(list((root / SPARE_FOLDER).iterdir())) == 1
+
+
+def test_a_hint_with_another_name_is_deleted_not_kept(store: FilesystemObjectStore, root: Path) -> None:
+    store.put_hint(".pending/1.2.3.json", b"{}")
+    (root / "elsewhere").hardlink_to(root / ".pending/1.2.3.json")
+    store.delete_hint(".pending/1.2.3.json")
+    store.put_hint(".pending/4.5.6.json", b"new")
+    assert (root / "elsewhere").read_bytes() == b"{}"
+    assert not (root / SPARE_FOLDER).exists()
 
 
 def test_list_is_recursive_and_skips_temporary_files(store: FilesystemObjectStore, root: Path) -> None:
