@@ -64,20 +64,27 @@ def mb(kib: int) -> float:
     return kib / 1024
 
 
-def child_pid(pacs: Pacs, service: str, timeout: float = 20.0) -> int:
+def child_pids(pacs: Pacs, service: str, timeout: float = 20.0) -> list[int]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        pid = pacs.child(service)
-        if pid is not None and rss_kib(pid)[0] > 0:
-            return pid
+        pids = [pid for pid in pacs.children(service) if rss_kib(pid)[0] > 0]
+        if pids:
+            return pids
         time.sleep(0.2)
     raise RuntimeError(f"no {service} child of pacs serve found")
 
 
-def settle(pid: int, seconds: float = 3.0) -> int:
-    """Wait until the process is idle after start; its RSS then (KiB)."""
+def settle(pids: list[int], seconds: float = 3.0) -> dict[int, int]:
+    """Wait until the processes are idle after start; their RSS then (KiB)."""
     time.sleep(seconds)
-    return rss_kib(pid)[0]
+    return {pid: rss_kib(pid)[0] for pid in pids}
+
+
+def busiest(idle: dict[int, int]) -> tuple[int, int]:
+    """(idle, peak) RSS in KiB of the process whose peak grew most: the one of several SCP processes that took
+    the association."""
+    pid = max(idle, key=lambda candidate: rss_kib(candidate)[1] - idle[candidate])
+    return idle[pid], rss_kib(pid)[1]
 
 
 def part_move(workdir: Path, cache: Path, counts: list[int], pacs_args: list[str]) -> list[Sample]:
@@ -106,8 +113,7 @@ def part_move(workdir: Path, cache: Path, counts: list[int], pacs_args: list[str
             for operation, service, target in (("C-MOVE", "mover", dest_dir), ("C-GET", "scp", get_dir)):
                 pacs = Pacs(data_parent, pacs_args)  # restarted on the same folder: each peak is its own
                 try:
-                    pid = child_pid(pacs, service)
-                    idle = settle(pid)
+                    idle_of = settle(child_pids(pacs, service))
                     empty(target)
                     keys = ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={manifest['study_uid']}"]
                     if operation == "C-MOVE":
@@ -119,7 +125,7 @@ def part_move(workdir: Path, cache: Path, counts: list[int], pacs_args: list[str
                                             capture_output=True, text=True, timeout=1800)
                     seconds = time.perf_counter() - started
                     time.sleep(0.3)
-                    peak = rss_kib(pid)[1]
+                    idle, peak = busiest(idle_of)
                     received = count_files(target)
                     note = "" if result.returncode == 0 and received == n else \
                         f"exit {result.returncode}, received {received}/{n}"
@@ -185,18 +191,19 @@ def part_large(workdir: Path, megabytes: int, pacs_args: list[str]) -> list[Samp
     node_parent.mkdir()
     pacs = Pacs(node_parent, pacs_args)
     try:
-        scp = child_pid(pacs, "scp")
-        indexer = child_pid(pacs, "indexer")
-        scp_idle, indexer_idle = settle(scp), rss_kib(indexer)[0]
+        scp_idle_of = settle(child_pids(pacs, "scp"))
+        [indexer] = child_pids(pacs, "indexer")
+        indexer_idle = rss_kib(indexer)[0]
         started = time.perf_counter()
         result = subprocess.run(["storescu", "-aec", pacs.aet, "-nh", HOST, str(pacs.port), str(source)],
                                 env=env_nodelay(), capture_output=True, text=True, timeout=1800)
         seconds = time.perf_counter() - started
         ok = result.returncode == 0 and "Store Failed" not in result.stdout + result.stderr
+        scp_idle, scp_peak = busiest(scp_idle_of)
         samples.append(Sample(f"C-STORE of one {size / 1e6:,.0f} MB instance", "scp child", mb(scp_idle),
-                              mb(rss_kib(scp)[1]), seconds, "" if ok else
+                              mb(scp_peak), seconds, "" if ok else
                               f"storescu exit {result.returncode}: {(result.stdout + result.stderr)[-300:]}"))
-        log(f"[large] scp peak {mb(rss_kib(scp)[1]):.0f} MB after {seconds:.1f} s; waiting for the indexer ...")
+        log(f"[large] scp peak {mb(scp_peak):.0f} MB after {seconds:.1f} s; waiting for the indexer ...")
         started = time.perf_counter()
         try:
             pacs.wait_indexed(1)

@@ -140,11 +140,13 @@ class Pacs:
         wait_until(lambda: self.count() == (expected, 0), 600, "pacs to index the study")
 
     def child(self, service: str) -> int | None:
-        for pid in children_of(self.process.pid):
-            args = cmdline(pid)
-            if "services.cli" in args and service in args:
-                return pid
-        return None
+        found = self.children(service)
+        return found[0] if found else None
+
+    def children(self, service: str) -> list[int]:
+        """The pids of the service's processes (`pacs serve` runs one SCP process per CPU)."""
+        return [pid for pid in children_of(self.process.pid)
+                if "services.cli" in (args := cmdline(pid)) and service in args]
 
     def stop(self) -> None:
         self.process.stop()

@@ -1,7 +1,9 @@
 """`pacs serve`: the whole node as one process group (scp, indexer, mover, api), supervised.
 
 The children run exactly the code of `pacs scp|indexer|mover|api` (one code path); only the URLs differ. A child
-that dies is started again; SIGTERM stops them all cleanly, a second SIGTERM/SIGINT at once.
+that dies is started again; SIGTERM stops them all cleanly, a second SIGTERM/SIGINT at once. The supervisor opens
+the DICOM (and TLS) listening socket itself and runs ``scp_processes`` SCP children on it (one per CPU by default):
+they share the work of receiving, which one process does under one GIL (services/scp/listening.py).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import ctypes.util
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -33,6 +36,7 @@ QUICK_DEATH_SECONDS = 3.0
 QUICK_DEATHS_BEFORE_GIVING_UP = 3
 PR_SET_PDEATHSIG = 1
 INDEXER_NICENESS = 10
+LISTEN_BACKLOG = 128
 
 
 def child_arguments(settings: Settings) -> list[str]:
@@ -75,6 +79,7 @@ def _background_child() -> None:
 class Child:
     service: str
     arguments: list[str]
+    inherited_fds: tuple[int, ...] = ()  # the listening sockets an SCP process takes over
     process: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     quick_deaths: int = field(default=0)
@@ -84,8 +89,39 @@ class Child:
         # Own session: a Ctrl-C or a signal to the whole group reaches only the supervisor, which stops the
         # children in order (a second signal would make them stop at once). They still die with it.
         prepare = _background_child if self.service == "indexer" else _die_with_parent
-        self.process = subprocess.Popen(command, start_new_session=True, preexec_fn=prepare)
+        self.process = subprocess.Popen(command, start_new_session=True, preexec_fn=prepare,
+                                        pass_fds=self.inherited_fds)
         self.started_at = time.monotonic()
+
+
+def _listening_sockets(settings: Settings) -> list[socket.socket]:
+    """The DICOM port (and the TLS port), opened once for every SCP process (services/scp/listening.py); OSError
+    if one is taken."""
+    ports = [settings.dicom_port] + ([settings.tls_port] if settings.tls_port else [])
+    listeners: list[socket.socket] = []
+    try:
+        for port in ports:
+            family = socket.AF_INET6 if ":" in settings.dicom_host else socket.AF_INET
+            listener = socket.socket(family, socket.SOCK_STREAM)
+            listeners.append(listener)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as pynetdicom: TIME_WAIT is no block
+            listener.bind((settings.dicom_host, port))
+            listener.listen(LISTEN_BACKLOG)
+    except OSError:
+        for listener in listeners:
+            listener.close()
+        raise
+    return listeners
+
+
+def _children(settings: Settings, listeners: list[socket.socket]) -> list[Child]:
+    arguments = child_arguments(settings)
+    scp_arguments = arguments + ["--dicom-listen-fd", str(listeners[0].fileno())]
+    if len(listeners) > 1:
+        scp_arguments += ["--tls-listen-fd", str(listeners[1].fileno())]
+    fds = tuple(listener.fileno() for listener in listeners)
+    scps = [Child("scp", scp_arguments, fds) for _ in range(settings.resolved_scp_processes)]
+    return scps + [Child(service, arguments) for service in SERVICES if service != "scp"]
 
 
 def _print_banner(settings: Settings) -> None:
@@ -170,8 +206,13 @@ def _supervise(settings: Settings, stop: StopRequest) -> int:
     export_secrets(settings)
     open_object_store(settings).ping()  # creates the local object folder on a first run
     broker_transport_options(settings)  # creates the embedded queue folders when that broker is used
-    arguments = child_arguments(settings)
-    children = [Child(service, arguments) for service in SERVICES]
+    try:
+        listeners = _listening_sockets(settings)
+    except OSError as exc:
+        print(f"pacs: cannot listen on {settings.dicom_host} port {settings.dicom_port}"
+              f"{f' or {settings.tls_port}' if settings.tls_port else ''}: {exc.strerror}", file=sys.stderr)
+        return 1
+    children = _children(settings, listeners)
     for child in children:
         child.start()
     _print_banner(settings)
@@ -195,4 +236,6 @@ def _supervise(settings: Settings, stop: StopRequest) -> int:
     # their grace and 3 s: after its grace the scp drops the connections still open (1 s) and flushes its events
     # (up to 2 s), which a loaded machine stretches (a test run saw an scp killed 5 s after a SIGTERM, grace 2 s).
     _stop_children(children, max(settings.shutdown_grace_seconds + 3, STOP_SECONDS - 1))
+    for listener in listeners:
+        listener.close()
     return exit_code

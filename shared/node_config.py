@@ -71,8 +71,9 @@ class NodeConfig(BaseModel):
         "supports. A storage context none of whose proposed transfer syntaxes is listed gets result 4 "
         "(transfer syntaxes not supported). Verification is not restricted.")
     max_associations: int = Field(
-        64, ge=1, le=MAX_ASSOCIATIONS_LIMIT, description="Concurrent associations accepted by each SCP process; "
-        "one more gets A-ASSOCIATE-RJ 2/3/2 (rejected-transient, local limit exceeded).")
+        64, ge=1, le=MAX_ASSOCIATIONS_LIMIT, description="Concurrent associations the node accepts (all the SCP "
+        "processes of `pacs serve` together; each `pacs scp` with a data directory of its own on its own); one more "
+        "gets A-ASSOCIATE-RJ 2/3/2 (rejected-transient, local limit exceeded).")
     check_calling_aet_host: bool = Field(
         False, description="A calling AE title that is a registered modality must connect from that modality's "
         "host (its address, or one its host name resolves to); from anywhere else: A-ASSOCIATE-RJ 1/1/3. "

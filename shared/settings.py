@@ -31,6 +31,18 @@ class Settings(BaseSettings):
     ae_title: str = Field("PACS", description="The node's own AE title (the called AE title callers must use).")
     dicom_host: str = Field("0.0.0.0", description="Address the DICOM listener binds to.")
     dicom_port: int = Field(11112, ge=1, le=65535, description="DICOM listening port.")
+    scp_processes: int = Field(
+        0, ge=0, le=16, description="SCP processes `pacs serve` runs; they take associations from the same "
+        "listening sockets, so that several cores receive. 0 = one per CPU, at most 4."
+    )
+    dicom_listen_fd: int | None = Field(
+        None, ge=0, description="Set by `pacs serve` for its SCP processes: the DICOM listening socket it opened, "
+        "taken over instead of binding dicom_port again."
+    )
+    tls_listen_fd: int | None = Field(
+        None, ge=0, description="Set by `pacs serve` for its SCP processes: the DICOM TLS listening socket it "
+        "opened (see dicom_listen_fd)."
+    )
     api_host: str = Field("127.0.0.1", description="Address the HTTP API binds to.")
     api_port: int = Field(8042, ge=1, le=65535, description="HTTP API port.")
     api_admin_token: SecretStr | None = Field(
@@ -189,6 +201,10 @@ class Settings(BaseSettings):
     @property
     def uses_embedded_broker(self) -> bool:
         return self.resolved_broker_url.startswith("pacsfs://")
+
+    @property
+    def resolved_scp_processes(self) -> int:
+        return self.scp_processes or max(1, min(4, os.cpu_count() or 1))
 
     @property
     def embedded_queue_dir(self) -> Path:

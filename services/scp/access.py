@@ -1,6 +1,9 @@
 """Who may associate and what they may ask for: the live configuration, enforced per association and per request.
 
-At association time (pynetdicom's EVT_REQUESTED notification, before any negotiation) the policy either sends
+At association time (pynetdicom's EVT_REQUESTED notification, before any negotiation) the configuration is read
+from the database (LiveConfig.fresh, ~0.2 ms on SQLite; the values in force when the database does not answer), so
+that a change made over REST applies to the next association in every SCP process of the node; the policy either
+sends
 the A-ASSOCIATE-RJ itself (``acse.send_reject``; pynetdicom then skips negotiation because the association is
 marked rejected, see ``Association.run_reactor``) or narrows the presentation contexts this association may
 accept. The answers (result/source/diagnostic, PS3.8 9.3.4):
@@ -41,6 +44,7 @@ from pynetdicom.sop_class import uid_to_service_class
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.scp.node_associations import NodeAssociations
 from services.scp.statuses import failure
 from shared.db.models import AuditEvent
 from shared.events import utc_now
@@ -165,9 +169,10 @@ def narrowed_contexts(base: list[PresentationContext], accepted: frozenset[str] 
 class AccessPolicy:
     """The EVT_REQUESTED handler and the per-request guards of one SCP process."""
 
-    def __init__(self, live: LiveConfig, audit: AuditBuffer) -> None:
+    def __init__(self, live: LiveConfig, audit: AuditBuffer, node: NodeAssociations | None = None) -> None:
         self.live = live
         self.audit = audit
+        self._node = node  # the counts of the node's other SCP processes, when they share the data directory
         self.rejected: Counter[str] = Counter()
         self.refused: Counter[str] = Counter()
         self._admission = threading.Lock()
@@ -196,7 +201,7 @@ class AccessPolicy:
                     assoc.abort()  # never fall through to negotiation unchecked
 
     def _decide(self, assoc: Any) -> None:
-        snapshot = self.live.current()
+        snapshot = self.live.fresh()
         config = snapshot.config
         request = assoc.requestor.primitive
         calling = printable_aet(request.calling_ae_title)
@@ -226,17 +231,40 @@ class AccessPolicy:
         self._narrow_contexts(assoc, snapshot, request)
 
     def _admit(self, assoc: Any, limit: int) -> bool:
-        """Count this association against the limit: the check and the mark are one step for all threads."""
+        """Count this association against the limit (of the node, when NodeAssociations is given): the check and
+        the mark are one step for all threads."""
         with self._admission:
-            admitted = sum(
-                1 for other in assoc.ae.active_associations
-                if getattr(other, _ADMITTED, False)
-                and not (other.is_released or other.is_aborted or other.is_rejected)
-            )
+            admitted = self.admitted_in(assoc.ae)
             if admitted >= limit:
+                return False
+            if self._node is not None and not self._node.admit(admitted, limit):
                 return False
             setattr(assoc, _ADMITTED, True)
             return True
+
+    @staticmethod
+    def admitted_in(ae: Any, ended: Any = None) -> int:
+        """The associations of this process counted against the limit (``ended`` is ending: not counted)."""
+        return sum(
+            1 for other in ae.active_associations
+            if getattr(other, _ADMITTED, False) and other is not ended
+            and not (other.is_released or other.is_aborted or other.is_rejected)
+        )
+
+    def on_closed(self, event: Any) -> None:
+        """EVT_CONN_CLOSE: the node's other SCP processes see the freed place at once."""
+        if getattr(event.assoc, _ADMITTED, False):
+            try:
+                self.report_to_node(event.assoc.ae, ended=event.assoc)
+            except OSError:
+                log.exception("access.association_table_failed")
+
+    def report_to_node(self, ae: Any, ended: Any = None) -> None:
+        """Write this process's count to the node's table, in turn with admissions (never a count from before an
+        admission written after it)."""
+        if self._node is not None:
+            with self._admission:
+                self._node.report(self.admitted_in(ae, ended))
 
     def _narrow_contexts(self, assoc: Any, snapshot: ConfigSnapshot, request: Any) -> None:
         """Give this association the contexts the configuration allows (before negotiation reads them)."""

@@ -38,7 +38,9 @@ from services.scp.commitment import CommitmentService
 from services.scp.direct_store import DirectStoreServices
 from services.scp.find import FindService
 from services.scp.get import GetService
+from services.scp.listening import InheritedAssociationServer, InheritedTlsAssociationServer
 from services.scp.move import MoveService
+from services.scp.node_associations import NodeAssociations
 from services.scp.publisher import EventPublisher
 from services.scp.pdu_guard import PduLimits
 from services.scp.spooling import ReceivedSpool
@@ -103,7 +105,8 @@ class ScpServer:
         settings = runtime.settings
         self.runtime = runtime
         # Called AE check, callers, addresses, association limit, transfer syntaxes: live, per association.
-        self.access = AccessPolicy(live_config, AuditBuffer(runtime.sessions))
+        self._node_associations = NodeAssociations(settings.data_dir.resolve())  # with the node's other SCPs
+        self.access = AccessPolicy(live_config, AuditBuffer(runtime.sessions), self._node_associations)
         self.trail = AssociationTrail(self.access.audit)
         self.publisher = EventPublisher(self._send_batch, max_batch=settings.indexer_batch_size)
         # Storage layout, naming and limits: live (shared.ingest); the running totals for the limits refresh in
@@ -183,30 +186,31 @@ class ScpServer:
             (evt.EVT_C_STORE, self.access.guard("store", self.store_service.handle)),
             (evt.EVT_C_FIND, self.access.guard_generator("find", self.find_service.handle)),
             (evt.EVT_N_ACTION, self.commitment_service.handle),  # checks its own permission (registered, store)
+            (evt.EVT_CONN_CLOSE, self.access.on_closed),
             *self.trail.handlers(),  # audit rows and metrics, from notification events only
         ]
         self.publisher.start()
         self.access.start()
-        self._server = ThreadedAssociationServer(
-            self.ae,
-            (settings.dicom_host, settings.dicom_port),
-            settings.ae_title,
-            supported_contexts(),
-            evt_handlers=handlers,
-            request_handler=LowLatencyRequestHandler,
-        )
+        self._node_associations.start(lambda: self.access.report_to_node(self.ae))
+        plain_arguments = (self.ae, (settings.dicom_host, settings.dicom_port), settings.ae_title,
+                           supported_contexts())
+        plain_options = {"evt_handlers": handlers, "request_handler": LowLatencyRequestHandler}
+        if settings.dicom_listen_fd is None:
+            self._server = ThreadedAssociationServer(*plain_arguments, **plain_options)
+        else:  # pacs serve opened the port for its SCP processes (services/scp/listening.py)
+            self._server = InheritedAssociationServer(settings.dicom_listen_fd, *plain_arguments, **plain_options)
         self._serve(self._server, "dicom-listener")
         log.info("scp.listening ae_title=%s port=%d", settings.ae_title, self.port)
         if self._tls_context is not None and settings.tls_port is not None:
-            self._tls_server = TlsAssociationServer(
-                self.ae,
-                (settings.dicom_host, settings.tls_port),
-                settings.ae_title,
-                supported_contexts(),
-                ssl_context=self._tls_context,
-                evt_handlers=handlers,
-                request_handler=TlsRequestHandler,
-            )
+            tls_arguments = (self.ae, (settings.dicom_host, settings.tls_port), settings.ae_title,
+                             supported_contexts())
+            tls_options = {"ssl_context": self._tls_context, "evt_handlers": handlers,
+                           "request_handler": TlsRequestHandler}
+            if settings.tls_listen_fd is None:
+                self._tls_server = TlsAssociationServer(*tls_arguments, **tls_options)
+            else:
+                self._tls_server = InheritedTlsAssociationServer(settings.tls_listen_fd, *tls_arguments,
+                                                                 **tls_options)
             self._tls_server.tls_handshake_failed = self._tls_handshake_failed  # type: ignore[attr-defined]
             self._serve(self._tls_server, "dicom-tls-listener")
             log.info("scp.listening_tls ae_title=%s port=%d client_certificate=%s", settings.ae_title,
@@ -247,6 +251,7 @@ class ScpServer:
         self.publisher.stop(flush_seconds=2.0)
         self.storage_usage.stop()
         self.access.stop()
+        self._node_associations.stop()
         self._server = self._tls_server = None
         log.info("scp.stopped")
 

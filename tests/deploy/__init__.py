@@ -23,8 +23,10 @@ SETTINGS_ENV: dict[str, str] = {ENV_PREFIX + name.upper(): name for name in Sett
 # Options that hold credentials (a password inside a URL, or a key): never in a ConfigMap or a literal.
 CREDENTIAL_OPTIONS = {"PACS_DATABASE_URL", "PACS_BROKER_URL", "PACS_S3_ACCESS_KEY", "PACS_S3_SECRET_KEY",
                       "PACS_API_ADMIN_TOKEN"}
-# Options a deployment sets explicitly: all but the TOML file (deployments use the environment instead).
-DEPLOYED_OPTIONS = set(SETTINGS_ENV) - {"PACS_CONFIG"}
+# Options a deployment sets explicitly: all but the TOML file (deployments use the environment instead) and those of
+# `pacs serve` alone (how many SCP processes it runs on the port it opens; a deployment runs `pacs scp` replicas).
+SERVE_ONLY_OPTIONS = {"PACS_SCP_PROCESSES", "PACS_DICOM_LISTEN_FD", "PACS_TLS_LISTEN_FD"}
+DEPLOYED_OPTIONS = set(SETTINGS_ENV) - {"PACS_CONFIG"} - SERVE_ONLY_OPTIONS
 
 
 def unknown_options(names: object) -> list[str]:

@@ -194,9 +194,14 @@ def test_associations_over_max_associations_get_2_3_2_and_the_accepted_ones_stor
         finally:
             release_all(held)
 
+    def two_of_four_accepted() -> bool:  # every SCP process of the node polls the configuration on its own
+        with parallel_associations(port, 4, ((Verification, ()),)) as outcomes:
+            return sum(1 for outcome in outcomes if outcome.accepted) == 2
+
     instances = indexed_instances(node)
     patch_config(node, max_associations=2)
     wait_until(third_is_refused, PROPAGATION, "the limit of 2")
+    wait_until(two_of_four_accepted, PROPAGATION, "the limit of 2 in every SCP process")
 
     with parallel_associations(port, 4, CT_EXPLICIT) as outcomes:
         accepted = [outcome for outcome in outcomes if outcome.accepted]

@@ -1,0 +1,46 @@
+"""Listening sockets taken over from `pacs serve`, which opens the DICOM (and TLS) port once and runs several SCP
+processes on it: each accepts from the same socket, so the kernel hands every new connection to a process that is
+waiting for one, and a second node started on the same port fails to bind as before (no SO_REUSEPORT, which would
+let it share the port silently).
+
+The socket is non-blocking here: all processes wake for a connection and one of them gets it; for the others
+``accept`` fails at once (socketserver ignores that) instead of blocking their accept loop until the next one.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from pynetdicom.transport import ThreadedAssociationServer
+
+from services.scp.tls import TlsAssociationServer
+
+
+class _InheritedListener:
+    """Replaces socketserver's bind and listen by the adoption of a listening socket (a file descriptor)."""
+
+    socket: socket.socket
+    server_address: Any
+
+    def __init__(self, listen_fd: int, *args: Any, **kwargs: Any) -> None:
+        self._listen_fd = listen_fd
+        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
+
+    def server_bind(self) -> None:
+        self.socket.close()  # the one socketserver created, never bound
+        self.socket = socket.socket(fileno=self._listen_fd)
+        self.socket.setblocking(False)
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        """It listens already."""
+
+
+class InheritedAssociationServer(_InheritedListener, ThreadedAssociationServer):
+    pass
+
+
+class InheritedTlsAssociationServer(_InheritedListener, TlsAssociationServer):
+    pass
+
