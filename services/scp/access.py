@@ -2,19 +2,18 @@
 
 At association time (pynetdicom's EVT_REQUESTED notification, before any negotiation) the configuration is read
 from the database (LiveConfig.fresh, ~0.2 ms on SQLite; the values in force when the database does not answer), so
-that a change made over REST applies to the next association in every SCP process of the node; the policy either
-sends
-the A-ASSOCIATE-RJ itself (``acse.send_reject``; pynetdicom then skips negotiation because the association is
-marked rejected, see ``Association.run_reactor``) or narrows the presentation contexts this association may
-accept. The answers (result/source/diagnostic, PS3.8 9.3.4):
+that a change made over REST applies to the next association in every SCP process of the node. The policy then
+either sends the A-ASSOCIATE-RJ itself (``acse.send_reject``; pynetdicom then skips negotiation because the
+association is marked rejected, see ``Association.run_reactor``) or narrows the presentation contexts this
+association may accept. The answers (result/source/diagnostic, PS3.8 9.3.4):
 
 - remote address outside a non-empty ``ip_allowlist``: 1/1/3. DICOM has no "address not allowed" diagnostic; the
   caller is refused as a calling AE not recognised, permanently, by the service user.
 - called AE title not the node's while ``check_called_aet``: 1/1/7 (called AE title not recognised).
 - calling AE title blocked, not in a non-empty ``allowed_calling_aets``, or not a registered modality while
   ``unknown_callers_allowed`` is []: 1/1/3 (calling AE title not recognised).
-- more than ``max_associations`` admitted associations at once: 2/3/2 (rejected-transient, service provider
-  presentation related, local limit exceeded).
+- more than ``max_associations`` admitted associations at once in the node (services.scp.node_associations):
+  2/3/2 (rejected-transient, service provider presentation related, local limit exceeded).
 
 Per request (C-ECHO, C-STORE; the other services check the same rule when they arrive): the service must be in
 ``enabled_services``, and in the caller's modality ``allow`` list (registered caller) or in

@@ -12,7 +12,9 @@ Objects larger than JOURNALED_MAX_BYTES (and data sets streamed from a spool fil
 bytes are flushed before their name exists and the name after (two ``syncfs``, shared by concurrent writers).
 
 Where the file system has no ``O_TMPFILE``, a named temporary file (``.tmp-…``, skipped by ``list``) is written
-and linked instead.
+and linked instead. A hint removed with ``delete_hint`` (a resolved pending marker) keeps its inode in ``.spare/``
+for the next hint (shared.spare_files): ingest then frees no inode per instance, which on ext4 without a journal
+would slow every file creation of the next minutes.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from shared.digest import read_chunks, size_and_sha256
+from shared.spare_files import SPARE_MAX_BYTES, SpareFiles
 from shared.storage.base import (
     ObjectData,
     ObjectInfo,
@@ -41,7 +44,6 @@ from shared.storage.base import (
 )
 from shared.storage.journal import JOURNAL_FOLDER, PUT_HINT, PUT_NEW, SETTLE_SECONDS, Journal, Record
 from shared.storage.sync_barrier import SyncBarrier
-from shared.spare_files import SPARE_MAX_BYTES, SpareFiles
 
 _TMP_PREFIX = ".tmp-"
 SPARE_FOLDER = ".spare"
@@ -145,8 +147,7 @@ class FilesystemObjectStore:
         self._dirs_lock = threading.Lock()
         self._barrier = barrier or SyncBarrier(root)
         self._journal = Journal(os.path.join(self._root, JOURNAL_FOLDER), self._barrier.sync, self._replay)
-        self._spare_folder = os.path.join(self._root, SPARE_FOLDER)
-        self._spares = SpareFiles(self._spare_folder)
+        self._spares = SpareFiles(os.path.join(self._root, SPARE_FOLDER))
 
     def _path(self, key: str) -> str:
         return os.path.join(self._root, validate_key(key))
@@ -174,9 +175,9 @@ class FilesystemObjectStore:
                 self._known_dirs.clear()
             self._known_dirs.add(directory)
 
-    def _new_file(self, directory: str, data: ObjectData) -> _NewFile:
-        small = isinstance(data, bytes) and len(data) <= SPARE_MAX_BYTES
-        new = _NewFile(directory, self._spares if small else None)
+    def _new_file(self, directory: str, data: ObjectData, spare: bool) -> _NewFile:
+        reuse = spare and isinstance(data, bytes) and len(data) <= SPARE_MAX_BYTES
+        new = _NewFile(directory, self._spares if reuse else None)
         try:
             new.write(data)
         except BaseException:
@@ -184,16 +185,19 @@ class FilesystemObjectStore:
             raise
         return new
 
-    def _new_file_in(self, directory: str, data: ObjectData) -> _NewFile:
+    def _new_file_in(self, directory: str, data: ObjectData, spare: bool = False) -> _NewFile:
+        """A new file's content, in a spare file if ``spare`` (only for hints: after a crash, journal replay
+        rewrites a hint whatever its file holds, while the file of a put_new that holds other bytes than its
+        record is taken for another send's object, which a spare's old content would imitate)."""
         try:
             self._ensure_dir(directory)
-            return self._new_file(directory, data)
+            return self._new_file(directory, data, spare)
         except FileNotFoundError:
             # The folder vanished since it was cached (e.g. a remount): create it again, once.
             with self._dirs_lock:
                 self._known_dirs.discard(directory)
             self._ensure_dir(directory)
-            return self._new_file(directory, data)
+            return self._new_file(directory, data, spare)
 
     def put_new(self, key: str, data: ObjectData, sha256: str, durable: bool = True) -> PutResult:
         path = self._path(key)
@@ -255,7 +259,7 @@ class FilesystemObjectStore:
     def put_hint(self, key: str, data: bytes) -> None:
         path = self._path(key)
         try:
-            new = self._new_file_in(os.path.dirname(path), data)
+            new = self._new_file_in(os.path.dirname(path), data, spare=True)
             try:
                 self._link_journaled(PUT_HINT, key, data, new, path, durable=False)
             finally:
@@ -276,7 +280,7 @@ class FilesystemObjectStore:
         if held is not None and record.kind == PUT_NEW and not (
                 len(held) < len(record.data) and record.data.startswith(held)):
             return  # another send of the key won: it keeps its object
-        new = self._new_file_in(os.path.dirname(path), record.data)
+        new = self._new_file_in(os.path.dirname(path), record.data, spare=record.kind == PUT_HINT)
         try:
             new.replace(path)
         finally:
@@ -329,7 +333,7 @@ class FilesystemObjectStore:
             raise _storage_error(exc) from exc
 
     def delete_hint(self, key: str) -> None:
-        """Kept as a spare file for the next small write (shared.spare_files) when it can be, else deleted."""
+        """Kept as a spare file for the next hint (shared.spare_files) when it can be, else deleted."""
         path = self._path(key)
         try:
             info = os.stat(path)
