@@ -98,10 +98,10 @@ def _listening_sockets(settings: Settings) -> list[socket.socket]:
     """The DICOM port (and the TLS port), opened once for every SCP process (services/scp/listening.py); OSError
     if one is taken."""
     ports = [settings.dicom_port] + ([settings.tls_port] if settings.tls_port else [])
+    family = socket.AF_INET6 if ":" in settings.dicom_host else socket.AF_INET
     listeners: list[socket.socket] = []
     try:
         for port in ports:
-            family = socket.AF_INET6 if ":" in settings.dicom_host else socket.AF_INET
             listener = socket.socket(family, socket.SOCK_STREAM)
             listeners.append(listener)
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as pynetdicom: TIME_WAIT is no block

@@ -210,13 +210,13 @@ class LiveConfig:
         self._confirm_tried_at = now
         return self.refresh_now()
 
-    def fresh(self) -> ConfigSnapshot:
-        """What a new association runs with: the configuration re-read from the database now, unless the database
-        is not known to answer (then the values in force, kept up to date by the poll). A change made over REST
-        applies to every association requested after it, whichever of the node's SCP processes takes it."""
+    def fresh(self) -> tuple[ConfigSnapshot, bool]:
+        """What a new association runs with, and whether it was read from the database just now: re-read unless
+        the database is not known to answer (then the values in force, kept up to date by the poll). A change made
+        over REST applies to every association requested after it, whichever of the node's SCP processes takes it."""
         if self._database_ok is not True:
-            return self._snapshot
-        return self.refresh_now()
+            return self._snapshot, False
+        return self.refresh_now(), True
 
     # ---- loading ------------------------------------------------------------------------------------------
 

@@ -82,15 +82,13 @@ class SpareFiles:
     def _room_left(self) -> bool:
         with self._lock:
             self._gifts_since_count += 1
-            recount = self._gifts_since_count >= _RECOUNT_EVERY
-            if recount:
-                self._gifts_since_count = 0
-        if recount:
-            try:
-                count = len(os.listdir(self._folder))
-            except FileNotFoundError:
-                count = 0
-            with self._lock:
-                self._count = count
+            if self._gifts_since_count < _RECOUNT_EVERY:
+                return self._count < self._capacity
+            self._gifts_since_count = 0
+        try:
+            count = len(os.listdir(self._folder))  # other processes take and give too
+        except FileNotFoundError:
+            count = 0
         with self._lock:
-            return self._count < self._capacity
+            self._count = count
+            return count < self._capacity

@@ -168,10 +168,10 @@ def narrowed_contexts(base: list[PresentationContext], accepted: frozenset[str] 
 class AccessPolicy:
     """The EVT_REQUESTED handler and the per-request guards of one SCP process."""
 
-    def __init__(self, live: LiveConfig, audit: AuditBuffer, node: NodeAssociations | None = None) -> None:
+    def __init__(self, live: LiveConfig, audit: AuditBuffer, node: NodeAssociations) -> None:
         self.live = live
         self.audit = audit
-        self._node = node  # the counts of the node's other SCP processes, when they share the data directory
+        self._node = node  # the counts of the SCP processes that share the data directory
         self.rejected: Counter[str] = Counter()
         self.refused: Counter[str] = Counter()
         self._admission = threading.Lock()
@@ -200,7 +200,7 @@ class AccessPolicy:
                     assoc.abort()  # never fall through to negotiation unchecked
 
     def _decide(self, assoc: Any) -> None:
-        snapshot = self.live.fresh()
+        snapshot, read_now = self.live.fresh()
         config = snapshot.config
         request = assoc.requestor.primitive
         calling = printable_aet(request.calling_ae_title)
@@ -214,7 +214,7 @@ class AccessPolicy:
             self._reject(assoc, REJECT_CALLED_AET, "called_aet_not_recognized", calling, remote_ip, called)
             return
         reason = snapshot.calling_aet_refused(calling)
-        if reason is not None:
+        if reason is not None and not read_now:
             snapshot = self.live.confirmed()  # a modality registered an instant ago is not refused
             reason = snapshot.calling_aet_refused(calling)
         if reason is not None:
@@ -230,13 +230,10 @@ class AccessPolicy:
         self._narrow_contexts(assoc, snapshot, request)
 
     def _admit(self, assoc: Any, limit: int) -> bool:
-        """Count this association against the limit (of the node, when NodeAssociations is given): the check and
-        the mark are one step for all threads."""
+        """Count this association against the node's limit: the check and the mark are one step for all threads
+        (and, through the node's table, for all SCP processes)."""
         with self._admission:
-            admitted = self.admitted_in(assoc.ae)
-            if admitted >= limit:
-                return False
-            if self._node is not None and not self._node.admit(admitted, limit):
+            if not self._node.admit(self.admitted_in(assoc.ae), limit):
                 return False
             setattr(assoc, _ADMITTED, True)
             return True
@@ -261,9 +258,8 @@ class AccessPolicy:
     def report_to_node(self, ae: Any, ended: Any = None) -> None:
         """Write this process's count to the node's table, in turn with admissions (never a count from before an
         admission written after it)."""
-        if self._node is not None:
-            with self._admission:
-                self._node.report(self.admitted_in(ae, ended))
+        with self._admission:
+            self._node.report(self.admitted_in(ae, ended))
 
     def _narrow_contexts(self, assoc: Any, snapshot: ConfigSnapshot, request: Any) -> None:
         """Give this association the contexts the configuration allows (before negotiation reads them)."""

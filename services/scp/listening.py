@@ -10,7 +10,7 @@ The socket is non-blocking here: all processes wake for a connection and one of 
 from __future__ import annotations
 
 import socket
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -43,4 +43,17 @@ class InheritedAssociationServer(_InheritedListener, ThreadedAssociationServer):
 
 class InheritedTlsAssociationServer(_InheritedListener, TlsAssociationServer):
     pass
+
+
+_INHERITED = {ThreadedAssociationServer: InheritedAssociationServer, TlsAssociationServer: InheritedTlsAssociationServer}
+
+
+Server = TypeVar("Server", bound=ThreadedAssociationServer)
+
+
+def listening_server(server_class: type[Server], listen_fd: int | None, *arguments: Any, **options: Any) -> Server:
+    """A ``server_class`` that binds its port (``listen_fd`` None: `pacs scp`) or takes over ``listen_fd``."""
+    if listen_fd is None:
+        return server_class(*arguments, **options)
+    return cast(Server, _INHERITED[server_class](listen_fd, *arguments, **options))
 

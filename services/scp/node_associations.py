@@ -53,9 +53,13 @@ class NodeAssociations:
         if self._thread is not None:
             self._thread.join(timeout=5)
         try:
-            self.leave()
+            with self._lock, self._locked_table() as table:  # the process's row goes with it
+                table.rows.pop(self._pid, None)
         except OSError:
             pass
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def admit(self, own: int, limit: int) -> bool:
         """Whether one more association fits: ``own`` are held by this process; if so it is counted."""
@@ -69,14 +73,6 @@ class NodeAssociations:
         """This process holds ``own`` associations now."""
         with self._lock, self._locked_table() as table:
             table.rows[self._pid] = (own, time.time())
-
-    def leave(self) -> None:
-        """At the end of the process: its row is removed."""
-        with self._lock, self._locked_table() as table:
-            table.rows.pop(self._pid, None)
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
 
     def _locked_table(self) -> "_Table":
         if self._fd is None:

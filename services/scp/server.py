@@ -38,7 +38,7 @@ from services.scp.commitment import CommitmentService
 from services.scp.direct_store import DirectStoreServices
 from services.scp.find import FindService
 from services.scp.get import GetService
-from services.scp.listening import InheritedAssociationServer, InheritedTlsAssociationServer
+from services.scp.listening import listening_server
 from services.scp.move import MoveService
 from services.scp.node_associations import NodeAssociations
 from services.scp.publisher import EventPublisher
@@ -192,25 +192,16 @@ class ScpServer:
         self.publisher.start()
         self.access.start()
         self._node_associations.start(lambda: self.access.report_to_node(self.ae))
-        plain_arguments = (self.ae, (settings.dicom_host, settings.dicom_port), settings.ae_title,
-                           supported_contexts())
-        plain_options = {"evt_handlers": handlers, "request_handler": LowLatencyRequestHandler}
-        if settings.dicom_listen_fd is None:
-            self._server = ThreadedAssociationServer(*plain_arguments, **plain_options)
-        else:  # pacs serve opened the port for its SCP processes (services/scp/listening.py)
-            self._server = InheritedAssociationServer(settings.dicom_listen_fd, *plain_arguments, **plain_options)
+        self._server = listening_server(  # or the socket pacs serve opened for its SCP processes
+            ThreadedAssociationServer, settings.dicom_listen_fd, self.ae, (settings.dicom_host, settings.dicom_port),
+            settings.ae_title, supported_contexts(), evt_handlers=handlers, request_handler=LowLatencyRequestHandler)
         self._serve(self._server, "dicom-listener")
         log.info("scp.listening ae_title=%s port=%d", settings.ae_title, self.port)
         if self._tls_context is not None and settings.tls_port is not None:
-            tls_arguments = (self.ae, (settings.dicom_host, settings.tls_port), settings.ae_title,
-                             supported_contexts())
-            tls_options = {"ssl_context": self._tls_context, "evt_handlers": handlers,
-                           "request_handler": TlsRequestHandler}
-            if settings.tls_listen_fd is None:
-                self._tls_server = TlsAssociationServer(*tls_arguments, **tls_options)
-            else:
-                self._tls_server = InheritedTlsAssociationServer(settings.tls_listen_fd, *tls_arguments,
-                                                                 **tls_options)
+            self._tls_server = listening_server(
+                TlsAssociationServer, settings.tls_listen_fd, self.ae, (settings.dicom_host, settings.tls_port),
+                settings.ae_title, supported_contexts(), ssl_context=self._tls_context, evt_handlers=handlers,
+                request_handler=TlsRequestHandler)
             self._tls_server.tls_handshake_failed = self._tls_handshake_failed  # type: ignore[attr-defined]
             self._serve(self._tls_server, "dicom-tls-listener")
             log.info("scp.listening_tls ae_title=%s port=%d client_certificate=%s", settings.ae_title,
