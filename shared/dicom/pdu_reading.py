@@ -4,11 +4,19 @@ association to a handler of ours first (services.scp.direct_store, shared.dicom.
 What the handler takes never becomes pynetdicom PDU, primitive or state-machine work; what it gives back (a
 whole P-DATA-TF PDU) is decoded by pynetdicom as if it had just arrived. Every failure raises the event
 pynetdicom's own ``DULServiceProvider._read_pdu_data`` raises for it.
+
+pynetdicom's association thread queues the A-ASSOCIATE-AC, runs the EVT_ACCEPTED handlers and only then marks the
+association established; the peer may send its first request as soon as the AC arrives, and on a loaded machine
+the DUL thread reads it before that mark. pynetdicom's own path waits for it (the association thread handles the
+message); ours would have taken the request for one of an association that is not established, left it to
+pynetdicom and lost track of the message (a request that broke the message structure then got no A-ABORT). So the
+first P-DATA-TF waits until the association is established, at most ESTABLISHING_SECONDS, then aborts.
 """
 
 from __future__ import annotations
 
 import struct
+import time
 from typing import Any, Protocol
 
 P_DATA_TF = 0x04
@@ -17,6 +25,8 @@ TRANSPORT_CLOSED = "Evt17"
 INVALID_PDU = "Evt19"  # the state machine answers it with A-ABORT (PS3.8 AA-8)
 PDU_HEADER = struct.Struct(">BBL")  # PDU type, reserved, PDU length
 KNOWN_PDU_TYPES = frozenset(range(0x01, 0x08))
+ESTABLISHING_SECONDS = 5.0
+_ESTABLISHING_POLL_SECONDS = 0.0005
 
 
 class ProtocolViolation(Exception):
@@ -63,6 +73,9 @@ def _read_pdu_data(dul: Any, handler: PDataHandler) -> None:
         dul.event_queue.put(TRANSPORT_CLOSED)
         return
     if pdu_type == P_DATA_TF and dul.state_machine.current_state == ESTABLISHED:
+        if not _established(dul.assoc):
+            dul.event_queue.put(INVALID_PDU)
+            return
         try:
             pdu = handler.on_p_data(body)
         except ProtocolViolation:
@@ -74,6 +87,16 @@ def _read_pdu_data(dul: Any, handler: PDataHandler) -> None:
         handler.on_other_pdu()
         pdu = header + bytes(body)
     queue_for_pynetdicom(dul, pdu)
+
+
+def _established(assoc: Any) -> bool:
+    """Whether the association thread marked the association established (waiting for it if it is about to)."""
+    deadline = time.monotonic() + ESTABLISHING_SECONDS
+    while not assoc.is_established:
+        if assoc.is_aborted or assoc.is_released or time.monotonic() > deadline:
+            return False
+        time.sleep(_ESTABLISHING_POLL_SECONDS)
+    return True
 
 
 def queue_for_pynetdicom(dul: Any, pdu: bytes | bytearray) -> None:
