@@ -16,7 +16,11 @@ processes that are gone (a live process holds an exclusive ``flock`` on its segm
   content is left alone (another send of the same key won);
 - a marker (``PUT_HINT``) is rewritten unless the file holds exactly its content.
 
-A segment is read up to its first incomplete or damaged record: records after it were never flushed, so nothing
+A segment is written ahead with zeros, a MiB at a time, and its small records are written over them: flushing a
+record then writes the record's pages and nothing else, where appending to the end of the file made every
+``fdatasync`` also allocate blocks and write the file's inode (measured here, the SCP's flushes while one
+association stores small instances: 434 us on average appended, 223-290 us written over zeros). A segment is read
+up to its first incomplete or damaged record (zeros are not a record): records after it were never flushed, so nothing
 acknowledged depended on them. Replay may re-create a pending marker that the indexer had already removed: the
 instance is indexed again, which changes nothing (replays are idempotent). Deleting objects waits for
 ``settle`` (every segment that exists at that moment checkpointed or replayed), so no replay brings back an
@@ -51,6 +55,7 @@ PUT_NEW = 1
 PUT_HINT = 2
 _RECORD = struct.Struct(">IBHQ")  # CRC-32 of the rest, kind, key length, data length; then key, data
 _KINDS = frozenset({PUT_NEW, PUT_HINT})
+ZERO_AHEAD = bytes(1 << 20)  # written ahead of a segment's records; a larger record is written past the end
 
 
 @dataclass(frozen=True)
@@ -95,9 +100,10 @@ class _Segment:
 
     def __init__(self, folder: str) -> None:
         self.path = os.path.join(folder, f"{os.getpid()}-{uuid.uuid4().hex}{SEGMENT_SUFFIX}")
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         fcntl.flock(self.fd, fcntl.LOCK_EX)  # live: recovery leaves it alone
-        self.size = 0
+        self.size = 0  # of the records
+        self._zeroed = 0  # the file's length: zeros from ``size`` up to here
         self.broken = False  # a failed write could not be cut off: no more appends here
         self.writers = 0  # threads between their append and the naming of their file
         self.barrier = SyncBarrier(folder, lambda: os.fdatasync(self.fd))
@@ -109,21 +115,32 @@ class _Segment:
         record = b"".join(encode_record(kind, key, data))
         with self._write_lock:
             start = self.size
+            end = start + len(record)
             try:
-                view = memoryview(record)
-                while view:
-                    view = view[os.write(self.fd, view):]
+                if end > self._zeroed and len(record) < len(ZERO_AHEAD):
+                    _write_at(self.fd, ZERO_AHEAD, self._zeroed)
+                    self._zeroed += len(ZERO_AHEAD)
+                _write_at(self.fd, record, start)
             except OSError:
                 try:
                     os.ftruncate(self.fd, start)
+                    self._zeroed = start
                 except OSError:
                     self.broken = True
                 raise
-            self.size = start + len(record)
+            self.size = end
+            self._zeroed = max(self._zeroed, end)
 
     def close(self) -> None:
         os.close(self.fd)  # and with it the lock
         self.fd = -1
+
+
+def _write_at(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
 
 
 class Journal:

@@ -15,7 +15,7 @@ import pytest
 
 from shared.storage.base import PutOutcome, StorageFull
 from shared.storage.filesystem import FilesystemObjectStore
-from shared.storage.journal import JOURNAL_FOLDER, PUT_HINT, PUT_NEW, encode_record, read_records
+from shared.storage.journal import JOURNAL_FOLDER, PUT_HINT, PUT_NEW, ZERO_AHEAD, encode_record, read_records
 
 KEY = "1.2.3/1.2.3.4/1.2.3.4.5.dcm"
 CLAIM = ".claims/ab/1.2.3.4.5"
@@ -156,6 +156,22 @@ def test_a_segment_is_read_up_to_its_first_damaged_record(tmp_path: Path) -> Non
     assert [record.key for record in read_records(str(path))] == ["key/0"]
 
 
+def test_records_are_written_over_zeros_ahead_of_them_which_are_not_read_as_records(tmp_path: Path) -> None:
+    store = FilesystemObjectStore(tmp_path / "objects")
+    for number in range(3):
+        store.put_new(f"1.2/{number}.dcm", b"object %d" % number, sha(b"object %d" % number))
+    [segment] = segments(tmp_path / "objects")
+    records = sum(len(b"".join(encode_record(PUT_NEW, f"1.2/{n}.dcm", b"object %d" % n))) for n in range(3))
+    assert segment.stat().st_size == len(ZERO_AHEAD) and segment.read_bytes()[records:] == bytes(
+        len(ZERO_AHEAD) - records)
+    assert [record.key for record in read_records(str(segment))] == ["1.2/0.dcm", "1.2/1.dcm", "1.2/2.dcm"]
+    large = b"L" * len(ZERO_AHEAD)  # larger than what is zeroed ahead: written past the end, as it comes
+    store.put_new("1.2/large.dcm", large, sha(large))
+    store.put_new("1.2/after.dcm", b"after", sha(b"after"))
+    assert [record.key for record in read_records(str(segment))][-2:] == ["1.2/large.dcm", "1.2/after.dcm"]
+    store.close()
+
+
 def test_a_marker_record_replaces_whatever_the_file_holds(tmp_path: Path) -> None:
     root = tmp_path / "objects"
     folder = root / JOURNAL_FOLDER
@@ -211,16 +227,16 @@ def test_a_write_cut_short_by_a_full_disk_leaves_the_later_records_readable(tmp_
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     store = FilesystemObjectStore(tmp_path / "objects")
     store.put_new("1.2/1.dcm", b"first", sha(b"first"))
-    write = os.write
+    write_at = os.pwrite
 
-    def half_then_full(fd: int, data: bytes) -> int:
+    def half_then_full(fd: int, data: bytes, offset: int) -> int:
         if not os.readlink(f"/proc/self/fd/{fd}").endswith(".wal"):
-            return write(fd, data)  # the object's own file
-        monkeypatch.setattr(os, "write", write)
-        write(fd, bytes(data[:len(data) // 2]))
+            return write_at(fd, data, offset)
+        monkeypatch.setattr(os, "pwrite", write_at)
+        write_at(fd, bytes(data[:len(data) // 2]), offset)
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(os, "write", half_then_full)
+    monkeypatch.setattr(os, "pwrite", half_then_full)
     with pytest.raises(StorageFull):
         store.put_new("1.2/2.dcm", b"second" * 100, sha(b"second" * 100))
     store.put_new("1.2/3.dcm", b"third", sha(b"third"))
