@@ -18,6 +18,10 @@ def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=10000")
+    # Temporary tables and indexes (sorts, DISTINCT, IN lists) in memory: as files they were created and deleted
+    # under /var/tmp a few times a second while indexing, and every deleted inode slows the next file creation on
+    # an ext4 without a journal (shared.spare_files).
+    cursor.execute("PRAGMA temp_store=MEMORY")
     cursor.close()
 
 
