@@ -16,7 +16,7 @@ processes that are gone (a live process holds an exclusive ``flock`` on its segm
   content is left alone (another send of the same key won);
 - a marker (``PUT_HINT``) is rewritten unless the file holds exactly its content.
 
-A segment is written ahead with zeros, a MiB at a time, and its small records are written over them: flushing a
+A segment is written ahead with zeros, a MiB at a time, and its small records (up to 64 KiB) are written over them: flushing a
 record then writes the record's pages and nothing else, where appending to the end of the file made every
 ``fdatasync`` also allocate blocks and write the file's inode (measured here, the SCP's flushes while one
 association stores small instances: 434 us on average appended, 223-290 us written over zeros). A segment is read
@@ -55,7 +55,9 @@ PUT_NEW = 1
 PUT_HINT = 2
 _RECORD = struct.Struct(">IBHQ")  # CRC-32 of the rest, kind, key length, data length; then key, data
 _KINDS = frozenset({PUT_NEW, PUT_HINT})
-ZERO_AHEAD = bytes(1 << 20)  # written ahead of a segment's records; a larger record is written past the end
+ZERO_AHEAD = bytes(1 << 20)  # written ahead of a segment's small records
+ZEROED_RECORD_MAX = 64 << 10  # a larger record that does not fit in the zeros is written past them as it comes:
+# its flush allocates blocks once for many pages, and zeroing ahead of it would copy as much again into the page cache
 
 
 @dataclass(frozen=True)
@@ -117,7 +119,7 @@ class _Segment:
             start = self.size
             end = start + len(record)
             try:
-                if end > self._zeroed and len(record) < len(ZERO_AHEAD):
+                if end > self._zeroed and len(record) <= ZEROED_RECORD_MAX:
                     _write_at(self.fd, ZERO_AHEAD, self._zeroed)
                     self._zeroed += len(ZERO_AHEAD)
                 _write_at(self.fd, record, start)

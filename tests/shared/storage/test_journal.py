@@ -156,19 +156,24 @@ def test_a_segment_is_read_up_to_its_first_damaged_record(tmp_path: Path) -> Non
     assert [record.key for record in read_records(str(path))] == ["key/0"]
 
 
-def test_records_are_written_over_zeros_ahead_of_them_which_are_not_read_as_records(tmp_path: Path) -> None:
+def test_small_records_are_written_over_zeros_ahead_of_them_which_are_not_read_as_records(tmp_path: Path) -> None:
     store = FilesystemObjectStore(tmp_path / "objects")
-    for number in range(3):
-        store.put_new(f"1.2/{number}.dcm", b"object %d" % number, sha(b"object %d" % number))
+
+    def put(name: str, data: bytes) -> int:
+        store.put_new(f"1.2/{name}.dcm", data, sha(data))
+        return len(b"".join(encode_record(PUT_NEW, f"1.2/{name}.dcm", data)))
+
+    records = sum(put(str(number), b"object %d" % number) for number in range(3))
     [segment] = segments(tmp_path / "objects")
-    records = sum(len(b"".join(encode_record(PUT_NEW, f"1.2/{n}.dcm", b"object %d" % n))) for n in range(3))
-    assert segment.stat().st_size == len(ZERO_AHEAD) and segment.read_bytes()[records:] == bytes(
-        len(ZERO_AHEAD) - records)
-    assert [record.key for record in read_records(str(segment))] == ["1.2/0.dcm", "1.2/1.dcm", "1.2/2.dcm"]
-    large = b"L" * len(ZERO_AHEAD)  # larger than what is zeroed ahead: written past the end, as it comes
-    store.put_new("1.2/large.dcm", large, sha(large))
-    store.put_new("1.2/after.dcm", b"after", sha(b"after"))
-    assert [record.key for record in read_records(str(segment))][-2:] == ["1.2/large.dcm", "1.2/after.dcm"]
+    assert segment.stat().st_size == len(ZERO_AHEAD)
+    assert segment.read_bytes()[records:] == bytes(len(ZERO_AHEAD) - records)
+    # A large record that does not fit in the zeros is written past them, and nothing is zeroed after it.
+    end_of_large = records + put("large", b"L" * len(ZERO_AHEAD))
+    assert segment.stat().st_size == end_of_large
+    put("small", b"small")  # zeros again, from the end of the file
+    assert segment.stat().st_size == end_of_large + len(ZERO_AHEAD)
+    assert [record.key for record in read_records(str(segment))] == ["1.2/0.dcm", "1.2/1.dcm", "1.2/2.dcm",
+                                                                     "1.2/large.dcm", "1.2/small.dcm"]
     store.close()
 
 
