@@ -114,13 +114,14 @@ class _Segment:
     def append(self, kind: int, key: str, data: bytes) -> None:
         """One whole record, or none: a failed write (a full disk) is cut off again, so that the records
         appended after it stay readable."""
-        record = b"".join(encode_record(kind, key, data))
+        record = encode_record(kind, key, data)  # written as parts: a large object is not copied into one record
+        length = sum(len(part) for part in record)
         with self._write_lock:
             start = self.size
-            end = start + len(record)
+            end = start + length
             try:
-                if end > self._zeroed and len(record) <= ZEROED_RECORD_MAX:
-                    _write_at(self.fd, ZERO_AHEAD, self._zeroed)
+                if end > self._zeroed and length <= ZEROED_RECORD_MAX:
+                    _write_at(self.fd, [ZERO_AHEAD], self._zeroed)
                     self._zeroed += len(ZERO_AHEAD)
                 _write_at(self.fd, record, start)
             except OSError:
@@ -138,11 +139,15 @@ class _Segment:
         self.fd = -1
 
 
-def _write_at(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written
+def _write_at(fd: int, parts: list[bytes], offset: int) -> None:
+    views = [memoryview(part) for part in parts if part]
+    while views:
+        written = os.pwritev(fd, views, offset)
+        offset += written
+        while views and written >= len(views[0]):
+            written -= len(views.pop(0))
+        if written:
+            views[0] = views[0][written:]
 
 
 class Journal:

@@ -177,6 +177,23 @@ def test_small_records_are_written_over_zeros_ahead_of_them_which_are_not_read_a
     store.close()
 
 
+def test_a_record_the_system_writes_in_short_pieces_is_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_at = os.pwritev
+
+    def short(fd: int, buffers: list[memoryview], offset: int) -> int:
+        requested = b"".join(buffers)
+        return write_at(fd, [requested[:7 if len(requested) < 1 << 16 else 1 << 16]], offset)  # records, zeros
+
+    monkeypatch.setattr(os, "pwritev", short)
+    store = FilesystemObjectStore(tmp_path / "objects")
+    store.put_new("1.2/1.dcm", b"object one", sha(b"object one"))
+    store.put_new("1.2/2.dcm", b"object two", sha(b"object two"))
+    [segment] = segments(tmp_path / "objects")
+    assert [(record.key, record.data) for record in read_records(str(segment))] == [
+        ("1.2/1.dcm", b"object one"), ("1.2/2.dcm", b"object two")]
+    store.close()
+
+
 def test_a_marker_record_replaces_whatever_the_file_holds(tmp_path: Path) -> None:
     root = tmp_path / "objects"
     folder = root / JOURNAL_FOLDER
@@ -232,16 +249,17 @@ def test_a_write_cut_short_by_a_full_disk_leaves_the_later_records_readable(tmp_
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     store = FilesystemObjectStore(tmp_path / "objects")
     store.put_new("1.2/1.dcm", b"first", sha(b"first"))
-    write_at = os.pwrite
+    write_at = os.pwritev
 
-    def half_then_full(fd: int, data: bytes, offset: int) -> int:
+    def half_then_full(fd: int, buffers: list[memoryview], offset: int) -> int:
         if not os.readlink(f"/proc/self/fd/{fd}").endswith(".wal"):
-            return write_at(fd, data, offset)
-        monkeypatch.setattr(os, "pwrite", write_at)
-        write_at(fd, bytes(data[:len(data) // 2]), offset)
+            return write_at(fd, buffers, offset)
+        monkeypatch.setattr(os, "pwritev", write_at)
+        record = b"".join(buffers)
+        write_at(fd, [record[:len(record) // 2]], offset)
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(os, "pwrite", half_then_full)
+    monkeypatch.setattr(os, "pwritev", half_then_full)
     with pytest.raises(StorageFull):
         store.put_new("1.2/2.dcm", b"second" * 100, sha(b"second" * 100))
     store.put_new("1.2/3.dcm", b"third", sha(b"third"))
