@@ -106,6 +106,7 @@ class _Segment:
         fcntl.flock(self.fd, fcntl.LOCK_EX)  # live: recovery leaves it alone
         self.size = 0  # of the records
         self._zeroed = 0  # the file's length: zeros from ``size`` up to here
+        self._zeroing = True  # until the disk has no room for the zeros (then records go past the end as they come)
         self.broken = False  # a failed write could not be cut off: no more appends here
         self.writers = 0  # threads between their append and the naming of their file
         self.barrier = SyncBarrier(folder, lambda: os.fdatasync(self.fd))
@@ -120,9 +121,8 @@ class _Segment:
             start = self.size
             end = start + length
             try:
-                if end > self._zeroed and length <= ZEROED_RECORD_MAX:
-                    _write_at(self.fd, [ZERO_AHEAD], self._zeroed)
-                    self._zeroed += len(ZERO_AHEAD)
+                if self._zeroing and end > self._zeroed and length <= ZEROED_RECORD_MAX:
+                    self._zero_ahead()
                 _write_at(self.fd, record, start)
             except OSError:
                 try:
@@ -133,6 +133,14 @@ class _Segment:
                 raise
             self.size = end
             self._zeroed = max(self._zeroed, end)
+
+    def _zero_ahead(self) -> None:
+        try:
+            _write_at(self.fd, [ZERO_AHEAD], self._zeroed)
+            self._zeroed += len(ZERO_AHEAD)
+        except OSError:  # a nearly full disk: the zeros must not take the room the records still have
+            os.ftruncate(self.fd, self._zeroed)
+            self._zeroing = False
 
     def close(self) -> None:
         os.close(self.fd)  # and with it the lock

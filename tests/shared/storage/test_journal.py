@@ -177,6 +177,27 @@ def test_small_records_are_written_over_zeros_ahead_of_them_which_are_not_read_a
     store.close()
 
 
+def test_a_disk_without_room_for_the_zeros_still_takes_the_records(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    write_at = os.pwritev
+
+    def no_room_for_a_mebibyte(fd: int, buffers: list[memoryview], offset: int) -> int:
+        if sum(len(buffer) for buffer in buffers) >= len(ZERO_AHEAD):
+            write_at(fd, [bytes(4096)], offset)  # what fitted before the disk was full
+            raise OSError(28, "No space left on device")
+        return write_at(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "pwritev", no_room_for_a_mebibyte)
+    store = FilesystemObjectStore(tmp_path / "objects")
+    assert store.put_new("1.2/1.dcm", b"first", sha(b"first")).outcome is PutOutcome.CREATED
+    assert store.put_new("1.2/2.dcm", b"second", sha(b"second")).outcome is PutOutcome.CREATED
+    [segment] = segments(tmp_path / "objects")
+    assert [record.key for record in read_records(str(segment))] == ["1.2/1.dcm", "1.2/2.dcm"]
+    assert segment.stat().st_size == sum(len(b"".join(encode_record(PUT_NEW, f"1.2/{n}.dcm", data)))
+                                         for n, data in ((1, b"first"), (2, b"second")))
+    store.close()
+
+
 def test_a_record_the_system_writes_in_short_pieces_is_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_at = os.pwritev
 
