@@ -21,7 +21,7 @@ SendBatch = Callable[[str, list[dict[str, object]]], None]
 
 class EventPublisher:
     def __init__(self, send_batch: SendBatch, max_batch: int = 200, max_buffer: int = 50_000,
-                 linger_seconds: float = 0.1) -> None:
+                 linger_seconds: float = 0.02) -> None:
         self._send_batch = send_batch
         self._max_batch = max_batch
         self._linger = linger_seconds
