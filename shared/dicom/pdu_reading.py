@@ -91,6 +91,8 @@ def _read_pdu_data(dul: Any, handler: PDataHandler) -> None:
 
 def _established(assoc: Any) -> bool:
     """Whether the association thread marked the association established (waiting for it if it is about to)."""
+    if assoc.is_established:
+        return True
     deadline = time.monotonic() + ESTABLISHING_SECONDS
     while not assoc.is_established:
         if assoc.is_aborted or assoc.is_released or time.monotonic() > deadline:

@@ -16,9 +16,9 @@ processes that are gone (a live process holds an exclusive ``flock`` on its segm
   content is left alone (another send of the same key won);
 - a marker (``PUT_HINT``) is rewritten unless the file holds exactly its content.
 
-A segment is written ahead with zeros, a MiB at a time, and its small records (up to 64 KiB) are written over them: flushing a
-record then writes the record's pages and nothing else, where appending to the end of the file made every
-``fdatasync`` also allocate blocks and write the file's inode (measured here, the SCP's flushes while one
+A segment is written ahead with zeros, a MiB at a time, and its small records (up to 64 KiB) are written over
+them: flushing a record then writes the record's pages and nothing else, where appending to the end of the file
+made every ``fdatasync`` also allocate blocks and write the file's inode (measured here, the SCP's flushes while one
 association stores small instances: 434 us on average appended, 223-290 us written over zeros). A segment is read
 up to its first incomplete or damaged record (zeros are not a record): records after it were never flushed, so nothing
 acknowledged depended on them. Replay may re-create a pending marker that the indexer had already removed: the
@@ -56,8 +56,9 @@ PUT_HINT = 2
 _RECORD = struct.Struct(">IBHQ")  # CRC-32 of the rest, kind, key length, data length; then key, data
 _KINDS = frozenset({PUT_NEW, PUT_HINT})
 ZERO_AHEAD = bytes(1 << 20)  # written ahead of a segment's small records
-ZEROED_RECORD_MAX = 64 << 10  # a larger record that does not fit in the zeros is written past them as it comes:
-# its flush allocates blocks once for many pages, and zeroing ahead of it would copy as much again into the page cache
+# A larger record that does not fit in the zeros is written past them as it comes: its flush allocates blocks once
+# for many pages, and zeroing ahead of it would copy as much again into the page cache.
+ZEROED_RECORD_MAX = 64 << 10
 
 
 @dataclass(frozen=True)
