@@ -43,10 +43,10 @@ class Channel(filesystem.Channel):
         name = f"{time.time_ns() // 1000:017d}_{uuid.uuid4().hex}.{queue}.msg"
         final = os.path.join(self.data_folder_out, name)
         temporary = os.path.join(self.data_folder_out, f".{name}.tmp")
-        mode = "r+b" if self.spare_files.take(temporary) else "wb"
-        with open(temporary, mode) as stream:
-            stream.write(str_to_bytes(dumps(payload)))
-            stream.truncate()
+        body = str_to_bytes(dumps(payload))
+        if not self.spare_files.fill(temporary, body):
+            with open(temporary, "wb") as stream:
+                stream.write(body)
         os.replace(temporary, final)
 
     def _get(self, queue: str) -> Any:

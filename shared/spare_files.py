@@ -6,8 +6,11 @@ queue message) asks the file system for a new inode and frees one at the ingest 
 look-up at a time, every inode of the group freed in the last 60 s (360 s while its inode table block is dirty):
 measured here, creating an empty file cost 18 us in a fresh directory and 250-800 us after a few thousand
 deletions nearby, and the SCP spent 2-4 ms of system time per small instance in that scan. A file moved to the
-spare folder keeps its inode: the next writer renames it to a temporary name in its own folder, truncates it and
-writes it, so neither side allocates or frees an inode.
+spare folder keeps its inode: the next writer renames it to a temporary name in its own folder and writes over it
+(``fill``), so neither side allocates or frees an inode. A spare is written over and then cut to length, never
+truncated to zero first: that frees its block for the write to allocate again, and ext4 starts the writeback of a
+file truncated to zero when it is renamed or closed (auto_da_alloc), on the writer's path. Measured here: 52 us
+with O_TRUNC, 12 us written over and cut; the SCP's system time per small instance 0.88 -> 0.33 ms.
 
 Several processes share one spare folder: a file is taken by renaming it away, which exactly one taker can do, and
 a taker that loses the race takes the next name. The folder holds at most ``capacity`` files (checked from a count
@@ -48,6 +51,20 @@ class SpareFiles:
                 return True
             except FileNotFoundError:
                 continue  # another process took it
+
+    def fill(self, temporary_path: str, data: bytes) -> bool:
+        """Move a spare file to ``temporary_path`` and make ``data`` its content; False when there is none."""
+        if not self.take(temporary_path):
+            return False
+        fd = os.open(temporary_path, os.O_WRONLY)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.ftruncate(fd, len(data))  # what the spare held beyond the new content
+        finally:
+            os.close(fd)
+        return True
 
     def _next_name(self) -> str | None:
         with self._lock:

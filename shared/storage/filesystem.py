@@ -63,23 +63,11 @@ def _sha256_of_file(path: str) -> str:
 
 
 class _NewFile:
-    """The content of a file about to get its name: a spare file taken back (shared.spare_files), an unnamed file
-    (O_TMPFILE), or a named temporary one."""
+    """The content of a file about to get its name: an unnamed file (O_TMPFILE), a named temporary one, or a spare
+    file refilled under a temporary name (``refilled``, shared.spare_files)."""
 
-    def __init__(self, directory: str, spares: SpareFiles | None = None) -> None:
+    def __init__(self, directory: str) -> None:
         self.temp_path: str | None = None
-        self._written = 0
-        # A spare is written over and then cut to length, never truncated to zero first: that frees its block for
-        # the write to allocate again, and ext4 starts the writeback of a file truncated to zero when it is
-        # renamed or closed (auto_da_alloc). Measured here: 52 us with O_TRUNC, 12 us written over and cut.
-        self._cut_after_writing = False
-        if spares is not None:
-            temp_path = os.path.join(directory, f"{_TMP_PREFIX}{uuid.uuid4().hex}")
-            if spares.take(temp_path):
-                self.temp_path = temp_path
-                self.fd = os.open(temp_path, os.O_WRONLY)
-                self._cut_after_writing = True
-                return
         if _tmpfile_supported:
             try:
                 self.fd = os.open(directory, os.O_WRONLY | _O_TMPFILE, 0o644)
@@ -91,15 +79,22 @@ class _NewFile:
         self.temp_path = os.path.join(directory, f"{_TMP_PREFIX}{uuid.uuid4().hex}")
         self.fd = os.open(self.temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
 
+    @classmethod
+    def refilled(cls, spares: SpareFiles, directory: str, data: bytes) -> _NewFile | None:
+        """``data`` in a spare file, or None when there is no spare."""
+        temp_path = os.path.join(directory, f"{_TMP_PREFIX}{uuid.uuid4().hex}")
+        if not spares.fill(temp_path, data):
+            return None
+        new = cls.__new__(cls)
+        new.temp_path, new.fd = temp_path, -1  # written and closed already
+        return new
+
     def write(self, data: ObjectData) -> None:
         for chunk in chunks_of(data):
             view = memoryview(chunk)
             while view:
                 written = os.write(self.fd, view)
-                self._written += written
                 view = view[written:]
-        if self._cut_after_writing:
-            os.ftruncate(self.fd, self._written)  # what the spare held beyond the new content
 
     def link(self, path: str) -> None:
         """Give the file its name; FileExistsError if the name is taken (never replaced)."""
@@ -127,7 +122,8 @@ class _NewFile:
             os.replace(temp, path)
 
     def close(self) -> None:
-        os.close(self.fd)
+        if self.fd >= 0:
+            os.close(self.fd)
         if self.temp_path is not None:
             try:
                 os.unlink(self.temp_path)
@@ -185,8 +181,11 @@ class FilesystemObjectStore:
             self._known_dirs.add(directory)
 
     def _new_file(self, directory: str, data: ObjectData, spare: bool) -> _NewFile:
-        reuse = spare and isinstance(data, bytes) and len(data) <= SPARE_MAX_BYTES
-        new = _NewFile(directory, self._spares if reuse else None)
+        if spare and isinstance(data, bytes) and len(data) <= SPARE_MAX_BYTES:
+            refilled = _NewFile.refilled(self._spares, directory, data)
+            if refilled is not None:
+                return refilled
+        new = _NewFile(directory)
         try:
             new.write(data)
         except BaseException:
