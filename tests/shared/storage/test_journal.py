@@ -167,13 +167,30 @@ def test_small_records_are_written_over_zeros_ahead_of_them_which_are_not_read_a
     [segment] = segments(tmp_path / "objects")
     assert segment.stat().st_size == len(ZERO_AHEAD)
     assert segment.read_bytes()[records:] == bytes(len(ZERO_AHEAD) - records)
-    # A large record that does not fit in the zeros is written past them, and nothing is zeroed after it.
+    # A large record that does not fit in the zeros is written past them, and the segment zeroes no more: the small
+    # records after it follow it as they come (the next segment zeroes again).
     end_of_large = records + put("large", b"L" * len(ZERO_AHEAD))
     assert segment.stat().st_size == end_of_large
-    put("small", b"small")  # zeros again, from the end of the file
-    assert segment.stat().st_size == end_of_large + len(ZERO_AHEAD)
+    end_of_small = end_of_large + put("small", b"small")
+    assert segment.stat().st_size == end_of_small
     assert [record.key for record in read_records(str(segment))] == ["1.2/0.dcm", "1.2/1.dcm", "1.2/2.dcm",
                                                                      "1.2/large.dcm", "1.2/small.dcm"]
+    store.close()
+
+
+def test_a_large_record_inside_the_zeros_stops_the_zeroing_of_its_segment(tmp_path: Path) -> None:
+    store = FilesystemObjectStore(tmp_path / "objects")
+
+    def put(name: str, data: bytes) -> int:
+        store.put_new(f"1.2/{name}.dcm", data, sha(data))
+        return len(b"".join(encode_record(PUT_NEW, f"1.2/{name}.dcm", data)))
+
+    written = put("small", b"small") + put("large", b"L" * (len(ZERO_AHEAD) // 2))
+    [segment] = segments(tmp_path / "objects")
+    assert segment.stat().st_size == len(ZERO_AHEAD)  # it fitted in the zeros of the first record
+    while written <= len(ZERO_AHEAD):
+        written += put(f"small-{written}", b"s" * 1000)
+    assert segment.stat().st_size == written  # past the zeros: no new ones
     store.close()
 
 
