@@ -637,6 +637,7 @@ def run_storescu(manifest: dict, conc: int, port: int, aec: str, nodelay: bool, 
 # thousands of files of one receiver, deleted, made file creation 10-40x slower for the receivers measured after it
 # (an empty file: 18 us in a quiet folder, 250-800 us after such a deletion).
 LEFT_FOR_THE_END: list["Receiver"] = []
+PROBES_LEFT_FOR_THE_END: list[Path] = []
 
 
 def measure(receiver: str, manifest: dict, conc: int, nodelay: bool, run: int, args, workdir: Path) -> Result:
@@ -784,6 +785,23 @@ def report(results: list[Result], sizes: list[str], receivers: list[str], nodela
     return "\n".join(lines + ratio_lines)
 
 
+def file_creation_us(workdir: Path, count: int = 300) -> float:
+    """Median microseconds to create an empty file in a new folder of ``workdir``. On ext4 without a journal (this
+    machine's disk) a new inode is searched past every inode freed in the last minutes: ~20 us on a quiet disk,
+    hundreds after thousands of files were deleted (a test run, an earlier benchmark). Every receiver creates files,
+    pacs two per instance (its claim and its object), so the figure says how far a run was slowed."""
+    folder = Path(tempfile.mkdtemp(prefix="bench-probe-", dir=workdir))
+    times = []
+    try:
+        for number in range(count):
+            start = time.perf_counter()
+            os.close(os.open(folder / f"{number}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+            times.append(time.perf_counter() - start)
+    finally:
+        PROBES_LEFT_FOR_THE_END.append(folder)  # deleted with the receivers' folders: no freed inodes meanwhile
+    return round(statistics.median(times) * 1e6, 1)
+
+
 def tool_versions(args, receivers) -> dict:
     v = {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count()}
     try:
@@ -856,6 +874,9 @@ def main(argv=None) -> int:
     nodelays = [True, False] if args.nagle else [True]
     versions = tool_versions(args, receivers)
     log(f"[env] {json.dumps(versions)}")
+    disk = {"file_creation_us_before": file_creation_us(workdir)}
+    log(f"[disk] creating an empty file in {workdir}: {disk['file_creation_us_before']} us (median of 300; ~20 us on "
+        "a quiet ext4 here, hundreds in the minutes after thousands of files were deleted)")
 
     results: list[Result] = []
     t_all = time.perf_counter()
@@ -875,8 +896,12 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         loud("interrupted: reporting the measurements made so far")
     finally:
+        disk["file_creation_us_after"] = file_creation_us(workdir)
+        log(f"[disk] creating an empty file at the end: {disk['file_creation_us_after']} us")
         for receiver in LEFT_FOR_THE_END:
             receiver.cleanup()
+        for folder in PROBES_LEFT_FOR_THE_END:
+            shutil.rmtree(folder, ignore_errors=True)
     log(f"[done] {time.perf_counter() - t_all:.0f} s")
     if not results:
         return 130
@@ -887,6 +912,8 @@ def main(argv=None) -> int:
     print(f"\nIngest, medians of {args.runs} run(s); {kb}; sender storescu"
           f" {'with and without' if args.nagle else 'with'} TCP_NODELAY=1; cells: instances/s · MB/s\n")
     print(table)
+    print(f"\nCreating an empty file in {workdir} took {disk['file_creation_us_before']} us before the run and "
+          f"{disk['file_creation_us_after']} us after it (median of 300).")
     bad = [r for r in results if r.mismatch]
     if bad:
         print(f"\n{len(bad)} measurement(s) had a mismatch or error and are left out of the medians "
@@ -900,6 +927,7 @@ def main(argv=None) -> int:
             "data": {s: {k2: v for k2, v in m.items() if k2 != "chunks"} for s, m in manifests.items()},
             "versions": dict(versions, **({"pacs": PACS_VERSION.get("version")}
                                           if set(PACS_RECEIVERS) & set(receivers) else {})),
+            "disk": disk,
             "raw": [asdict(r) for r in results],
             "median": [dict(receiver=k2[0], size=k2[1], conc=k2[2], nodelay=k2[3], **v) for k2, v in summ.items()],
             "table_markdown": table,
