@@ -60,8 +60,8 @@ ZERO_AHEAD = bytes(1 << 20)  # written ahead of a segment's small records
 # flush of such a record allocates blocks once for many pages anyway, the small records beside it (its claim and
 # marker) ride on that flush, and zeros ahead of them would be written over by the next large record after being
 # copied into the page cache and written to disk for nothing (measured, 526 KB objects at C=4: 1,352-1,365 KB written
-# to disk per object with zeros, 1,110-1,122 KB without). The next segment (a checkpoint starts one every CHECKPOINT_SECONDS)
-# zeroes again.
+# to disk per object with zeros, 1,110-1,122 KB without). The next segment (a checkpoint starts one every
+# CHECKPOINT_SECONDS) zeroes again.
 ZEROED_RECORD_MAX = 64 << 10
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import subprocess
@@ -156,13 +157,15 @@ def test_a_segment_is_read_up_to_its_first_damaged_record(tmp_path: Path) -> Non
     assert [record.key for record in read_records(str(path))] == ["key/0"]
 
 
+def journaled_put(store: FilesystemObjectStore, name: str, data: bytes) -> int:
+    """Store ``data`` as ``1.2/<name>.dcm``; the length of its journal record."""
+    store.put_new(f"1.2/{name}.dcm", data, sha(data))
+    return len(b"".join(encode_record(PUT_NEW, f"1.2/{name}.dcm", data)))
+
+
 def test_small_records_are_written_over_zeros_ahead_of_them_which_are_not_read_as_records(tmp_path: Path) -> None:
     store = FilesystemObjectStore(tmp_path / "objects")
-
-    def put(name: str, data: bytes) -> int:
-        store.put_new(f"1.2/{name}.dcm", data, sha(data))
-        return len(b"".join(encode_record(PUT_NEW, f"1.2/{name}.dcm", data)))
-
+    put = functools.partial(journaled_put, store)
     records = sum(put(str(number), b"object %d" % number) for number in range(3))
     [segment] = segments(tmp_path / "objects")
     assert segment.stat().st_size == len(ZERO_AHEAD)
@@ -180,11 +183,7 @@ def test_small_records_are_written_over_zeros_ahead_of_them_which_are_not_read_a
 
 def test_a_large_record_inside_the_zeros_stops_the_zeroing_of_its_segment(tmp_path: Path) -> None:
     store = FilesystemObjectStore(tmp_path / "objects")
-
-    def put(name: str, data: bytes) -> int:
-        store.put_new(f"1.2/{name}.dcm", data, sha(data))
-        return len(b"".join(encode_record(PUT_NEW, f"1.2/{name}.dcm", data)))
-
+    put = functools.partial(journaled_put, store)
     written = put("small", b"small") + put("large", b"L" * (len(ZERO_AHEAD) // 2))
     [segment] = segments(tmp_path / "objects")
     assert segment.stat().st_size == len(ZERO_AHEAD)  # it fitted in the zeros of the first record
