@@ -25,6 +25,8 @@ import threading
 import time
 import uuid
 
+from shared.file_writes import write_at
+
 SPARE_MAX_BYTES = 256 << 10  # a larger file is deleted: truncating it would cost its next writer more than a new one
 _RECOUNT_EVERY = 256
 _RELIST_SECONDS = 0.2  # when this process knows no spare, the folder is listed again at most this often
@@ -58,9 +60,7 @@ class SpareFiles:
             return False
         fd = os.open(temporary_path, os.O_WRONLY)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            write_at(fd, [data], 0)
             os.ftruncate(fd, len(data))  # what the spare held beyond the new content
         finally:
             os.close(fd)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from shared.digest import read_chunks, size_and_sha256
+from shared.file_writes import write_at
 from shared.spare_files import SPARE_MAX_BYTES, SpareFiles
 from shared.storage.base import (
     ObjectData,
@@ -90,11 +91,10 @@ class _NewFile:
         return new
 
     def write(self, data: ObjectData) -> None:
+        """The file's whole content, a chunk at a time (a spooled data set is never held whole)."""
+        offset = 0
         for chunk in chunks_of(data):
-            view = memoryview(chunk)
-            while view:
-                written = os.write(self.fd, view)
-                view = view[written:]
+            offset = write_at(self.fd, [chunk], offset)
 
     def link(self, path: str) -> None:
         """Give the file its name; FileExistsError if the name is taken (never replaced)."""

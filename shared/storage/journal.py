@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from shared.file_writes import write_at
 from shared.storage.sync_barrier import SyncBarrier
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,7 @@ class _Segment:
                     self._zeroing = False
                 elif self._zeroing and end > self._zeroed:
                     self._zero_ahead()
-                _write_at(self.fd, record, start)
+                write_at(self.fd, record, start)
             except OSError:
                 try:
                     os.ftruncate(self.fd, start)
@@ -143,7 +144,7 @@ class _Segment:
 
     def _zero_ahead(self) -> None:
         try:
-            _write_at(self.fd, [ZERO_AHEAD], self._zeroed)
+            write_at(self.fd, [ZERO_AHEAD], self._zeroed)
             self._zeroed += len(ZERO_AHEAD)
         except OSError:  # a nearly full disk: the zeros must not take the room the records still have
             os.ftruncate(self.fd, self._zeroed)
@@ -152,17 +153,6 @@ class _Segment:
     def close(self) -> None:
         os.close(self.fd)  # and with it the lock
         self.fd = -1
-
-
-def _write_at(fd: int, parts: list[bytes], offset: int) -> None:
-    views = [memoryview(part) for part in parts if part]
-    while views:
-        written = os.pwritev(fd, views, offset)
-        offset += written
-        while views and written >= len(views[0]):
-            written -= len(views.pop(0))
-        if written:
-            views[0] = views[0][written:]
 
 
 class Journal:
