@@ -241,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--databases", default=",".join(DATABASES), help="from sqlite,postgresql")
     parser.add_argument("--batch", type=int, default=None,
                         help="instances per index_events call (default: indexer_batch_size, 200); pacs serve hands "
-                             "the indexer what arrived within 20 ms, ~5-20 instances while a push runs")
+                             "the indexer what arrived within index_batch_wait_seconds (0.1 s), ~10-50 "
+                             "instances while a push runs")
     parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/pacs-bench-cache"))
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
     parser.add_argument("--serve", type=int, default=0, metavar="N",

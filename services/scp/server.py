@@ -108,7 +108,8 @@ class ScpServer:
         self._node_associations = NodeAssociations(settings.data_dir.resolve())  # with the node's other SCPs
         self.access = AccessPolicy(live_config, AuditBuffer(runtime.sessions), self._node_associations)
         self.trail = AssociationTrail(self.access.audit)
-        self.publisher = EventPublisher(self._send_batch, max_batch=settings.indexer_batch_size)
+        self.publisher = EventPublisher(self._send_batch, settings.index_batch_wait_seconds,
+                                        max_batch=settings.indexer_batch_size)
         # Storage layout, naming and limits: live (shared.ingest); the running totals for the limits refresh in
         # the background (shared.storage_usage), never on the C-STORE path.
         self.storage_usage = StorageUsage(runtime.sessions, runtime.store)
@@ -142,6 +143,9 @@ class ScpServer:
 
     def _send_batch(self, task_name: str, payloads: list[dict[str, object]]) -> None:
         self.runtime.celery.send_task(task_name, args=[payloads], retry=False)
+
+    def _association_ended(self, event: Any) -> None:
+        self.publisher.hurry()  # its instances need not wait for more to be indexed
 
     def _publish_job(self, job_id: str) -> None:
         self.runtime.celery.send_task(RUN_JOB_TASK, args=[job_id], retry=False)
@@ -187,6 +191,7 @@ class ScpServer:
             (evt.EVT_C_FIND, self.access.guard_generator("find", self.find_service.handle)),
             (evt.EVT_N_ACTION, self.commitment_service.handle),  # checks its own permission (registered, store)
             (evt.EVT_CONN_CLOSE, self.access.on_closed),
+            (evt.EVT_CONN_CLOSE, self._association_ended),
             *self.trail.handlers(),  # audit rows and metrics, from notification events only
         ]
         self.publisher.start()

@@ -4,6 +4,7 @@ The tests share one node (module_node), each counting what it adds to it."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from pydicom import dcmread
@@ -12,7 +13,7 @@ from services.scp.spooling import SPOOL_ABOVE_BYTES
 from tests.factory import dataset_start, make_image, save, study_set
 from tests.node import Node
 from tests.association_checks import storescu_answer
-from tests.peers import echoscu, push_files, received_by_storescp
+from tests.peers import StoreClient, echoscu, push_files, received_by_storescp
 from tests.stored import stored_object
 
 
@@ -89,3 +90,17 @@ def test_instance_metadata_answers_404_for_an_unknown_uid_and_422_for_a_malforme
     assert module_node.get("/api/instances/1.2.3.4.5").status_code == 404
     assert module_node.get("/api/instances/not-a-uid").status_code == 422
     assert module_node.get("/api/instances/1." + "2" * 70).status_code == 422
+
+
+def test_instances_are_gathered_for_indexing_and_sent_when_their_association_ends(tmp_path: Path) -> None:
+    """The SCP gathers stored instances into one indexing task for up to index_batch_wait_seconds; the end of the
+    association that stored them sends them at once."""
+    node = Node(tmp_path, {"PACS_INDEX_BATCH_WAIT_SECONDS": "10", "PACS_SWEEP_GRACE_SECONDS": "60"})
+    node.service("serve")
+    with node.running():
+        with StoreClient(node.dicom_port) as client:
+            assert client.store(make_image()) == 0x0000
+            time.sleep(1.5)
+            status = node.status()
+            assert (status["counts"]["instances"], status["queue"]["pending"]) == (0, 1)  # still gathering
+        node.wait_indexed(1, timeout=5)  # well before the 10 s wait ends

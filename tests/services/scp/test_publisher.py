@@ -12,6 +12,7 @@ from services.scp.publisher import EventPublisher
 from tests.node import wait_until
 
 TASK = "pacs.index_instances"
+LINGER = 0.02  # a batch's wait for more events, unless a test says otherwise
 
 
 class FakeBroker:
@@ -44,8 +45,9 @@ def publishers() -> Iterator[list[EventPublisher]]:
         publisher.stop(flush_seconds=0)
 
 
-def started(publishers: list[EventPublisher], broker: FakeBroker, **options: float) -> EventPublisher:
-    publisher = EventPublisher(broker, **options)  # type: ignore[arg-type]
+def started(publishers: list[EventPublisher], broker: FakeBroker, linger: float = LINGER,
+            **options: int) -> EventPublisher:
+    publisher = EventPublisher(broker, linger, **options)
     publisher.start()
     publishers.append(publisher)
     return publisher
@@ -63,7 +65,7 @@ def test_every_submitted_event_is_sent_once(publishers: list[EventPublisher]) ->
 
 def test_batches_never_exceed_max_batch(publishers: list[EventPublisher]) -> None:
     broker = FakeBroker()
-    publisher = EventPublisher(broker, max_batch=7)
+    publisher = EventPublisher(broker, LINGER, max_batch=7)
     for n in range(100):
         publisher.submit(TASK, {"n": n})  # buffered before the thread runs: full batches are possible
     publisher.start()
@@ -84,6 +86,48 @@ def test_events_of_different_tasks_go_in_their_own_batches(publishers: list[Even
         (TASK, (1,)), ("pacs.record_duplicate", (2,))}
 
 
+def test_a_batch_waits_for_the_events_that_arrive_within_its_linger(publishers: list[EventPublisher]) -> None:
+    broker = FakeBroker()
+    publisher = started(publishers, broker, linger=1.0)
+    publisher.submit(TASK, {"n": 1})
+    time.sleep(0.3)
+    publisher.submit(TASK, {"n": 2})
+    wait_until(lambda: len(broker.delivered()) == 2, 10, "both events sent")
+    assert broker.batches == [(TASK, [{"n": 1}, {"n": 2}])]
+
+
+def test_hurry_sends_what_is_buffered_without_waiting_for_more(publishers: list[EventPublisher]) -> None:
+    broker = FakeBroker()
+    publisher = started(publishers, broker, linger=60)
+    publisher.submit(TASK, {"n": 1})
+    time.sleep(0.2)
+    assert broker.delivered() == []  # waiting for more
+    publisher.hurry()
+    wait_until(lambda: broker.delivered() == [1], 5, "the event sent at once")
+
+
+def test_after_a_hurry_the_next_batch_waits_for_more_again(publishers: list[EventPublisher]) -> None:
+    broker = FakeBroker()
+    publisher = started(publishers, broker, linger=60)
+    publisher.submit(TASK, {"n": 1})
+    publisher.hurry()
+    wait_until(lambda: broker.delivered() == [1], 5, "the hurried event sent")
+    publisher.submit(TASK, {"n": 2})
+    time.sleep(0.3)
+    assert broker.delivered() == [1]
+    publisher.hurry()
+    wait_until(lambda: broker.delivered() == [1, 2], 5, "the second event sent when hurried")
+
+
+def test_a_hurry_with_nothing_buffered_does_not_cut_the_next_batch_short(publishers: list[EventPublisher]) -> None:
+    broker = FakeBroker()
+    publisher = started(publishers, broker, linger=60)
+    publisher.hurry()  # an association that stored nothing ended
+    publisher.submit(TASK, {"n": 1})
+    time.sleep(0.3)
+    assert broker.delivered() == []
+
+
 def test_it_keeps_retrying_while_the_broker_refuses_then_delivers_everything(
     publishers: list[EventPublisher],
 ) -> None:
@@ -98,7 +142,7 @@ def test_it_keeps_retrying_while_the_broker_refuses_then_delivers_everything(
 
 
 def test_a_full_buffer_drops_and_counts_what_does_not_fit() -> None:
-    publisher = EventPublisher(FakeBroker(), max_buffer=5)  # not started: nothing drains the buffer
+    publisher = EventPublisher(FakeBroker(), LINGER, max_buffer=5)  # not started: nothing drains the buffer
     for n in range(8):
         publisher.submit(TASK, {"n": n})
     assert (publisher.backlog, publisher.dropped) == (5, 3)
@@ -106,7 +150,7 @@ def test_a_full_buffer_drops_and_counts_what_does_not_fit() -> None:
 
 def test_stop_flushes_what_is_buffered() -> None:
     broker = FakeBroker()
-    publisher = EventPublisher(broker, max_batch=10)
+    publisher = EventPublisher(broker, LINGER, max_batch=10)
     for n in range(95):
         publisher.submit(TASK, {"n": n})
     publisher.start()
@@ -117,7 +161,7 @@ def test_stop_flushes_what_is_buffered() -> None:
 
 def test_stop_gives_up_at_its_deadline_when_the_broker_stays_down() -> None:
     broker = FakeBroker(failures=-1)  # never accepts
-    publisher = EventPublisher(broker)
+    publisher = EventPublisher(broker, LINGER)
     publisher.start()
     publisher.submit(TASK, {"n": 1})
     wait_until(lambda: broker.attempts >= 1, 5, "a first attempt")
