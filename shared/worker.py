@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 from celery import Celery
 from celery.platforms import SecurityWarning
+from celery.signals import worker_process_init, worker_ready
+
+from shared import collector
+
+
+def _settle_collector(**_signal: Any) -> None:
+    collector.settle()
 
 
 def run_celery_worker(app: Celery, queue: str, pool: str, concurrency: int, log_level: str) -> None:
     """Blocks until the worker stops (SIGTERM: warm shutdown, running tasks finish)."""
     warnings.filterwarnings("ignore", category=SecurityWarning)  # containers run as non-root; dev boxes as root
+    worker_ready.connect(_settle_collector, weak=False)  # the worker is built (solo pool: it runs the tasks)
+    worker_process_init.connect(_settle_collector, weak=False)  # a prefork child is built
     app.worker_main(argv=[
         "--quiet",
         "worker",

@@ -7,6 +7,7 @@ import sys
 
 from services.scp.server import ScpServer
 from services.scp.tls import TlsConfigurationError, server_context
+from shared import collector
 from shared.heartbeat import Heartbeat
 from shared.lifecycle import StopRequest
 from shared.live_config import LiveConfig
@@ -28,6 +29,7 @@ def run_scp(settings: Settings) -> int:
     live_config.start()  # the cache file first, then the database's values (polled every 0.5 s)
     server = ScpServer(runtime, live_config, tls_context)
     server.start()
+    collector.settle()
     counters = server.store_service.counters
     heartbeat = Heartbeat(
         "scp",

@@ -11,7 +11,7 @@ from pydicom import dcmread
 
 from services.scp.spooling import SPOOL_ABOVE_BYTES
 from tests.factory import dataset_start, make_image, save, study_set
-from tests.node import Node
+from tests.node import Node, wait_until
 from tests.association_checks import storescu_answer
 from tests.peers import StoreClient, echoscu, push_files, received_by_storescp
 from tests.stored import stored_object
@@ -104,3 +104,14 @@ def test_instances_are_gathered_for_indexing_and_sent_when_their_association_end
             status = node.status()
             assert (status["counts"]["instances"], status["queue"]["pending"]) == (0, 1)  # still gathering
         node.wait_indexed(1, timeout=5)  # well before the 10 s wait ends
+
+
+def test_the_scp_and_indexer_processes_settle_their_collector_once_started(module_node: Node) -> None:
+    """shared.collector: each SCP process and the indexer leave what they built at start-up out of the collector's
+    walks (the indexer spent ~16 % of its CPU in them)."""
+    def settled_services() -> set[str] | None:
+        lines = [line for line in module_node.logs().splitlines() if "collector.settled frozen=" in line]
+        services = {line.split()[3] for line in lines}
+        return services if {"scp", "indexer"} <= services else None
+
+    wait_until(settled_services, 10, "collector.settled from the SCP and the indexer")
