@@ -5,16 +5,26 @@ let it share the port silently).
 
 The socket is non-blocking here: all processes wake for a connection and one of them gets it; for the others
 ``accept`` fails at once (socketserver ignores that) instead of blocking their accept loop until the next one.
+
+Which process gets it is a race, and a process that holds associations can win it: a push of four associations
+then went 4 + 0 or 3 + 1 now and then, one process bound by its GIL while the other idled (3,000 small instances:
+748 per second against ~1,000 with 2 + 2). So a process waits DEFER_PER_ASSOCIATION_SECONDS for each association it
+holds before it accepts: one that holds fewer takes the connection first, and a process alone on its socket only
+starts an association a few milliseconds later.
 """
 
 from __future__ import annotations
 
 import socket
+import time
 from typing import Any, TypeVar, cast
 
 from pynetdicom.transport import ThreadedAssociationServer
 
 from services.scp.tls import TlsAssociationServer
+
+DEFER_PER_ASSOCIATION_SECONDS = 0.002
+MOST_DEFERRED_ASSOCIATIONS = 10
 
 
 class _InheritedListener:
@@ -25,6 +35,7 @@ class _InheritedListener:
 
     def __init__(self, listen_fd: int, *args: Any, **kwargs: Any) -> None:
         self._listen_fd = listen_fd
+        self._connections: list[socket.socket] = []  # accepted here; closed when their association ends
         super().__init__(*args, **kwargs)  # type: ignore[call-arg]
 
     def server_bind(self) -> None:
@@ -35,6 +46,14 @@ class _InheritedListener:
 
     def server_activate(self) -> None:
         """It listens already."""
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        self._connections = [connection for connection in self._connections if connection.fileno() != -1]
+        if self._connections:  # let a process that holds fewer take this connection
+            time.sleep(min(len(self._connections), MOST_DEFERRED_ASSOCIATIONS) * DEFER_PER_ASSOCIATION_SECONDS)
+        connection, address = super().get_request()  # type: ignore[misc]
+        self._connections.append(connection)
+        return connection, address
 
 
 class InheritedAssociationServer(_InheritedListener, ThreadedAssociationServer):
