@@ -19,8 +19,9 @@ def _settle_collector(**_signal: Any) -> None:
 def run_celery_worker(app: Celery, queue: str, pool: str, concurrency: int, log_level: str) -> None:
     """Blocks until the worker stops (SIGTERM: warm shutdown, running tasks finish)."""
     warnings.filterwarnings("ignore", category=SecurityWarning)  # containers run as non-root; dev boxes as root
-    worker_ready.connect(_settle_collector, weak=False)  # the worker is built (solo pool: it runs the tasks)
-    worker_process_init.connect(_settle_collector, weak=False)  # a prefork child is built
+    # Once the worker is built (solo pool: it runs the tasks), and in each prefork child once it is.
+    worker_ready.connect(_settle_collector, weak=False, dispatch_uid="pacs.settle_collector")
+    worker_process_init.connect(_settle_collector, weak=False, dispatch_uid="pacs.settle_collector_in_child")
     app.worker_main(argv=[
         "--quiet",
         "worker",

@@ -8,7 +8,7 @@ The socket is non-blocking here: all processes wake for a connection and one of 
 
 Which process gets it is a race, and a process that holds associations can win it: a push of four associations
 then went 4 + 0 or 3 + 1 now and then, one process bound by its GIL while the other idled (3,000 small instances:
-748 per second against ~1,000 with 2 + 2). So a process waits DEFER_PER_ASSOCIATION_SECONDS for each association it
+748 per second against ~1,000 with 2 + 2). So a process waits DEFER_PER_CONNECTION_SECONDS for each connection it
 holds before it accepts: one that holds fewer takes the connection first, and a process alone on its socket only
 starts an association a few milliseconds later.
 """
@@ -23,8 +23,8 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from services.scp.tls import TlsAssociationServer
 
-DEFER_PER_ASSOCIATION_SECONDS = 0.002
-MOST_DEFERRED_ASSOCIATIONS = 10
+DEFER_PER_CONNECTION_SECONDS = 0.002
+MOST_DEFERRED_CONNECTIONS = 10
 
 
 class _InheritedListener:
@@ -50,7 +50,7 @@ class _InheritedListener:
     def get_request(self) -> tuple[socket.socket, Any]:
         self._connections = [connection for connection in self._connections if connection.fileno() != -1]
         if self._connections:  # let a process that holds fewer take this connection
-            time.sleep(min(len(self._connections), MOST_DEFERRED_ASSOCIATIONS) * DEFER_PER_ASSOCIATION_SECONDS)
+            time.sleep(min(len(self._connections), MOST_DEFERRED_CONNECTIONS) * DEFER_PER_CONNECTION_SECONDS)
         connection, address = super().get_request()  # type: ignore[misc]
         self._connections.append(connection)
         return connection, address

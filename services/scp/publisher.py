@@ -6,10 +6,11 @@ buffer empty), not once per event: at a thousand instances a second, a wake per 
 instance between the receiving threads and this one.
 
 A batch waits up to ``linger_seconds`` (the setting ``index_batch_wait_seconds``) for more events: the indexer's cost
-per task (Celery, the broker, a transaction) is then spread over tens of instances rather than a few. Measured with four associations pushing 526 KB instances
-(`pacs serve`, bench/README.md, session 12): the machine's CPU per instance fell from 8.2–8.7 ms with a 20 ms wait
-to 6.2–7.3 ms with 100 ms, and the acknowledged rate rose from 202–220 to 241–285 per second. When an association
-ends, ``hurry`` sends what is buffered at once: the last instances of a push are not kept waiting.
+per task (Celery, the broker, a transaction) is then spread over tens of instances rather than a few. Measured with
+four associations pushing 526 KB instances to `pacs serve` (bench/README.md, session 12): the machine's CPU per
+instance fell from 8.2–8.7 ms with a 20 ms wait to 6.2–7.3 ms with 100 ms, and the acknowledged rate rose from
+202–220 to 241–285 per second. When an association ends, ``hurry`` sends what is buffered at once: the last
+instances of a push are not kept waiting.
 """
 
 from __future__ import annotations
