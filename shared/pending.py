@@ -36,7 +36,7 @@ class PendingLedger:
         self._store.delete_hint(marker_key(sop_instance_uid))
 
     def count(self) -> int:
-        return sum(1 for _ in self._store.list(PENDING_PREFIX))
+        return self._store.count(PENDING_PREFIX)
 
     def stale(self, older_than_seconds: float) -> Iterator[InstanceStored]:
         """Events of markers older than the given age; unreadable markers are logged and removed."""

@@ -126,6 +126,10 @@ class ObjectStore(Protocol):
         """Every object whose key starts with ``prefix`` (a folder-like prefix ending in '/')."""
         ...
 
+    def count(self, prefix: str) -> int:
+        """How many objects ``list(prefix)`` gives, as cheaply as the store can tell."""
+        ...
+
     def ping(self) -> None:
         """Raise StorageUnavailable unless the store answers."""
         ...

@@ -297,6 +297,9 @@ class S3ObjectStore:
         except _NETWORK_ERRORS as exc:
             raise _translate(exc) from exc
 
+    def count(self, prefix: str) -> int:
+        return sum(1 for _ in self.list(prefix))  # a listing is what S3 has to count with
+
     def ping(self) -> None:
         self._bucket_ready = False
         self._ensure_bucket()

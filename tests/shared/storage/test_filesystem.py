@@ -265,3 +265,22 @@ def test_a_large_durable_put_of_an_existing_key_waits_for_a_flush_too(root: Path
     assert store.put_new(KEY, large(b"object"), sha(b"object")).outcome is PutOutcome.IDENTICAL
     assert store.put_new(KEY, large(b"other"), sha(b"other")).outcome is PutOutcome.CONFLICT
     assert len(barrier.flushes) == 2
+
+
+def test_count_gives_how_many_list_gives_without_reading_each_file(store: FilesystemObjectStore, root: Path) -> None:
+    keys = {"1.2/1.3/1.4.dcm", "1.2/1.3/1.5.dcm", "1.2/1.6/1.7.dcm", "9.9/9.8/9.7.dcm"}
+    for key in keys:
+        store.put_new(key, key.encode(), sha(key.encode()))
+    for uid in ("1.2.3", "1.2.4", "1.2.5"):
+        store.put_hint(f".pending/{uid}.json", b"{}")
+    store.delete_hint(".pending/1.2.5.json")  # its inode kept as a spare: not an object
+    (root / "1.2" / "1.3" / ".tmp-halfwritten").write_bytes(b"partial")
+    (root / ".pending" / ".tmp-refilling").write_bytes(b"{}")
+    for prefix in ("", "1.2/", "9.9/", ".pending/", "4.5.6/"):
+        assert store.count(prefix) == len(list(store.list(prefix))), prefix
+    assert (store.count(""), store.count(".pending/")) == (4, 2)
+
+
+def test_counting_a_missing_root_is_unavailable_not_zero(store: FilesystemObjectStore) -> None:
+    with pytest.raises(StorageUnavailable):
+        store.count(".pending/")

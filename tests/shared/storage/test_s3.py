@@ -116,6 +116,7 @@ def test_list_is_recursive_under_the_prefix(store: S3ObjectStore) -> None:
         store.put_new(key, key.encode(), sha(key.encode()))
     assert {info.key for info in store.list("1.2/")} == keys - {"9.9/9.8/9.7.dcm"}
     assert {info.key: info.size for info in store.list("9.9/")} == {"9.9/9.8/9.7.dcm": 15}
+    assert (store.count("1.2/"), store.count("9.9/"), store.count("4.5/")) == (3, 1, 0)
 
 
 @pytest.mark.parametrize("key", ["../x", "/abs", "a//b", ".hidden/x", ""])
