@@ -16,23 +16,44 @@ from services.scp.listening import InheritedAssociationServer
 from services.scp.sockets import LowLatencyRequestHandler
 
 
+class SharedSocket:
+    """One listening socket, the servers of SCP processes on it (each on its own descriptor, not serving: the test
+    calls them) and every socket the test opens; all closed at the end."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.servers: list[InheritedAssociationServer] = []
+        self.sockets: list[socket.socket] = []
+
+    def server(self) -> InheritedAssociationServer:
+        ae = AE(ae_title="PACS")
+        ae.add_supported_context(Verification)
+        server = InheritedAssociationServer(os.dup(self.listener.fileno()), ae, ("127.0.0.1", 0), "PACS",
+                                            ae.supported_contexts, request_handler=LowLatencyRequestHandler)
+        self.servers.append(server)
+        return server
+
+    def connect(self, count: int = 1) -> None:
+        self.sockets += [socket.create_connection(self.listener.getsockname()) for _ in range(count)]
+
+    def accept(self, server: InheritedAssociationServer) -> socket.socket:
+        connection = server.get_request()[0]
+        self.sockets.append(connection)
+        return connection
+
+    def close(self) -> None:
+        for open_socket in self.sockets:
+            open_socket.close()
+        for server in self.servers:
+            server.server_close()
+        self.listener.close()
+
+
 @pytest.fixture
-def listening() -> Iterator[socket.socket]:
-    listener = socket.create_server(("127.0.0.1", 0))
-    yield listener
-    listener.close()
-
-
-def server_on(listener: socket.socket) -> InheritedAssociationServer:
-    """One SCP process's server on its own descriptor of the shared socket (not serving: the test calls it)."""
-    ae = AE(ae_title="PACS")
-    ae.add_supported_context(Verification)
-    return InheritedAssociationServer(os.dup(listener.fileno()), ae, ("127.0.0.1", 0), "PACS", ae.supported_contexts,
-                                      request_handler=LowLatencyRequestHandler)
-
-
-def connect(listener: socket.socket) -> socket.socket:
-    return socket.create_connection(listener.getsockname())
+def shared() -> Iterator[SharedSocket]:
+    sockets = SharedSocket()
+    yield sockets
+    sockets.close()
 
 
 def race(first: InheritedAssociationServer, second: InheritedAssociationServer) -> str:
@@ -57,28 +78,21 @@ def race(first: InheritedAssociationServer, second: InheritedAssociationServer) 
     return winners[0]
 
 
-def test_a_server_holding_connections_lets_one_holding_fewer_take_the_next(listening: socket.socket) -> None:
-    busy, idle = server_on(listening), server_on(listening)
-    clients = [connect(listening) for _ in range(3)]
-    held = [busy.get_request()[0] for _ in range(3)]
-    clients.append(connect(listening))
+def test_a_server_holding_connections_lets_one_holding_fewer_take_the_next(shared: SharedSocket) -> None:
+    busy, idle = shared.server(), shared.server()
+    shared.connect(3)
+    for _ in range(3):
+        shared.accept(busy)
+    shared.connect()
     assert race(busy, idle) == "second"  # asked first, the busy server still leaves it to the idle one
-    for open_socket in [*held, *clients]:
-        open_socket.close()
-    busy.server_close()
-    idle.server_close()
 
 
-def test_connections_whose_association_ended_no_longer_count(listening: socket.socket) -> None:
-    formerly_busy, holding_one = server_on(listening), server_on(listening)
-    clients = [connect(listening) for _ in range(4)]
-    ended = [formerly_busy.get_request()[0] for _ in range(3)]
-    still_open = holding_one.get_request()[0]
+def test_connections_whose_association_ended_no_longer_count(shared: SharedSocket) -> None:
+    formerly_busy, holding_one = shared.server(), shared.server()
+    shared.connect(4)
+    ended = [shared.accept(formerly_busy) for _ in range(3)]
+    shared.accept(holding_one)
     for connection in ended:
         connection.close()
-    clients.append(connect(listening))
+    shared.connect()
     assert race(holding_one, formerly_busy) == "second"
-    for open_socket in [still_open, *clients]:
-        open_socket.close()
-    formerly_busy.server_close()
-    holding_one.server_close()
