@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import threading
 import time
 import urllib.request
 import uuid
@@ -180,26 +179,27 @@ def test_streamed_data_larger_than_a_part_is_uploaded_in_parts(store: S3ObjectSt
     assert store.put_new(KEY, streamed, digest).outcome is PutOutcome.IDENTICAL
 
 
-def test_two_stores_writing_one_key_at_once_create_it_once(s3_server: S3Server, bucket: str) -> None:
-    """The store itself refuses the second writer (conditional PUT): no HEAD-then-PUT race."""
-    stores = [S3ObjectStore(bucket, s3_server.endpoint, "testing", "testing", "us-east-1", timeout_seconds=4.0)
-              for _ in range(2)]
-    stores[0].ping()
-    for n in range(20):
-        key = f"1.2/1.3/{n}.dcm"
-        barrier = threading.Barrier(2)
-        outcomes: list[PutOutcome] = []
+def test_a_writer_that_lands_first_wins_even_after_the_store_looked(
+        s3_server: S3Server, bucket: str, raw: Minio, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store itself refuses the second writer (conditional PUT): no HEAD-then-PUT race.
 
-        def write(store: S3ObjectStore, content: bytes) -> None:
-            barrier.wait()
-            outcomes.append(store.put_new(key, content, sha(content)).outcome)
+    Another store's write lands in the last moment before this store's PUT goes out, after any look it may have
+    taken at the key: the PUT must be refused by the server, not overwrite the first writer's object.
+    """
+    mine, theirs = (S3ObjectStore(bucket, s3_server.endpoint, "testing", "testing", "us-east-1", timeout_seconds=4.0)
+                    for _ in range(2))
+    mine.ping()
+    send_put = mine._client._put_object
 
-        threads = [threading.Thread(target=write, args=(store, b"writer %d" % i)) for i, store in enumerate(stores)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        assert sorted(outcome.value for outcome in outcomes) == ["conflict", "created"]
+    def their_write_lands_first(*args, **kwargs):  # type: ignore[no-untyped-def]
+        assert theirs.put_new(KEY, b"theirs", sha(b"theirs")).outcome is PutOutcome.CREATED
+        monkeypatch.setattr(mine._client, "_put_object", send_put)
+        return send_put(*args, **kwargs)
+
+    monkeypatch.setattr(mine._client, "_put_object", their_write_lands_first)
+    result = mine.put_new(KEY, b"mine", sha(b"mine"))
+    assert (result.outcome, result.stored_sha256) == (PutOutcome.CONFLICT, sha(b"theirs"))
+    assert raw.get_object(bucket, KEY).read() == b"theirs"
 
 
 def test_a_store_without_conditional_writes_decides_before_it_writes(store: S3ObjectStore) -> None:
