@@ -47,6 +47,10 @@ class InstanceStored(Event):
     size: int = Field(ge=0)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     reception: Reception
+    # The stamp of the object its put_new created (shared.storage.base.ObjectStore.stamp): while the object under
+    # object_key still has it, size and sha256 are those of its bytes and the indexer does not hash them again.
+    # None (a replayed pending marker, an S3 store, a re-send): the indexer hashes what it reads.
+    object_stamp: str | None = Field(default=None, max_length=200, pattern=r"^[0-9a-f.]+$")
 
     @field_validator("sop_instance_uid", "sop_class_uid", "study_instance_uid", "series_instance_uid",
                      "transfer_syntax")

@@ -135,7 +135,8 @@ class Ingest:
         if result.outcome is PutOutcome.CREATED:
             if self._usage is not None:
                 self._usage.added(size)
-            self._submit(INDEX_INSTANCES_TASK, stored_event.model_dump(mode="json"))
+            stamped = stored_event.model_copy(update={"object_stamp": result.stamp})  # the marker has no stamp
+            self._submit(INDEX_INSTANCES_TASK, stamped.model_dump(mode="json"))
             return Ingested(IngestOutcome.STORED, key, size)
         if result.outcome is PutOutcome.IDENTICAL or (received is not None and self._stored_otherwise_encoded(
                 identity, received, transfer_syntax, result.stored_sha256)):  # re-sent after a compression change

@@ -17,11 +17,20 @@ from shared.digest import read_chunks, size_and_sha256
 log = logging.getLogger(__name__)
 
 HEAD_BYTES = 1 << 20  # of a stored object, kept while it is hashed: enough for the data set before its pixel data
+KNOWN_HEAD_BYTES = 64 << 10  # read of an object whose size and hash are known: the attributes before the pixel data
 NO_PATIENT_ID_PREFIX = "~no-id~"  # longer than any legal PatientID once a UID follows: never collides
 
 
 class UnindexableObject(ValueError):
     """The object cannot be parsed or lacks what the index needs; it goes to the dead-letter list."""
+
+
+@dataclass(frozen=True)
+class KnownContent:
+    """The size and SHA-256 of an object, as its writer computed them (told by a stamped event)."""
+
+    size: int
+    sha256: str
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,16 @@ def _read(part10: bytes | BinaryIO) -> tuple[int, str, bytes, bool]:
     return size, digest.hexdigest(), head, complete
 
 
+def _read_known(part10: BinaryIO, known: KnownContent) -> tuple[int, str, bytes, bool] | None:
+    """(size, SHA-256, the first bytes, whether they are the whole object) without hashing; None when the object
+    is shorter than it was said to be."""
+    part10.seek(0)
+    head = part10.read(min(known.size, KNOWN_HEAD_BYTES))
+    if len(head) != min(known.size, KNOWN_HEAD_BYTES):
+        return None
+    return known.size, known.sha256, head, len(head) == known.size
+
+
 def _read_with_pydicom(part10: bytes | BinaryIO) -> ReadObject:
     if not isinstance(part10, bytes):
         part10.seek(0)
@@ -80,11 +99,14 @@ def _read_with_pydicom(part10: bytes | BinaryIO) -> ReadObject:
         raise UnindexableObject(f"cannot parse the stored object ({exc.__class__.__name__})") from exc
 
 
-def extract(part10: bytes | BinaryIO) -> IndexRecord:
+def extract(part10: bytes | BinaryIO, known: KnownContent | None = None) -> IndexRecord:
     """The index record of a stored object: its bytes, or a seekable file (read once, hashed a chunk at a time;
     only its first HEAD_BYTES are kept, so a large object is never held whole). The lean reader reads the record
-    when those bytes hold everything before the pixel data; pydicom reads whatever it leaves."""
-    size, sha256, head, complete = _read(part10)
+    when those bytes hold everything before the pixel data; pydicom reads whatever it leaves. With ``known`` (the
+    caller made sure the file is the one its writer described), only the first KNOWN_HEAD_BYTES are read and
+    nothing is hashed."""
+    told = _read_known(part10, known) if known is not None and not isinstance(part10, bytes) else None
+    size, sha256, head, complete = told if told is not None else _read(part10)
     try:
         read = read_lean(head, complete)
     except LeftToPydicom as exc:

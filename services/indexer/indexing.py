@@ -12,7 +12,7 @@ from typing import BinaryIO
 
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
-from services.indexer.extract import IndexRecord, UnindexableObject, extract
+from services.indexer.extract import IndexRecord, KnownContent, UnindexableObject, extract
 from services.indexer.outbox import record_instance_events
 from services.indexer.upsert import audit, record_dead_letter, upsert_instances
 from shared.events import DuplicateReceived, InstanceStored, utc_now
@@ -38,8 +38,8 @@ class BatchResult:
 
 def _load(runtime: Runtime, event: InstanceStored) -> IndexRecord:
     try:
-        with _readable(runtime.store, event.object_key) as part10:
-            record = extract(part10)
+        with _readable(runtime.store, event) as (part10, known):
+            record = extract(part10, known)
     except ObjectNotFound as exc:
         raise UnindexableObject("stored object is missing") from exc
     except OSError as exc:  # reading a local object failed: retried like any storage failure
@@ -50,13 +50,17 @@ def _load(runtime: Runtime, event: InstanceStored) -> IndexRecord:
 
 
 @contextmanager
-def _readable(store: ObjectStore, key: str) -> Iterator[BinaryIO]:
+def _readable(store: ObjectStore, event: InstanceStored) -> Iterator[tuple[BinaryIO, KnownContent | None]]:
     """The object as a seekable file that extract() reads only up to the pixel data: a local object directly, a
     remote one once copied (to memory while small, then to disk), so a 1 GB instance is never held whole and a
-    network failure mid-copy stays a storage failure (retried), not an unreadable object (dead-lettered)."""
-    with store.open(key) as stream:
+    network failure mid-copy stays a storage failure (retried), not an unreadable object (dead-lettered). With it
+    the size and hash the event tells, when the object still carries the event's stamp (the very file the event
+    describes: not hashed again)."""
+    with store.open(event.object_key) as stream:
+        stamped = event.object_stamp is not None and store.stamp(stream) == event.object_stamp
+        known = KnownContent(event.size, event.sha256) if stamped else None
         if stream.seekable():
-            yield stream
+            yield stream, known
             return
         with tempfile.SpooledTemporaryFile(max_size=COPY_IN_MEMORY_BYTES) as copy:
             try:
@@ -66,7 +70,7 @@ def _readable(store: ObjectStore, key: str) -> Iterator[BinaryIO]:
             except Exception as exc:  # the SDK's stream raises its own kinds
                 raise StorageUnavailable(f"object store read failed ({exc.__class__.__name__})") from exc
             copy.seek(0)
-            yield copy  # type: ignore[misc]
+            yield copy, known  # type: ignore[misc]
 
 
 def _is_transient(exc: SQLAlchemyError) -> bool:

@@ -43,6 +43,7 @@ class PutOutcome(enum.Enum):
 class PutResult:
     outcome: PutOutcome
     stored_sha256: str
+    stamp: str | None = None  # of the object this put_new CREATED (ObjectStore.stamp); None: the store cannot tell
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,13 @@ class ObjectStore(Protocol):
 
     def open(self, key: str) -> BinaryIO:
         """A readable stream of the object (for large objects); the caller closes it."""
+        ...
+
+    def stamp(self, stream: BinaryIO) -> str | None:
+        """What tells the object that ``stream`` (from ``open``) reads from any other: equal to the ``stamp`` of
+        the put_new that created it for as long as it is that very object, unchanged since; another object under
+        the same key (deleted and written again, or rewritten by ``recover``) has another stamp. None when the
+        store cannot tell: a reader then trusts nothing it was told about the content (it hashes the bytes)."""
         ...
 
     def stat(self, key: str) -> ObjectInfo | None: ...

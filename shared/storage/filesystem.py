@@ -43,6 +43,7 @@ from shared.storage.base import (
     chunks_of,
     validate_key,
 )
+from shared.storage.file_stamp import file_stamp
 from shared.storage.journal import JOURNAL_FOLDER, PUT_HINT, PUT_NEW, SETTLE_SECONDS, Journal, Record
 from shared.storage.sync_barrier import SyncBarrier
 
@@ -120,6 +121,11 @@ class _NewFile:
             temp = os.path.join(os.path.dirname(path), f"{_TMP_PREFIX}{uuid.uuid4().hex}")
             self._link_unnamed(temp)
             os.replace(temp, path)
+
+    def stamp(self) -> str | None:
+        """Once named: the file's stamp (shared.storage.file_stamp). None for a named temporary file, whose
+        removal after the link changes it."""
+        return file_stamp(self.fd) if self.temp_path is None and self.fd >= 0 else None
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -226,7 +232,7 @@ class FilesystemObjectStore:
                 else:
                     existing = self._link_flushed(new, path, durable)
             if existing is None:
-                return PutResult(PutOutcome.CREATED, sha256)
+                return PutResult(PutOutcome.CREATED, sha256, new.stamp() if new is not None else None)
             return PutResult(PutOutcome.IDENTICAL if existing == sha256 else PutOutcome.CONFLICT, existing)
         except OSError as exc:
             raise _storage_error(exc) from exc
@@ -320,6 +326,12 @@ class FilesystemObjectStore:
             return open(self._path(key), "rb")
         except FileNotFoundError as exc:
             raise ObjectNotFound(key) from exc
+        except OSError as exc:
+            raise _storage_error(exc) from exc
+
+    def stamp(self, stream: BinaryIO) -> str | None:
+        try:
+            return file_stamp(stream.fileno())
         except OSError as exc:
             raise _storage_error(exc) from exc
 

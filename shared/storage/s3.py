@@ -260,6 +260,11 @@ class S3ObjectStore:
             raise _translate(exc) from exc
         return io.BufferedReader(_ClosingStream(response), buffer_size=1 << 20)  # type: ignore[return-value]
 
+    def stamp(self, stream: BinaryIO) -> str | None:
+        """None: an ETag is a digest of the content (or of its parts), not of one object, and version ids exist only
+        in versioned buckets; a reader of S3 hashes what it reads."""
+        return None
+
     def stat(self, key: str) -> ObjectInfo | None:
         validate_key(key)
         try:

@@ -7,15 +7,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pydicom.uid import generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from sqlalchemy import func, select
 
 from services.indexer.indexing import index_events
 from shared.db.models import AuditEvent, DeadLetter, Instance, Patient
 from shared.events import InstanceStored, Reception, utc_now
 from shared.runtime import Runtime
+from shared.dicom.part10 import encode_part10
+from shared.storage.file_stamp import file_stamp
+from shared.storage.layout import instance_key
 from tests.archive import ingest, open_archive
-from tests.factory import make_image
+from tests.factory import encode_dataset, make_image
 
 
 @pytest.fixture
@@ -32,12 +35,12 @@ def count(runtime: Runtime, model: object) -> int:
 
 def stored_event(runtime: Runtime, key: str, data: bytes, sop_uid: str) -> InstanceStored:
     sha256 = hashlib.sha256(data).hexdigest()
-    runtime.store.put_new(key, data, sha256)
+    stamp = runtime.store.put_new(key, data, sha256).stamp
     event = InstanceStored(
         sop_instance_uid=sop_uid, sop_class_uid="1.2.840.10008.5.1.4.1.1.2", study_instance_uid="1.2.3",
         series_instance_uid="1.2.3.4", transfer_syntax="1.2.840.10008.1.2.1", object_key=key, size=len(data),
         sha256=sha256, reception=Reception(remote_aet="M", called_aet="PACS", remote_ip="127.0.0.1",
-                                           received_at=utc_now()))
+                                           received_at=utc_now()), object_stamp=stamp)
     runtime.ledger.record(event)
     return event
 
@@ -81,3 +84,55 @@ def test_a_study_arriving_under_another_patient_id_is_kept_apart_and_audited(run
         actions = list(session.scalars(select(AuditEvent.action)))
     assert patients == ["FIRST", "SECOND"]  # each instance keeps its own patient
     assert actions == ["patient_conflict"]
+
+
+def indexed_sha256(runtime: Runtime, sop_uid: str) -> str:
+    with runtime.sessions() as session:
+        return str(session.scalar(select(Instance.sha256).where(Instance.sop_instance_uid == sop_uid)))
+
+
+def image_part10(instance_number: int = 1, uids: tuple[str, str, str] | None = None) -> tuple[str, str, bytes]:
+    """(SOP Instance UID, key, Part-10 bytes) of an image: a new one, or another version of ``uids`` (study,
+    series, SOP instance)."""
+    study_uid, series_uid, sop_uid = uids or (generate_uid(), generate_uid(), generate_uid())
+    dataset = make_image(study_uid=study_uid, series_uid=series_uid, sop_uid=sop_uid, instance_number=instance_number)
+    part10 = encode_part10(encode_dataset(dataset, ExplicitVRLittleEndian), dataset.SOPClassUID, sop_uid,
+                           ExplicitVRLittleEndian)
+    return sop_uid, instance_key(study_uid, series_uid, sop_uid), part10
+
+
+@pytest.fixture
+def stamped(runtime: Runtime, tmp_path: Path) -> Runtime:
+    probe = tmp_path / "probe"
+    probe.write_bytes(b"")
+    with probe.open("rb") as stream:
+        if file_stamp(stream.fileno()) is None:
+            pytest.skip("the temporary folder's file system keeps no inode generations (no stamps there)")
+    return runtime
+
+
+def test_the_object_an_event_was_stamped_for_is_not_hashed_again(stamped: Runtime) -> None:
+    sop_uid, key, part10 = image_part10()
+    event = stored_event(stamped, key, part10, sop_uid)
+    assert event.object_stamp is not None
+    told = event.model_copy(update={"sha256": "0" * 64})  # what only the event says, never the bytes
+    assert index_events(stamped, [told]).indexed == 1
+    assert indexed_sha256(stamped, sop_uid) == "0" * 64
+
+
+def test_an_object_deleted_and_sent_again_since_its_event_is_hashed(stamped: Runtime) -> None:
+    uids = (generate_uid(), generate_uid(), generate_uid())
+    sop_uid, key, part10 = image_part10(1, uids)
+    stale = stored_event(stamped, key, part10, sop_uid)
+    stamped.store.delete(key)
+    _, _, other = image_part10(2, uids)  # the same SOP Instance UID, other content, under the same key
+    stamped.store.put_new(key, other, hashlib.sha256(other).hexdigest())
+    assert index_events(stamped, [stale]).indexed == 1
+    assert indexed_sha256(stamped, sop_uid) == hashlib.sha256(other).hexdigest()
+
+
+def test_an_event_without_a_stamp_is_hashed(runtime: Runtime) -> None:
+    sop_uid, key, part10 = image_part10()
+    event = stored_event(runtime, key, part10, sop_uid).model_copy(update={"object_stamp": None, "sha256": "0" * 64})
+    assert index_events(runtime, [event]).indexed == 1
+    assert indexed_sha256(runtime, sop_uid) == hashlib.sha256(part10).hexdigest()

@@ -10,6 +10,7 @@ import pytest
 
 from shared.storage.base import InvalidKey, ObjectNotFound, PutOutcome, StorageUnavailable, StreamedData, validate_key
 from shared.spare_files import SPARE_MAX_BYTES
+from shared.storage.file_stamp import file_stamp
 from shared.storage.filesystem import SPARE_FOLDER, FilesystemObjectStore
 
 KEY = "1.2.3/1.2.3.4/1.2.3.4.5.dcm"
@@ -284,3 +285,48 @@ def test_count_gives_how_many_list_gives_without_reading_each_file(store: Filesy
 def test_counting_a_missing_root_is_unavailable_not_zero(store: FilesystemObjectStore) -> None:
     with pytest.raises(StorageUnavailable):
         store.count(".pending/")
+
+
+@pytest.fixture
+def stamping_store(store: FilesystemObjectStore, root: Path, tmp_path: Path) -> FilesystemObjectStore:
+    probe = tmp_path / "probe"
+    probe.write_bytes(b"")
+    with probe.open("rb") as stream:
+        if file_stamp(stream.fileno()) is None:
+            pytest.skip("the temporary folder's file system keeps no inode generations (no stamps there)")
+    return store
+
+
+def stamp_of(store: FilesystemObjectStore, key: str) -> str | None:
+    with store.open(key) as stream:
+        return store.stamp(stream)
+
+
+@pytest.mark.parametrize("content", [b"object", large(b"streamed object")], ids=["journaled", "flushed_in_place"])
+def test_a_created_object_has_the_stamp_its_readers_see(stamping_store: FilesystemObjectStore,
+                                                       content: bytes | StreamedData) -> None:
+    digest = sha(content if isinstance(content, bytes) else b"streamed object")
+    created = stamping_store.put_new(KEY, content, digest)
+    assert created.stamp is not None
+    assert stamp_of(stamping_store, KEY) == created.stamp
+    assert stamp_of(stamping_store, KEY) == created.stamp  # reading changes nothing
+
+
+def test_an_object_deleted_and_written_again_has_another_stamp(stamping_store: FilesystemObjectStore) -> None:
+    first = stamping_store.put_new(KEY, b"first", sha(b"first")).stamp
+    stamping_store.delete(KEY)
+    second = stamping_store.put_new(KEY, b"first", sha(b"first")).stamp
+    assert first != second and stamp_of(stamping_store, KEY) == second
+
+
+def test_an_object_changed_in_place_has_another_stamp(stamping_store: FilesystemObjectStore, root: Path) -> None:
+    created = stamping_store.put_new(KEY, b"object", sha(b"object")).stamp
+    with (root / KEY).open("ab") as stream:
+        stream.write(b" and more")
+    assert stamp_of(stamping_store, KEY) != created
+
+
+def test_a_put_that_creates_nothing_tells_no_stamp(stamping_store: FilesystemObjectStore) -> None:
+    stamping_store.put_new(KEY, b"object", sha(b"object"))
+    assert stamping_store.put_new(KEY, b"object", sha(b"object")).stamp is None  # identical
+    assert stamping_store.put_new(KEY, b"other", sha(b"other")).stamp is None  # conflict

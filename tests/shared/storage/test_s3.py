@@ -215,3 +215,9 @@ def test_the_conditional_write_probe_leaves_nothing_behind(store: S3ObjectStore,
     store.ping()
     assert store._conditional_writes is True  # moto honours If-None-Match
     assert [item.object_name for item in raw.list_objects(bucket, recursive=True)] == []
+
+
+def test_an_s3_object_has_no_stamp_so_its_readers_hash_it(store: S3ObjectStore) -> None:
+    assert store.put_new(KEY, b"first", sha(b"first")).stamp is None
+    with store.open(KEY) as stream:
+        assert store.stamp(stream) is None

@@ -1,0 +1,51 @@
+"""The ingest core tells the indexer which object it wrote (its stamp), so that the indexer need not hash it again."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian
+
+from shared.events import InstanceStored, Reception, utc_now
+from shared.ingest import Ingest, IngestOutcome
+from shared.ingest_identify import identify
+from shared.pending import PendingLedger
+from shared.queue import INDEX_INSTANCES_TASK
+from shared.storage.file_stamp import file_stamp
+from shared.storage.filesystem import FilesystemObjectStore
+from tests.factory import encode_dataset, make_image
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> FilesystemObjectStore:
+    (tmp_path / "probe").write_bytes(b"")
+    fd = os.open(tmp_path / "probe", os.O_RDONLY)
+    try:
+        if file_stamp(fd) is None:
+            pytest.skip("the temporary folder's file system keeps no inode generations (no stamps there)")
+    finally:
+        os.close(fd)
+    return FilesystemObjectStore(tmp_path / "objects")
+
+
+def test_the_indexing_event_of_a_new_object_carries_its_stamp_and_the_pending_marker_does_not(
+        store: FilesystemObjectStore) -> None:
+    submitted: list[tuple[str, dict[str, Any]]] = []
+    ledger = PendingLedger(store)
+    ingest = Ingest(store, ledger, lambda task, event: submitted.append((task, event)))
+    data = encode_dataset(make_image(), ExplicitVRLittleEndian)
+    reception = Reception(remote_aet="MOD", called_aet="PACS", remote_ip="127.0.0.1", received_at=utc_now())
+
+    stored = ingest.store_instance(identify(data, ExplicitVRLittleEndian), ExplicitVRLittleEndian, data, reception)
+    again = ingest.store_instance(identify(data, ExplicitVRLittleEndian), ExplicitVRLittleEndian, data, reception)
+
+    assert (stored.outcome, again.outcome) == (IngestOutcome.STORED, IngestOutcome.IDENTICAL)
+    assert [task for task, _ in submitted] == [INDEX_INSTANCES_TASK]  # the identical re-send hands over nothing
+    event = InstanceStored.model_validate(submitted[0][1])
+    with store.open(stored.object_key) as stream:
+        assert event.object_stamp is not None and event.object_stamp == store.stamp(stream)
+    (marker,) = ledger.stale(older_than_seconds=-1)
+    assert marker.object_stamp is None  # written before the object existed: a replay of it is hashed
