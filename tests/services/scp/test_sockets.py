@@ -98,3 +98,32 @@ def test_a_pdu_arriving_in_pieces_is_read_whole() -> None:
     finally:
         ours.close()
         peer.close()
+
+
+def test_a_pdu_longer_than_one_receive_chunk_is_read_whole_and_the_next_pdu_after_it() -> None:
+    ours, peer = socket.socketpair()
+    try:
+        connection = reader(ours)
+        body, after = os.urandom(2_500_000), b"\x04\x00\x00\x00\x00\x02de"  # past 1 MiB: the buffer grows twice
+        sender = threading.Thread(target=peer.sendall, args=(b"\x04\x00" + len(body).to_bytes(4, "big") + body
+                                                             + after,))
+        sender.start()
+        assert connection.recv(6)[2:] == len(body).to_bytes(4, "big")
+        assert connection.recv(len(body)) == body
+        assert connection.recv(6) == after[:6] and connection.recv(2) == b"de"  # nothing of it read with the body
+        sender.join()
+    finally:
+        ours.close()
+        peer.close()
+
+
+def test_a_connection_closed_inside_a_long_pdu_gives_what_arrived() -> None:
+    ours, peer = socket.socketpair()
+    try:
+        connection = reader(ours)
+        peer.sendall(b"\x04\x00" + (500_000).to_bytes(4, "big") + b"x" * 200_000)
+        peer.close()
+        assert connection.recv(6)[2:] == (500_000).to_bytes(4, "big")
+        assert connection.recv(500_000) == b"x" * 200_000  # short: the reader takes it for a closed connection
+    finally:
+        ours.close()
