@@ -32,7 +32,7 @@ from shared.ingest_identify import InstanceIdentity
 from shared.pending import PendingLedger
 from shared.queue import INDEX_INSTANCES_TASK, RECORD_DUPLICATE_TASK
 from shared.storage import ObjectStore, PutOutcome, StorageError
-from shared.storage.base import ObjectData, StreamedData, chunks_of
+from shared.storage.base import ObjectData, PartedData, StreamedData, chunks_of
 from shared.storage.claims import ClaimRegistry
 from shared.storage.layout import KeyFacts, layout_key, legacy_instance_key
 from shared.storage_usage import StorageUsage
@@ -185,7 +185,7 @@ class Ingest:
 
 def _part10_of(dataset: bytes | SpooledDataset, identity: InstanceIdentity, transfer_syntax: str) -> ObjectData:
     """The object: zeroed preamble, our File Meta, the data set; streamed from its spool file when it has one."""
-    if isinstance(dataset, bytes):
-        return encode_part10(dataset, identity.sop_class_uid, identity.sop_instance_uid, transfer_syntax)
     header = PREAMBLE + encode_file_meta(identity.sop_class_uid, identity.sop_instance_uid, transfer_syntax)
+    if isinstance(dataset, bytes):
+        return PartedData((header, dataset))  # not joined: a copy of the data set saved
     return StreamedData(len(header) + dataset.size, lambda: itertools.chain((header,), dataset.chunks()))

@@ -55,16 +55,33 @@ class StreamedData:
     chunks: Callable[[], Iterator[bytes]]
 
 
-ObjectData = bytes | StreamedData
+@dataclass(frozen=True)
+class PartedData:
+    """Content held in memory as consecutive parts (the node's File Meta, then the data set as received), stored
+    without being joined into one ``bytes`` first: joining a 526 KB data set is a copy of ~0.24 ms."""
+
+    parts: tuple[bytes, ...]
+
+    @property
+    def size(self) -> int:
+        return sum(len(part) for part in self.parts)
+
+    def joined(self) -> bytes:
+        return b"".join(self.parts)
+
+
+ObjectData = bytes | PartedData | StreamedData
 
 
 def size_of(data: ObjectData) -> int:
-    return data.size if isinstance(data, StreamedData) else len(data)
+    return len(data) if isinstance(data, bytes) else data.size
 
 
 def chunks_of(data: ObjectData) -> Iterator[bytes]:
     if isinstance(data, StreamedData):
         yield from data.chunks()
+    elif isinstance(data, PartedData):
+        yield from data.parts
     else:
         yield data
 
@@ -99,7 +116,8 @@ class ObjectStore(Protocol):
     def put_new(self, key: str, data: ObjectData, sha256: str, durable: bool = True) -> PutResult:
         """Store ``data`` under ``key`` unless the key exists; never overwrite. Durable on return, and so is every
         earlier write of this store in this process; with ``durable=False`` only decided (the first writer wins)
-        and made durable by the next durable put_new."""
+        and made durable by the next durable put_new. ``sha256`` (hex) is the SHA-256 of ``data``: the store relies
+        on it (duplicate decisions, S3 metadata, a local store's journal checks its records by it)."""
         ...
 
     def put_hint(self, key: str, data: bytes) -> None:

@@ -24,7 +24,7 @@ import os
 import stat
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO
@@ -36,11 +36,14 @@ from shared.storage.base import (
     ObjectData,
     ObjectInfo,
     ObjectNotFound,
+    PartedData,
     PutOutcome,
     PutResult,
     StorageFull,
     StorageUnavailable,
+    StreamedData,
     chunks_of,
+    size_of,
     validate_key,
 )
 from shared.storage.file_stamp import file_stamp
@@ -92,7 +95,11 @@ class _NewFile:
         return new
 
     def write(self, data: ObjectData) -> None:
-        """The file's whole content, a chunk at a time (a spooled data set is never held whole)."""
+        """The file's whole content: parts held in memory in one write, a spooled data set a chunk at a time
+        (never held whole)."""
+        if isinstance(data, PartedData):
+            write_at(self.fd, data.parts, 0)
+            return
         offset = 0
         for chunk in chunks_of(data):
             offset = write_at(self.fd, [chunk], offset)
@@ -215,7 +222,7 @@ class FilesystemObjectStore:
 
     def put_new(self, key: str, data: ObjectData, sha256: str, durable: bool = True) -> PutResult:
         path = self._path(key)
-        journaled = isinstance(data, bytes) and len(data) <= JOURNALED_MAX_BYTES
+        journaled = not isinstance(data, StreamedData) and size_of(data) <= JOURNALED_MAX_BYTES
         new: _NewFile | None = None
         try:
             existing: str | None = None
@@ -227,10 +234,11 @@ class FilesystemObjectStore:
                     self._barrier.sync()
             else:
                 new = self._new_file_in(os.path.dirname(path), data)
-                if journaled:
-                    existing = self._link_journaled(PUT_NEW, key, data, new, path, durable)  # type: ignore[arg-type]
-                else:
+                if isinstance(data, StreamedData) or not journaled:
                     existing = self._link_flushed(new, path, durable)
+                else:
+                    parts = data.parts if isinstance(data, PartedData) else (data,)
+                    existing = self._link_journaled(PUT_NEW, key, parts, new, path, durable, sha256)
             if existing is None:
                 return PutResult(PutOutcome.CREATED, sha256, new.stamp() if new is not None else None)
             return PutResult(PutOutcome.IDENTICAL if existing == sha256 else PutOutcome.CONFLICT, existing)
@@ -240,12 +248,12 @@ class FilesystemObjectStore:
             if new is not None:
                 new.close()
 
-    def _link_journaled(self, kind: int, key: str, data: bytes, new: _NewFile, path: str,
-                        durable: bool) -> str | None:
+    def _link_journaled(self, kind: int, key: str, parts: Sequence[bytes], new: _NewFile, path: str,
+                        durable: bool, sha256: str | None = None) -> str | None:
         """Journal the write (and flush the journal if ``durable``), then name the file; the SHA-256 of what the
         key held already, if it did."""
         with self._journal.writing() as segment:
-            segment.append(kind, key, data)
+            segment.append(kind, key, parts, sha256)
             if durable:
                 segment.barrier.sync()  # in the journal before the name exists
             if kind == PUT_HINT:
@@ -275,7 +283,7 @@ class FilesystemObjectStore:
         try:
             new = self._new_file_in(os.path.dirname(path), data, spare=True)
             try:
-                self._link_journaled(PUT_HINT, key, data, new, path, durable=False)
+                self._link_journaled(PUT_HINT, key, (data,), new, path, durable=False)
             finally:
                 new.close()
         except OSError as exc:

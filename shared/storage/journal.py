@@ -30,6 +30,7 @@ object deleted after it was journaled.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import logging
 import os
 import struct
@@ -38,7 +39,7 @@ import time
 import uuid
 import weakref
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -52,10 +53,15 @@ SEGMENT_SUFFIX = ".wal"
 CHECKPOINT_SECONDS = 1.0
 CHECKPOINT_BYTES = 64 << 20
 SETTLE_SECONDS = 10.0  # longest wait of ``settle`` for live segments to be checkpointed
-PUT_NEW = 1
-PUT_HINT = 2
-_RECORD = struct.Struct(">IBHQ")  # CRC-32 of the rest, kind, key length, data length; then key, data
-_KINDS = frozenset({PUT_NEW, PUT_HINT})
+PUT_NEW = 1  # a new object or claim
+PUT_HINT = 2  # a marker
+# How a PUT_NEW is written: the CRC-32 covers the header, the key and the data's SHA-256 (32 bytes after the key),
+# which covers the data. The writer has that hash already, so a large object is not read once more for a CRC
+# (526 KB: 0.23 ms here). Read back as PUT_NEW; PUT_NEW records with a CRC of the data are still read.
+_PUT_NEW_HASHED = 3
+_RECORD = struct.Struct(">IBHQ")  # CRC-32 of the rest, kind, key length, data length; then key, [digest,] data
+_KINDS = frozenset({PUT_NEW, PUT_HINT, _PUT_NEW_HASHED})
+_DIGEST_LENGTH = 32
 ZERO_AHEAD = bytes(1 << 20)  # written ahead of a segment's small records
 # A larger record is written where it comes, past the zeros if it does not fit, and the segment zeroes no more: the
 # flush of such a record allocates blocks once for many pages anyway, the small records beside it (its claim and
@@ -73,11 +79,21 @@ class Record:
     data: bytes
 
 
-def encode_record(kind: int, key: str, data: bytes) -> list[bytes]:
+def encode_record(kind: int, key: str, parts: Sequence[bytes], sha256: str | None = None) -> list[bytes]:
+    """A record of ``parts`` (the data, in pieces that are not joined); with ``sha256`` (theirs, hex) a PUT_NEW is
+    checked by that hash instead of a CRC of the data."""
     raw_key = key.encode("ascii")
-    head = struct.pack(">BHQ", kind, len(raw_key), len(data))
-    checksum = zlib.crc32(data, zlib.crc32(raw_key, zlib.crc32(head)))
-    return [struct.pack(">I", checksum) + head, raw_key, data]
+    size = sum(len(part) for part in parts)
+    if sha256 is not None and kind == PUT_NEW:
+        head = struct.pack(">BHQ", _PUT_NEW_HASHED, len(raw_key), size)
+        digest = bytes.fromhex(sha256)
+        return [struct.pack(">I", zlib.crc32(digest, zlib.crc32(raw_key, zlib.crc32(head)))) + head, raw_key,
+                digest, *parts]
+    head = struct.pack(">BHQ", kind, len(raw_key), size)
+    checksum = zlib.crc32(raw_key, zlib.crc32(head))
+    for part in parts:
+        checksum = zlib.crc32(part, checksum)
+    return [struct.pack(">I", checksum) + head, raw_key, *parts]
 
 
 def read_records(path: str) -> Iterator[Record]:
@@ -91,10 +107,16 @@ def read_records(path: str) -> Iterator[Record]:
             if kind not in _KINDS or data_length > 1 << 40:
                 return
             raw_key = stream.read(key_length)
+            digest = stream.read(_DIGEST_LENGTH) if kind == _PUT_NEW_HASHED else b""
             data = stream.read(data_length)
             if len(raw_key) < key_length or len(data) < data_length:
                 return
-            if zlib.crc32(data, zlib.crc32(raw_key, zlib.crc32(header[4:]))) != checksum:
+            if kind == _PUT_NEW_HASHED:
+                if (zlib.crc32(digest, zlib.crc32(raw_key, zlib.crc32(header[4:]))) != checksum
+                        or hashlib.sha256(data).digest() != digest):
+                    return
+                kind = PUT_NEW
+            elif zlib.crc32(data, zlib.crc32(raw_key, zlib.crc32(header[4:]))) != checksum:
                 return
             try:
                 key = raw_key.decode("ascii")
@@ -118,10 +140,10 @@ class _Segment:
         self.barrier = SyncBarrier(folder, lambda: os.fdatasync(self.fd))
         self._write_lock = threading.Lock()
 
-    def append(self, kind: int, key: str, data: bytes) -> None:
-        """One whole record, or none: a failed write (a full disk) is cut off again, so that the records
-        appended after it stay readable."""
-        record = encode_record(kind, key, data)  # written as parts: a large object is not copied into one record
+    def append(self, kind: int, key: str, parts: Sequence[bytes], sha256: str | None = None) -> None:
+        """One whole record of ``parts`` (see encode_record), or none: a failed write (a full disk) is cut off
+        again, so that the records appended after it stay readable."""
+        record = encode_record(kind, key, parts, sha256)  # written as parts: a large object is not copied into one
         length = sum(len(part) for part in record)
         with self._write_lock:
             start = self.size

@@ -28,6 +28,7 @@ from shared.storage.base import (
     ObjectData,
     ObjectInfo,
     ObjectNotFound,
+    PartedData,
     PutOutcome,
     PutResult,
     StorageError,
@@ -184,6 +185,8 @@ class S3ObjectStore:
     def put_new(self, key: str, data: ObjectData, sha256: str, durable: bool = True) -> PutResult:
         """An acknowledged PUT is durable: ``durable`` changes nothing here."""
         validate_key(key)
+        if isinstance(data, PartedData):
+            data = data.joined()  # one body for the conditional PUT; S3's round trip dwarfs the copy
         return self._with_bucket(lambda: self._put_new(key, data, sha256))
 
     def _with_bucket(self, write):  # type: ignore[no-untyped-def]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from datetime import datetime, timezone
@@ -43,13 +44,13 @@ class Archive:
         event = InstanceStored(
             sop_instance_uid=sop, sop_class_uid=CTImageStorage, study_instance_uid=study,
             series_instance_uid=series, transfer_syntax=ExplicitVRLittleEndian,
-            object_key=f"{study}/{series}/{sop}.dcm", size=4, sha256="b" * 64,
+            object_key=f"{study}/{series}/{sop}.dcm", size=4, sha256=hashlib.sha256(b"DICM").hexdigest(),
             reception=Reception(remote_aet="MODALITY", called_aet="PACS", remote_ip="127.0.0.1",
                                 received_at=datetime.now(timezone.utc)),
         )
         self.ledger.record(event)
         if with_object:
-            self.store.put_new(event.object_key, b"DICM", "b" * 64)
+            self.store.put_new(event.object_key, b"DICM", event.sha256)
         then = time.time() - age_seconds
         os.utime(self.root / marker_key(sop), (then, then))
         return event

@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from shared.storage.base import InvalidKey, ObjectNotFound, PutOutcome, StorageUnavailable, StreamedData, validate_key
+from shared.storage.base import (
+    InvalidKey,
+    ObjectNotFound,
+    PartedData,
+    PutOutcome,
+    StorageUnavailable,
+    StreamedData,
+    validate_key,
+)
 from shared.spare_files import SPARE_MAX_BYTES
 from shared.storage.file_stamp import file_stamp
 from shared.storage.filesystem import SPARE_FOLDER, FilesystemObjectStore
@@ -330,3 +338,10 @@ def test_a_put_that_creates_nothing_tells_no_stamp(stamping_store: FilesystemObj
     stamping_store.put_new(KEY, b"object", sha(b"object"))
     assert stamping_store.put_new(KEY, b"object", sha(b"object")).stamp is None  # identical
     assert stamping_store.put_new(KEY, b"other", sha(b"other")).stamp is None  # conflict
+
+
+def test_parted_data_is_stored_as_its_parts_joined(store: FilesystemObjectStore, root: Path) -> None:
+    parted = PartedData((b"file meta ", b"data set"))
+    assert store.put_new(KEY, parted, sha(b"file meta data set")).outcome is PutOutcome.CREATED
+    assert (root / KEY).read_bytes() == b"file meta data set"
+    assert store.put_new(KEY, parted, sha(b"file meta data set")).outcome is PutOutcome.IDENTICAL

@@ -98,7 +98,8 @@ from shared.storage.filesystem import FilesystemObjectStore
 store = FilesystemObjectStore(Path(sys.argv[1]))
 for number in range(5):
     data = f"object {number} ".encode() * 100
-    store.put_new(f".claims/ab/1.2.{number}", f"1.2/{number}.dcm".encode(), "x", durable=False)
+    claim = f"1.2/{number}.dcm".encode()
+    store.put_new(f".claims/ab/1.2.{number}", claim, hashlib.sha256(claim).hexdigest(), durable=False)
     store.put_hint(f".pending/1.2.{number}.json", b"marker %d" % number)
     store.put_new(f"1.2/{number}.dcm", data, hashlib.sha256(data).hexdigest())
 os._exit(0)  # no checkpoint: as if the process, or the machine, went down here
@@ -145,10 +146,15 @@ def test_a_live_process_segment_is_left_alone(tmp_path: Path) -> None:
     assert not (root / KEY).exists() and len(segments(root)) == 1
 
 
-def test_a_segment_is_read_up_to_its_first_damaged_record(tmp_path: Path) -> None:
+@pytest.mark.parametrize("hashed", [True, False], ids=["checked_by_sha256", "checked_by_crc32_as_before"])
+def test_a_segment_is_read_up_to_its_first_damaged_record(tmp_path: Path, hashed: bool) -> None:
     path = tmp_path / "segment.wal"
-    records = [encode_record(PUT_NEW, f"key/{number}", b"data %d" % number) for number in range(3)]
+    data = [b"data %d" % number for number in range(3)]
+    records = [encode_record(PUT_NEW, f"key/{number}", [data[number]], sha(data[number]) if hashed else None)
+               for number in range(3)]
     raw = [b"".join(parts) for parts in records]
+    path.write_bytes(b"".join(raw))
+    assert [(record.kind, record.data) for record in read_records(str(path))] == [(PUT_NEW, item) for item in data]
     damaged = bytearray(raw[1])
     damaged[-1] ^= 0xFF
     path.write_bytes(raw[0] + bytes(damaged) + raw[2])
@@ -157,10 +163,19 @@ def test_a_segment_is_read_up_to_its_first_damaged_record(tmp_path: Path) -> Non
     assert [record.key for record in read_records(str(path))] == ["key/0"]
 
 
+def test_a_record_in_parts_is_read_as_its_joined_data(tmp_path: Path) -> None:
+    path = tmp_path / "segment.wal"
+    parts = [b"header ", b"data set"]
+    path.write_bytes(b"".join(encode_record(PUT_NEW, "key/1", parts, sha(b"header data set"))
+                              + encode_record(PUT_HINT, "key/2", parts)))
+    assert [(record.kind, record.data) for record in read_records(str(path))] == [
+        (PUT_NEW, b"header data set"), (PUT_HINT, b"header data set")]
+
+
 def journaled_put(store: FilesystemObjectStore, name: str, data: bytes) -> int:
     """Store ``data`` as ``1.2/<name>.dcm``; the length of its journal record."""
     store.put_new(f"1.2/{name}.dcm", data, sha(data))
-    return len(b"".join(encode_record(PUT_NEW, f"1.2/{name}.dcm", data)))
+    return len(b"".join(encode_record(PUT_NEW, f"1.2/{name}.dcm", [data], sha(data))))
 
 
 def test_small_records_are_written_over_zeros_ahead_of_them_which_are_not_read_as_records(tmp_path: Path) -> None:
@@ -209,7 +224,7 @@ def test_a_disk_without_room_for_the_zeros_still_takes_the_records(tmp_path: Pat
     assert store.put_new("1.2/2.dcm", b"second", sha(b"second")).outcome is PutOutcome.CREATED
     [segment] = segments(tmp_path / "objects")
     assert [record.key for record in read_records(str(segment))] == ["1.2/1.dcm", "1.2/2.dcm"]
-    assert segment.stat().st_size == sum(len(b"".join(encode_record(PUT_NEW, f"1.2/{n}.dcm", data)))
+    assert segment.stat().st_size == sum(len(b"".join(encode_record(PUT_NEW, f"1.2/{n}.dcm", [data], sha(data))))
                                          for n, data in ((1, b"first"), (2, b"second")))
     store.close()
 
@@ -235,7 +250,7 @@ def test_a_marker_record_replaces_whatever_the_file_holds(tmp_path: Path) -> Non
     root = tmp_path / "objects"
     folder = root / JOURNAL_FOLDER
     folder.mkdir(parents=True)
-    (folder / "1-dead.wal").write_bytes(b"".join(encode_record(PUT_HINT, MARKER, b"new")))
+    (folder / "1-dead.wal").write_bytes(b"".join(encode_record(PUT_HINT, MARKER, [b"new"])))
     (root / ".pending").mkdir()
     (root / MARKER).write_bytes(b"torn")
     FilesystemObjectStore(root).recover()

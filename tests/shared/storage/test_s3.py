@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 from minio import Minio
 
-from shared.storage.base import InvalidKey, ObjectNotFound, PutOutcome, StorageUnavailable, StreamedData
+from shared.storage.base import InvalidKey, ObjectNotFound, PartedData, PutOutcome, StorageUnavailable, StreamedData
 from shared.storage.s3 import S3ObjectStore
 from tests.conftest import S3Server
 
@@ -221,3 +221,10 @@ def test_an_s3_object_has_no_stamp_so_its_readers_hash_it(store: S3ObjectStore) 
     assert store.put_new(KEY, b"first", sha(b"first")).stamp is None
     with store.open(KEY) as stream:
         assert store.stamp(stream) is None
+
+
+def test_parted_data_is_stored_as_its_parts_joined(store: S3ObjectStore) -> None:
+    parted = PartedData((b"file meta ", b"data set"))
+    assert store.put_new(KEY, parted, sha(b"file meta data set")).outcome is PutOutcome.CREATED
+    assert store.get(KEY) == b"file meta data set"
+    assert store.put_new(KEY, parted, sha(b"file meta data set")).outcome is PutOutcome.IDENTICAL
