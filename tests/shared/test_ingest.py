@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -14,20 +13,14 @@ from shared.ingest import Ingest, IngestOutcome
 from shared.ingest_identify import identify
 from shared.pending import PendingLedger
 from shared.queue import INDEX_INSTANCES_TASK
-from shared.storage.file_stamp import file_stamp
 from shared.storage.filesystem import FilesystemObjectStore
 from tests.factory import encode_dataset, make_image
+from tests.stamps import require_stamps
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> FilesystemObjectStore:
-    (tmp_path / "probe").write_bytes(b"")
-    fd = os.open(tmp_path / "probe", os.O_RDONLY)
-    try:
-        if file_stamp(fd) is None:
-            pytest.skip("the temporary folder's file system keeps no inode generations (no stamps there)")
-    finally:
-        os.close(fd)
+    require_stamps(tmp_path)
     return FilesystemObjectStore(tmp_path / "objects")
 
 

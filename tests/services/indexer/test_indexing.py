@@ -15,10 +15,10 @@ from shared.db.models import AuditEvent, DeadLetter, Instance, Patient
 from shared.events import InstanceStored, Reception, utc_now
 from shared.runtime import Runtime
 from shared.dicom.part10 import encode_part10
-from shared.storage.file_stamp import file_stamp
 from shared.storage.layout import instance_key
 from tests.archive import ingest, open_archive
 from tests.factory import encode_dataset, make_image
+from tests.stamps import require_stamps
 
 
 @pytest.fixture
@@ -103,11 +103,7 @@ def image_part10(instance_number: int = 1, uids: tuple[str, str, str] | None = N
 
 @pytest.fixture
 def stamped(runtime: Runtime, tmp_path: Path) -> Runtime:
-    probe = tmp_path / "probe"
-    probe.write_bytes(b"")
-    with probe.open("rb") as stream:
-        if file_stamp(stream.fileno()) is None:
-            pytest.skip("the temporary folder's file system keeps no inode generations (no stamps there)")
+    require_stamps(tmp_path)
     return runtime
 
 

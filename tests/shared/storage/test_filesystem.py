@@ -18,8 +18,8 @@ from shared.storage.base import (
     validate_key,
 )
 from shared.spare_files import SPARE_MAX_BYTES
-from shared.storage.file_stamp import file_stamp
 from shared.storage.filesystem import SPARE_FOLDER, FilesystemObjectStore
+from tests.stamps import require_stamps
 
 KEY = "1.2.3/1.2.3.4/1.2.3.4.5.dcm"
 
@@ -296,12 +296,8 @@ def test_counting_a_missing_root_is_unavailable_not_zero(store: FilesystemObject
 
 
 @pytest.fixture
-def stamping_store(store: FilesystemObjectStore, root: Path, tmp_path: Path) -> FilesystemObjectStore:
-    probe = tmp_path / "probe"
-    probe.write_bytes(b"")
-    with probe.open("rb") as stream:
-        if file_stamp(stream.fileno()) is None:
-            pytest.skip("the temporary folder's file system keeps no inode generations (no stamps there)")
+def stamping_store(store: FilesystemObjectStore, tmp_path: Path) -> FilesystemObjectStore:
+    require_stamps(tmp_path)
     return store
 
 
