@@ -15,7 +15,8 @@ with O_TRUNC, 12 us written over and cut; the SCP's system time per small instan
 Several processes share one spare folder: a file is taken by renaming it away, which exactly one taker can do, and
 a taker that loses the race takes the next name. The folder holds at most ``capacity`` files (checked from a count
 refreshed every ``_RECOUNT_EVERY`` gifts): past that, a file is deleted as before. A crash between taking a spare
-and naming it leaves a temporary file, which the folder's own listing skips like any other temporary file.
+and naming it leaves a temporary file, which the folder's own listing skips like any other temporary file and the
+store's ``recover`` removes at the next start (shared.storage.filesystem).
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from shared.storage.base import (
     validate_key,
 )
 from shared.spare_files import SPARE_MAX_BYTES
+from shared.storage import filesystem
 from shared.storage.filesystem import SPARE_FOLDER, FilesystemObjectStore
 from tests.stamps import require_stamps
 
@@ -341,3 +342,19 @@ def test_parted_data_is_stored_as_its_parts_joined(store: FilesystemObjectStore,
     assert store.put_new(KEY, parted, sha(b"file meta data set")).outcome is PutOutcome.CREATED
     assert (root / KEY).read_bytes() == b"file meta data set"
     assert store.put_new(KEY, parted, sha(b"file meta data set")).outcome is PutOutcome.IDENTICAL
+
+
+def test_recover_removes_temporary_files_that_a_crashed_marker_write_left(store: FilesystemObjectStore, root: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    store.put_hint(".pending/1.2.3.json", b"{}")
+    store.put_hint(".deleting/1.2.4", b"1.2/1.3/1.2.4.dcm")
+    abandoned = [root / ".pending" / ".tmp-taken-spare", root / ".deleting" / ".tmp-taken-spare"]
+    for path in abandoned:
+        path.write_bytes(b"an old marker's bytes")  # a spare taken for a marker, then the process was killed
+    store.recover()
+    assert all(path.exists() for path in abandoned)  # just taken, as far as anyone can tell: a live writer's
+    monkeypatch.setattr(filesystem, "ABANDONED_TEMPORARY_SECONDS", 0.0)
+    store.recover()
+    assert not any(path.exists() for path in abandoned)
+    assert sorted(info.key for info in store.list(".pending/")) == [".pending/1.2.3.json"]
+    assert store.get(".deleting/1.2.4") == b"1.2/1.3/1.2.4.dcm"
