@@ -54,6 +54,11 @@ def create_celery(settings: Settings) -> Celery:
         task_serializer="json",
         accept_content=["json"],
         task_ignore_result=True,
+        # No service reads a task's result: the (disabled) result backend is built once for every thread. Celery
+        # otherwise builds one per thread, and resolving it reads the entry points of every installed package
+        # (~8 ms here, much of it holding the GIL): the SCP paid that in each association thread that published a
+        # C-MOVE job, and once per process on its first stored instance.
+        result_backend_thread_safe=True,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_default_queue=INDEX_QUEUE,
@@ -65,4 +70,5 @@ def create_celery(settings: Settings) -> Celery:
         task_send_sent_event=False,
         enable_utc=True,
     )
+    app.backend  # resolved now, at start  # noqa: B018
     return app
