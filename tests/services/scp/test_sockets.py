@@ -7,6 +7,7 @@ import os
 import resource
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -14,6 +15,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import Verification
 
+from services.scp.pdu_guard import PduLimits
 from services.scp.sockets import LowLatencyAssociationSocket, SharedContexts
 
 
@@ -127,3 +129,22 @@ def test_a_connection_closed_inside_a_long_pdu_gives_what_arrived() -> None:
         assert connection.recv(500_000) == b"x" * 200_000  # short: the reader takes it for a closed connection
     finally:
         ours.close()
+
+
+@pytest.mark.parametrize("socket_timeout", [None, 10.0], ids=["blocking_socket", "socket_with_a_timeout"])
+def test_a_pdu_that_stops_arriving_fails_at_its_deadline(socket_timeout: float | None) -> None:
+    ours, peer = socket.socketpair()
+    try:
+        connection = wrapped(ours)
+        ours.settimeout(socket_timeout)
+        connection.pdu_limits = PduLimits(max_p_data_length=0, pdu_seconds=0.3)
+        peer.sendall(b"\x04\x00" + (200_000).to_bytes(4, "big") + b"x" * 100_000)  # and then nothing
+        assert connection.recv(6)[2:] == (200_000).to_bytes(4, "big")
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            connection.recv(200_000)
+        assert 0.25 < time.monotonic() - started < 5
+        assert ours.gettimeout() == socket_timeout  # left as it was
+    finally:
+        ours.close()
+        peer.close()
