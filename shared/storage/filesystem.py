@@ -228,23 +228,25 @@ class FilesystemObjectStore:
 
     def put_new(self, key: str, data: ObjectData, sha256: str, durable: bool = True) -> PutResult:
         path = self._path(key)
-        journaled = not isinstance(data, StreamedData) and size_of(data) <= JOURNALED_MAX_BYTES
+        # What the journal takes: data held in memory up to JOURNALED_MAX_BYTES, as parts (not joined).
+        journaled: Sequence[bytes] | None = None
+        if not isinstance(data, StreamedData) and size_of(data) <= JOURNALED_MAX_BYTES:
+            journaled = data.parts if isinstance(data, PartedData) else (data,)
         new: _NewFile | None = None
         try:
             existing: str | None = None
             if os.path.exists(path):  # a re-send: nothing to write
                 existing = _sha256_of_file(path)
-                if durable and not journaled:
+                if durable and journaled is None:
                     # Another thread may have linked it and not flushed it yet (a journaled object is durable
                     # before its name exists).
                     self._barrier.sync()
             else:
                 new = self._new_file_in(os.path.dirname(path), data)
-                if isinstance(data, StreamedData) or not journaled:
+                if journaled is None:
                     existing = self._link_flushed(new, path, durable)
                 else:
-                    parts = data.parts if isinstance(data, PartedData) else (data,)
-                    existing = self._link_journaled(PUT_NEW, key, parts, new, path, durable, sha256)
+                    existing = self._link_journaled(PUT_NEW, key, journaled, new, path, durable, sha256)
             if existing is None:
                 return PutResult(PutOutcome.CREATED, sha256, new.stamp() if new is not None else None)
             return PutResult(PutOutcome.IDENTICAL if existing == sha256 else PutOutcome.CONFLICT, existing)

@@ -109,7 +109,8 @@ def read_records(path: str) -> Iterator[Record]:
             raw_key = stream.read(key_length)
             digest = stream.read(_DIGEST_LENGTH) if kind == _PUT_NEW_HASHED else b""
             data = stream.read(data_length)
-            if len(raw_key) < key_length or len(data) < data_length:
+            if (len(raw_key) < key_length or len(data) < data_length
+                    or (kind == _PUT_NEW_HASHED and len(digest) < _DIGEST_LENGTH)):
                 return
             if kind == _PUT_NEW_HASHED:
                 if (zlib.crc32(digest, zlib.crc32(raw_key, zlib.crc32(header[4:]))) != checksum
