@@ -353,8 +353,12 @@ def recover(folder: str, replay: Callable[[Record], None], flush_all: Callable[[
 
 def _remove_segment(path: str) -> None:
     """Unlink, and make the removal durable: a segment that came back after a crash could replay a marker or an
-    object that was removed since."""
-    os.unlink(path)
+    object that was removed since. A segment that is gone already (the store's folder was removed, or replaced by an
+    empty one: a remount) has nothing left to replay."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return
     folder = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(folder)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -317,3 +318,16 @@ def test_a_write_cut_short_by_a_full_disk_leaves_the_later_records_readable(tmp_
     store.put_new("1.2/3.dcm", b"third", sha(b"third"))
     [segment] = segments(tmp_path / "objects")
     assert [record.key for record in read_records(str(segment))] == ["1.2/1.dcm", "1.2/3.dcm"]
+
+
+def test_a_checkpoint_after_the_folder_was_replaced_by_an_empty_one_ends_instead_of_failing_forever(
+        tmp_path: Path) -> None:
+    root = tmp_path / "objects"
+    store = FilesystemObjectStore(root)
+    store.put_new(KEY, b"object", sha(b"object"))
+    shutil.rmtree(root)
+    root.mkdir()  # a remount of an empty volume: the segment is gone with everything it journaled
+    store._journal.checkpoint()  # the checkpointer thread does this every second; it used to fail each time
+    store.put_new(KEY, b"again", sha(b"again"))
+    store.close()
+    assert store.get(KEY) == b"again" and segments(root) == []
