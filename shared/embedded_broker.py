@@ -9,7 +9,8 @@ process-wide kombu state records it: otherwise a second thread that declares the
 already known, skips writing it, publishes, reads a table without it and drops the message (measured: the first
 58 of 200 messages lost when two consumer threads declared while a third published). A worker waiting for
 messages notices a warm shutdown at its next poll, not at the end of Celery's 2-second wait. A consumed message's
-file is kept as a spare for the next message (shared.spare_files) rather than deleted. Used as
+file is kept as a spare for the next message (shared.spare_files) rather than deleted. A temporary file that a
+process killed before its rename left behind is removed by the next channel opened (shared.abandoned_files). Used as
 ``pacsfs://localhost/``.
 """
 
@@ -29,12 +30,22 @@ from kombu.transport import TRANSPORT_ALIASES, filesystem
 from kombu.utils.encoding import bytes_to_str, str_to_bytes
 from kombu.utils.json import dumps, loads
 
+from shared.abandoned_files import remove_abandoned
 from shared.spare_files import SpareFiles
 
 SCHEME = "pacsfs"
 
 
+def _is_temporary(name: str) -> bool:
+    return name.startswith(".") and name.endswith(".tmp")  # a message or an exchange table not yet in place
+
+
 class Channel(filesystem.Channel):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for folder in (self.data_folder_out, self.control_folder):  # what a killed writer left (abandoned_files)
+            remove_abandoned(str(folder), _is_temporary)
+
     @cached_property
     def spare_files(self) -> SpareFiles:
         return SpareFiles(os.path.join(os.path.dirname(os.path.abspath(self.processed_folder)), "spare"))

@@ -23,13 +23,13 @@ import errno
 import os
 import stat
 import threading
-import time
 import uuid
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO
 
+from shared.abandoned_files import remove_abandoned
 from shared.digest import read_chunks, size_and_sha256
 from shared.file_writes import write_at
 from shared.spare_files import SPARE_MAX_BYTES, SpareFiles
@@ -52,7 +52,6 @@ from shared.storage.journal import JOURNAL_FOLDER, PUT_HINT, PUT_NEW, SETTLE_SEC
 from shared.storage.sync_barrier import SyncBarrier
 
 _TMP_PREFIX = ".tmp-"
-ABANDONED_TEMPORARY_SECONDS = 60.0
 # Where hints refill spare files at the ingest rate (pending markers) or now and then (deletion entries): small
 # folders, looked through for abandoned temporary files at each start. Claims are taken over by a hint too, rarely,
 # in folders that hold a claim per instance stored: not listed at each start.
@@ -319,29 +318,10 @@ class FilesystemObjectStore:
     def recover(self) -> None:
         try:
             self._journal.recover()
-            for folder in _SMALL_HINT_FOLDERS:
-                self._remove_abandoned_temporaries(os.path.join(self._root, folder))
+            for folder in _SMALL_HINT_FOLDERS:  # a spare taken for a marker and never named (shared.spare_files)
+                remove_abandoned(os.path.join(self._root, folder), lambda name: name.startswith(_TMP_PREFIX))
         except OSError as exc:
             raise _storage_error(exc) from exc
-
-    @staticmethod
-    def _remove_abandoned_temporaries(folder: str) -> None:
-        """Temporary files that a writer which ended uncleanly left in ``folder`` (a spare file taken for a marker,
-        never named): removed once their last change (taking a spare renames it) is ABANDONED_TEMPORARY_SECONDS
-        old; a live writer names its file within milliseconds."""
-        try:
-            entries = list(os.scandir(folder))
-        except FileNotFoundError:
-            return
-        oldest_kept = time.time() - ABANDONED_TEMPORARY_SECONDS
-        for entry in entries:
-            if not entry.name.startswith(_TMP_PREFIX):
-                continue
-            try:
-                if entry.stat(follow_symlinks=False).st_ctime < oldest_kept:
-                    os.unlink(entry.path)
-            except FileNotFoundError:
-                continue
 
     def settle(self, timeout: float = SETTLE_SECONDS) -> None:
         try:

@@ -13,6 +13,7 @@ import pytest
 from celery import Celery
 from celery.worker import state as worker_state
 
+from shared import abandoned_files
 from shared.queue import create_celery
 from shared.settings import Settings
 
@@ -180,3 +181,20 @@ def test_a_consumed_message_file_is_kept_for_the_next_message(settings: Settings
             message.ack()
         queue.close()
     assert sorted((message.payload["n"], len(message.payload)) for message in payloads) == [(0, 1), (1, 1), (2, 1)]
+
+
+def test_temporary_files_a_killed_process_left_are_removed_by_the_next_channel(
+        settings: Settings, app: Celery, queue_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    publish(app, queue_name, 1)  # declares the queue and creates the folders; one message waits
+    folder = settings.embedded_queue_dir
+    left = [folder / "messages" / f".00000000000000000_x.{queue_name}.msg.tmp",  # a message never renamed in place
+            folder / "control" / f".{queue_name}.exchange.0123.tmp"]  # an exchange table never renamed in place
+    for path in left:
+        path.write_bytes(b"partial")
+    publish(app, queue_name, 0)
+    assert all(path.exists() for path in left)  # just written, as far as anyone can tell: a live writer's
+    monkeypatch.setattr(abandoned_files, "ABANDONED_SECONDS", 0.0)
+    publish(app, queue_name, 0)
+    assert not any(path.exists() for path in left)
+    assert (folder / "control" / ".exchanges.lock").exists()
+    assert drain_with_two_consumers(app, queue_name, total=1, seconds=5) == [0]

@@ -18,7 +18,7 @@ from shared.storage.base import (
     validate_key,
 )
 from shared.spare_files import SPARE_MAX_BYTES
-from shared.storage import filesystem
+from shared import abandoned_files
 from shared.storage.filesystem import SPARE_FOLDER, FilesystemObjectStore
 from tests.stamps import require_stamps
 
@@ -353,7 +353,7 @@ def test_recover_removes_temporary_files_that_a_crashed_marker_write_left(store:
         path.write_bytes(b"an old marker's bytes")  # a spare taken for a marker, then the process was killed
     store.recover()
     assert all(path.exists() for path in abandoned)  # just taken, as far as anyone can tell: a live writer's
-    monkeypatch.setattr(filesystem, "ABANDONED_TEMPORARY_SECONDS", 0.0)
+    monkeypatch.setattr(abandoned_files, "ABANDONED_SECONDS", 0.0)
     store.recover()
     assert not any(path.exists() for path in abandoned)
     assert sorted(info.key for info in store.list(".pending/")) == [".pending/1.2.3.json"]
