@@ -43,7 +43,8 @@ class PutOutcome(enum.Enum):
 class PutResult:
     outcome: PutOutcome
     stored_sha256: str
-    stamp: str | None = None  # of the object this put_new CREATED (ObjectStore.stamp); None: the store cannot tell
+    # Of the object a durable put_new CREATED (ObjectStore.stamp); None: the store cannot tell, or durable=False.
+    stamp: str | None = None
 
 
 @dataclass(frozen=True)

@@ -228,26 +228,28 @@ class FilesystemObjectStore:
     def put_new(self, key: str, data: ObjectData, sha256: str, durable: bool = True) -> PutResult:
         path = self._path(key)
         # What the journal takes: data held in memory up to JOURNALED_MAX_BYTES, as parts (not joined).
-        journaled: Sequence[bytes] | None = None
+        journal_parts: Sequence[bytes] | None = None
         if not isinstance(data, StreamedData) and size_of(data) <= JOURNALED_MAX_BYTES:
-            journaled = data.parts if isinstance(data, PartedData) else (data,)
+            journal_parts = data.parts if isinstance(data, PartedData) else (data,)
         new: _NewFile | None = None
         try:
             existing: str | None = None
             if os.path.exists(path):  # a re-send: nothing to write
                 existing = _sha256_of_file(path)
-                if durable and journaled is None:
+                if durable and journal_parts is None:
                     # Another thread may have linked it and not flushed it yet (a journaled object is durable
                     # before its name exists).
                     self._barrier.sync()
             else:
                 new = self._new_file_in(os.path.dirname(path), data)
-                if journaled is None:
+                if journal_parts is None:
                     existing = self._link_flushed(new, path, durable)
                 else:
-                    existing = self._link_journaled(PUT_NEW, key, journaled, new, path, durable, sha256)
+                    existing = self._link_journaled(PUT_NEW, key, journal_parts, new, path, durable, sha256)
             if existing is None:
-                return PutResult(PutOutcome.CREATED, sha256, new.stamp() if new is not None else None)
+                # Only an object (durable) is read by its stamp; a claim's would cost two system calls per instance.
+                stamp = new.stamp() if new is not None and durable else None
+                return PutResult(PutOutcome.CREATED, sha256, stamp)
             return PutResult(PutOutcome.IDENTICAL if existing == sha256 else PutOutcome.CONFLICT, existing)
         except OSError as exc:
             raise _storage_error(exc) from exc

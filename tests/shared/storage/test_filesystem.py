@@ -358,3 +358,8 @@ def test_recover_removes_temporary_files_that_a_crashed_marker_write_left(store:
     assert not any(path.exists() for path in abandoned)
     assert sorted(info.key for info in store.list(".pending/")) == [".pending/1.2.3.json"]
     assert store.get(".deleting/1.2.4") == b"1.2/1.3/1.2.4.dcm"
+
+
+def test_a_put_that_is_not_durable_tells_no_stamp(stamping_store: FilesystemObjectStore) -> None:
+    # A claim: nothing reads it by its stamp, so the store does not spend system calls on one.
+    assert stamping_store.put_new(".claims/ab/1.2.3", KEY.encode(), sha(KEY.encode()), durable=False).stamp is None
