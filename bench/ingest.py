@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import random
+import resource
 import shlex
 import shutil
 import signal
@@ -344,6 +345,46 @@ def count_files(d: Path) -> int:
 # Receivers
 # --------------------------------------------------------------------------------------------
 
+def _proc_stats() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, CPU clock ticks of the process and of its children it has waited for)."""
+    stats = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as stream:
+                fields = stream.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        # after the command: state, ppid, ..., utime (12th), stime, cutime, cstime
+        stats[int(entry.name)] = (int(fields[1]), sum(int(value) for value in fields[11:15]))
+    return stats
+
+
+def tree_cpu_seconds(roots: list[int]) -> float:
+    """CPU seconds (user + system) of the processes ``roots`` and all their descendants, including descendants that
+    ended and were waited for (a process's cutime/cstime). Linux /proc."""
+    stats = _proc_stats()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    total, todo, seen = 0, list(roots), set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen or pid not in stats:
+            continue
+        seen.add(pid)
+        total += stats[pid][1]
+        todo += children.get(pid, [])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds() -> float:
+    """CPU seconds of this process's children that ended and were waited for (the storescu processes)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 class Receiver:
     name = "?"
     aet = "ANY-SCP"
@@ -379,6 +420,10 @@ class Receiver:
 
     def stored_count(self) -> int:
         raise NotImplementedError
+
+    def cpu_seconds(self) -> float:
+        """CPU used so far by the receiver's own processes (not PostgreSQL, Redis or an S3 server it talks to)."""
+        return tree_cpu_seconds([self.proc.pid]) if self.proc is not None else 0.0
 
     def stop(self) -> int | None:
         try:
@@ -536,6 +581,9 @@ class PacsDistributed(Pacs):
         self.proc = self.procs[-1]  # _wait_ready watches the latest one
         log_file.close()
 
+    def cpu_seconds(self) -> float:
+        return tree_cpu_seconds([proc.pid for proc in self.procs[1:]])  # the pacs services; not moto (procs[0])
+
     def stop(self) -> int | None:
         codes = [stop_process(proc) for proc in reversed(self.procs)]
         subprocess.run(["psql", "-h", HOST, "-U", "postgres", "-q", "-c",
@@ -571,6 +619,8 @@ class Result:
     stop_s: float | None = None
     receiver_rc: int | None = None
     dead_letter: int | None = None
+    receiver_cpu_s: float | None = None  # from the first instance sent to the last acknowledged (pacs: indexed)
+    sender_cpu_s: float | None = None  # of the storescu processes
     error: str | None = None
     mismatch: bool = False
 
@@ -648,9 +698,11 @@ def measure(receiver: str, manifest: dict, conc: int, nodelay: bool, run: int, a
         rx.start()
         res.startup_s = rx.startup_s
         timeout = args.timeout if args.timeout else 60 + 0.1 * n
+        receiver_cpu, sender_cpu = rx.cpu_seconds(), children_cpu_seconds()
         wall, rcs, ok, fail = run_storescu(manifest, conc, rx.port, rx.aet, nodelay, timeout, rx.dir,
                                                args.count_responses)
         res.ack_s, res.storescu_rc, res.sender_ok, res.sender_fail = wall, rcs, ok, fail
+        res.sender_cpu_s = children_cpu_seconds() - sender_cpu
         if receiver in PACS_RECEIVERS:
             if PACS_VERSION.get("version") is None:
                 PACS_VERSION["version"] = (rx.status() or {}).get("version")
@@ -663,6 +715,7 @@ def measure(receiver: str, manifest: dict, conc: int, nodelay: bool, run: int, a
                 pass
             if idx_s is None:
                 res.error = f"not indexed within 120 s (last /api/status: {json.dumps(st)[:300]})"
+        res.receiver_cpu_s = rx.cpu_seconds() - receiver_cpu
         res.receiver_count = rx.stored_count()
     except Exception as e:  # noqa: BLE001 - a failed measurement is reported, the run continues
         res.error = f"{type(e).__name__}: {e}"
@@ -723,6 +776,10 @@ def summarize(results: list[Result]) -> dict:
         out[key] = {
             "ack": ack, "ack_mbs": ack * mb if ack else None,
             "indexed": idx, "indexed_mbs": idx * mb if idx else None,
+            "receiver_cpu_ms": median_or_none([r.receiver_cpu_s * 1000 / r.sent for r in good
+                                               if r.receiver_cpu_s is not None]),
+            "sender_cpu_ms": median_or_none([r.sender_cpu_s * 1000 / r.sent for r in good
+                                             if r.sender_cpu_s is not None]),
             "runs": len(rs), "bad": len(rs) - len(good),
         }
     return out
@@ -782,7 +839,37 @@ def report(results: list[Result], sizes: list[str], receivers: list[str], nodela
                     a, b = rate(pacs, s, c, False), rate(pacs, s, c, True)
                     cells.append(f"{a / b:.2f}×" if a and b else "–")
                 ratio_lines.append(f"| {pacs} ack Nagle / TCP_NODELAY client | " + " | ".join(cells) + " | ≥ 0.90 |")
-    return "\n".join(lines + ratio_lines)
+    return "\n".join(lines + ratio_lines + cpu_report(summ, cols, receivers, nodelays))
+
+
+def cpu_report(summ: dict, cols: list[tuple[str, int]], receivers: list[str], nodelays: list[bool]) -> list[str]:
+    """CPU milliseconds per instance of each receiver's own processes (medians), the sender's beside them, and pacs
+    against Orthanc: on a machine whose speed drifts, a steadier comparison than instances/s, and what decides the
+    rate where the cores are the limit (C=4 here)."""
+    def cpu(rx: str, s: str, c: int, nd: bool, m: str = "receiver_cpu_ms") -> float | None:
+        v = summ.get((rx, s, c, nd))
+        return v[m] if v else None
+
+    lines = ["", "CPU per instance, ms (the receiver's own processes; pacs until the last is indexed; storescu's in "
+             "parentheses), medians:", "",
+             "| receiver | " + " | ".join(f"{s} C={c}" for s, c in cols) + " |", "|---|" + "---|" * len(cols)]
+    for nd in nodelays:
+        suffix = "" if nd else " (Nagle client)"
+        for rx in receivers:
+            cells = []
+            for s, c in cols:
+                own, sender = cpu(rx, s, c, nd), cpu(rx, s, c, nd, "sender_cpu_ms")
+                cells.append("–" if own is None else f"{own:.2f} ({sender:.2f})" if sender is not None
+                             else f"{own:.2f}")
+            lines.append(f"| {rx}{suffix} | " + " | ".join(cells) + " |")
+        if "orthanc" in receivers:
+            for pacs in (rx for rx in PACS_RECEIVERS if rx in receivers):
+                cells = []
+                for s, c in cols:
+                    a, b = cpu(pacs, s, c, nd), cpu("orthanc", s, c, nd)
+                    cells.append(f"{a / b:.2f}×" if a and b else "–")
+                lines.append(f"| {pacs} / orthanc{suffix} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def file_creation_us(workdir: Path, count: int = 300) -> float:
