@@ -10,8 +10,10 @@ already known, skips writing it, publishes, reads a table without it and drops t
 58 of 200 messages lost when two consumer threads declared while a third published). A worker waiting for
 messages notices a warm shutdown at its next poll, not at the end of Celery's 2-second wait. A consumed message's
 file is kept as a spare for the next message (shared.spare_files) rather than deleted. A temporary file that a
-process killed before its rename left behind is removed by the next channel opened (shared.abandoned_files). Used as
-``pacsfs://localhost/``.
+process killed before its rename left behind is removed by the next channel opened (shared.abandoned_files). A
+consumer with nothing to take sleeps until a publisher rings its doorbell (shared.doorbell), looking at the queue at
+least every ``doorbell.FALLBACK_SECONDS`` (kombu's folder transport lists the folder every ``polling_interval``,
+which is not used here). Used as ``pacsfs://localhost/``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from kombu.transport import TRANSPORT_ALIASES, filesystem
 from kombu.utils.encoding import bytes_to_str, str_to_bytes
 from kombu.utils.json import dumps, loads
 
+from shared import doorbell
 from shared.abandoned_files import remove_abandoned
 from shared.spare_files import SpareFiles
 
@@ -38,6 +41,11 @@ SCHEME = "pacsfs"
 
 def _is_temporary(name: str) -> bool:
     return name.startswith(".") and name.endswith(".tmp")  # a message or an exchange table not yet in place
+
+
+def doorbell_folder(data_folder: str) -> str:
+    """Where the consumers of the queue in ``data_folder`` list their doorbells: beside it."""
+    return os.path.join(os.path.dirname(os.path.abspath(data_folder)), "doorbells")
 
 
 class Channel(filesystem.Channel):
@@ -59,6 +67,7 @@ class Channel(filesystem.Channel):
             with open(temporary, "wb") as stream:
                 stream.write(body)
         os.replace(temporary, final)
+        doorbell.ring_all(doorbell_folder(self.data_folder_out))
 
     def _get(self, queue: str) -> Any:
         suffix = f".{queue}.msg"
@@ -133,19 +142,32 @@ def _shutdown_requested() -> bool:
 
 class Transport(filesystem.Transport):
     Channel = Channel
+    _doorbell: doorbell.Doorbell | None = None
 
     def drain_events(self, connection: Any, timeout: float | None = None) -> None:
-        """kombu's polling wait, ended early when the worker has been asked to stop (its loop waits 2 s)."""
+        """Deliver a message, waiting for one up to ``timeout`` (None: until one comes): asleep until a publisher
+        rings, looking at the queue at least every FALLBACK_SECONDS, and ended early when the worker has been asked
+        to stop (Celery's loop itself waits 2 s before it looks)."""
         started = time.monotonic()
+        if self._doorbell is None:  # listed before the first look: a message put after that look rings it
+            self._doorbell = doorbell.Doorbell(doorbell_folder(self.client.transport_options["data_folder_in"]))
         while True:
             try:
                 self.cycle.get(self._deliver, timeout=timeout)
                 return
             except Empty:
                 pass
-            if _shutdown_requested() or (timeout is not None and time.monotonic() - started >= timeout):
+            waited = time.monotonic() - started
+            if _shutdown_requested() or (timeout is not None and waited >= timeout):
                 raise socket.timeout()
-            time.sleep(self.polling_interval if timeout is None else min(self.polling_interval, timeout))
+            self._doorbell.wait(doorbell.FALLBACK_SECONDS if timeout is None
+                                else min(doorbell.FALLBACK_SECONDS, timeout - waited))
+
+    def close_connection(self, connection: Any) -> None:
+        if self._doorbell is not None:
+            self._doorbell.close()
+            self._doorbell = None
+        super().close_connection(connection)
 
 
 def register() -> None:

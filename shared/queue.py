@@ -28,8 +28,7 @@ def broker_transport_options(settings: Settings) -> dict[str, object]:
             "data_folder_out": str(folder / "messages"),
             "processed_folder": str(folder / "processed"),
             "control_folder": str(folder / "control"),
-            "store_processed": False,
-            "polling_interval": 0.02,  # a queued job or event waits at most this long for its consumer
+            "store_processed": False,  # a waiting consumer is woken by the publisher (shared.doorbell), not by polling
         }
     visibility = settings.broker_visibility_timeout_seconds
     return {

@@ -13,7 +13,7 @@ import pytest
 from celery import Celery
 from celery.worker import state as worker_state
 
-from shared import abandoned_files
+from shared import abandoned_files, doorbell, embedded_broker
 from shared.queue import create_celery
 from shared.settings import Settings
 
@@ -156,6 +156,48 @@ def test_a_worker_asked_to_stop_stops_waiting_for_messages(app: Celery, queue_na
         monkeypatch.setattr(worker_state, "should_stop", 0)
         waiter.join(timeout=10)
         assert not waiter.is_alive() and type(waited[0]).__name__ in ("timeout", "TimeoutError")
+
+
+def test_a_waiting_consumer_is_woken_by_a_new_message_not_by_its_next_look(app: Celery, queue_name: str,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The consumer sleeps until the publisher rings (shared.doorbell): with its periodic look at the queue 60 s
+    away, a message put by another connection is still taken at once."""
+    monkeypatch.setattr(doorbell, "FALLBACK_SECONDS", 60.0)
+    received: list[int] = []
+    with app.connection() as consumer_connection:
+        queue = consumer_connection.SimpleQueue(queue_name)
+
+        def take_one() -> None:
+            message = queue.get(timeout=30)
+            message.ack()
+            received.append(message.payload["n"])
+
+        consumer = threading.Thread(target=take_one, daemon=True)
+        consumer.start()
+        time.sleep(0.3)  # asleep on its doorbell
+        publish(app, queue_name, 1)
+        consumer.join(timeout=10)
+        queue.close()
+    assert received == [0]
+
+
+def test_an_idle_consumer_rarely_looks_at_the_queue(app: Celery, queue_name: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Waiting with nothing to take costs a look every FALLBACK_SECONDS (0.5 s), not one every 20 ms."""
+    looks: list[str] = []
+    real_get = embedded_broker.Channel._get
+
+    def counted_get(channel: embedded_broker.Channel, queue: str) -> object:
+        looks.append(queue)
+        return real_get(channel, queue)
+
+    monkeypatch.setattr(embedded_broker.Channel, "_get", counted_get)
+    with app.connection() as connection:
+        queue = connection.SimpleQueue(queue_name)
+        with pytest.raises(Empty):
+            queue.get(timeout=1.2)
+        queue.close()
+    assert 1 <= len(looks) <= 5
 
 
 def test_a_consumed_message_file_is_kept_for_the_next_message(settings: Settings, app: Celery,
