@@ -10,6 +10,9 @@ reached the disk before its bytes is rewritten). The checkpointer makes the file
 
 Objects larger than JOURNALED_MAX_BYTES (and data sets streamed from a spool file) are not written twice: their
 bytes are flushed before their name exists and the name after (two ``syncfs``, shared by concurrent writers).
+An object held in memory of DIRECT_MIN_BYTES or more (a CT slice) is written around the page cache, as its journal
+record is (shared.storage.direct_io): nothing reads those bytes back soon, and copying them into new page-cache
+pages was the SCP's largest cost for such objects on the benchmark machine.
 
 Where the file system has no ``O_TMPFILE``, a named temporary file (``.tmp-…``, skipped by ``list``) is written
 and linked instead. A hint removed with ``delete_hint`` (a resolved pending marker) keeps its inode in ``.spare/``
@@ -47,6 +50,8 @@ from shared.storage.base import (
     size_of,
     validate_key,
 )
+from shared.storage import direct_io
+from shared.storage.direct_io import DIRECT_MIN_BYTES
 from shared.storage.file_stamp import file_stamp
 from shared.storage.journal import JOURNAL_FOLDER, PUT_HINT, PUT_NEW, SETTLE_SECONDS, Journal, Record
 from shared.storage.sync_barrier import SyncBarrier
@@ -102,8 +107,11 @@ class _NewFile:
     def write(self, data: ObjectData) -> None:
         """The file's whole content: parts held in memory in one write, a spooled data set a chunk at a time
         (never held whole)."""
-        if isinstance(data, PartedData):
-            write_at(self.fd, data.parts, 0)
+        if not isinstance(data, StreamedData):
+            parts = data.parts if isinstance(data, PartedData) else (data,)
+            if size_of(data) >= DIRECT_MIN_BYTES and direct_io.write_new_file(self.fd, parts):
+                return  # around the page cache (shared.storage.direct_io)
+            write_at(self.fd, parts, 0)
             return
         offset = 0
         for chunk in chunks_of(data):

@@ -19,9 +19,14 @@ processes that are gone (a live process holds an exclusive ``flock`` on its segm
 A segment is written ahead with zeros, a MiB at a time, and its small records (up to 64 KiB) are written over
 them: flushing a record then writes the record's pages and nothing else, where appending to the end of the file
 made every ``fdatasync`` also allocate blocks and write the file's inode (measured here, the SCP's flushes while one
-association stores small instances: 434 us on average appended, 223-290 us written over zeros). A segment is read
-up to its first incomplete or damaged record (zeros are not a record): records after it were never flushed, so nothing
-acknowledged depended on them. Replay may re-create a pending marker that the indexer had already removed: the
+association stores small instances: 434 us on average appended, 223-290 us written over zeros). A larger record
+(a CT slice) is written around the page cache (``O_DIRECT``, shared.storage.direct_io) through a second descriptor
+of the segment, at the next block boundary past every page the segment ever had in the page cache (a reader could
+otherwise be given a stale cached copy), and padded to the next one. It still becomes durable with the segment's
+``fdatasync`` (which also flushes the disk's cache), as the small records beside it do. The room before and after it
+holds pad records, which readers skip. Where the file system refuses ``O_DIRECT`` (tmpfs), large records are written
+like small ones. A segment is read up to its first incomplete or damaged record (zeros are not a record):
+records after it were never flushed, so nothing acknowledged depended on them. Replay may re-create a pending marker that the indexer had already removed: the
 instance is indexed again, which changes nothing (replays are idempotent). Deleting objects waits for
 ``settle`` (every segment that exists at that moment checkpointed or replayed), so no replay brings back an
 object deleted after it was journaled.
@@ -29,6 +34,7 @@ object deleted after it was journaled.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import logging
@@ -44,6 +50,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from shared.file_writes import write_at
+from shared.storage import direct_io
 from shared.storage.sync_barrier import SyncBarrier
 
 log = logging.getLogger(__name__)
@@ -59,8 +66,9 @@ PUT_HINT = 2  # a marker
 # which covers the data. The writer has that hash already, so a large object is not read once more for a CRC
 # (526 KB: 0.23 ms here). Read back as PUT_NEW; PUT_NEW records with a CRC of the data are still read.
 _PUT_NEW_HASHED = 3
+_PAD = 4  # room before or after a record written directly (O_DIRECT); its CRC-32 covers its header only
 _RECORD = struct.Struct(">IBHQ")  # CRC-32 of the rest, kind, key length, data length; then key, [digest,] data
-_KINDS = frozenset({PUT_NEW, PUT_HINT, _PUT_NEW_HASHED})
+_KINDS = frozenset({PUT_NEW, PUT_HINT, _PUT_NEW_HASHED, _PAD})
 _DIGEST_LENGTH = 32
 ZERO_AHEAD = bytes(1 << 20)  # written ahead of a segment's small records
 # A larger record is written where it comes, past the zeros if it does not fit, and the segment zeroes no more: the
@@ -70,6 +78,15 @@ ZERO_AHEAD = bytes(1 << 20)  # written ahead of a segment's small records
 # to disk per object with zeros, 1,110-1,122 KB without). The next segment (a checkpoint starts one every
 # CHECKPOINT_SECONDS) zeroes again.
 ZEROED_RECORD_MAX = 64 << 10
+def _pad_record(size: int) -> list[bytes]:
+    """A record of ``size`` bytes in all (at least a header) that readers skip."""
+    head = struct.pack(">BHQ", _PAD, 0, size - _RECORD.size)
+    return [struct.pack(">I", zlib.crc32(head)) + head, bytes(size - _RECORD.size)]
+
+
+def _room(start: int, end: int) -> int:
+    """Where a pad from ``start`` can end: at ``end``, or at the boundary after it (a pad needs room for its header)."""
+    return end + direct_io.DIRECT_ALIGNMENT if 0 < end - start < _RECORD.size else end
 
 
 @dataclass(frozen=True)
@@ -106,6 +123,10 @@ def read_records(path: str) -> Iterator[Record]:
             checksum, kind, key_length, data_length = _RECORD.unpack(header)
             if kind not in _KINDS or data_length > 1 << 40:
                 return
+            if kind == _PAD:
+                if key_length or zlib.crc32(header[4:]) != checksum or len(stream.read(data_length)) < data_length:
+                    return
+                continue
             raw_key = stream.read(key_length)
             digest = stream.read(_DIGEST_LENGTH) if kind == _PUT_NEW_HASHED else b""
             data = stream.read(data_length)
@@ -140,6 +161,7 @@ class _Segment:
         self.writers = 0  # threads between their append and the naming of their file
         self.barrier = SyncBarrier(folder, lambda: os.fdatasync(self.fd))
         self._write_lock = threading.Lock()
+        self._direct_fd = direct_io.open_direct(self.path)  # None where the file system refuses O_DIRECT
 
     def append(self, kind: int, key: str, parts: Sequence[bytes], sha256: str | None = None) -> None:
         """One whole record of ``parts`` (see encode_record), or none: a failed write (a full disk) is cut off
@@ -152,9 +174,14 @@ class _Segment:
             try:
                 if length > ZEROED_RECORD_MAX:
                     self._zeroing = False
-                elif self._zeroing and end > self._zeroed:
-                    self._zero_ahead()
-                write_at(self.fd, record, start)
+                    if self._direct_fd is not None:
+                        end = self._append_direct(record, length)
+                    if end == start + length:
+                        write_at(self.fd, record, start)
+                else:
+                    if self._zeroing and end > self._zeroed:
+                        self._zero_ahead()
+                    write_at(self.fd, record, start)
             except OSError:
                 try:
                     os.ftruncate(self.fd, start)
@@ -165,6 +192,36 @@ class _Segment:
             self.size = end
             self._zeroed = max(self._zeroed, end)
 
+    def _append_direct(self, record: list[bytes], length: int) -> int:
+        """Write ``record`` with O_DIRECT past every page this segment had in the page cache (whose stale copies a
+        reader could otherwise be given), with pads before and after it; the segment's new end. Where O_DIRECT turns
+        out to be refused, nothing is written, direct writes stop, and the unchanged end tells the caller to write
+        the record as usual."""
+        start = self.size
+        at = _room(start, direct_io.aligned(max(start, self._zeroed)))
+        end = _room(at + length, direct_io.aligned(at + length))
+        buffer = direct_io.buffers.take(end - at)
+        try:
+            direct_io.copy_into(buffer, [*record, *(_pad_record(end - at - length) if end > at + length else ())])
+            if at > start:  # only the pad's header: its room holds zeros already (written ahead, or past the end)
+                write_at(self.fd, _pad_record(at - start)[:1], start)
+            direct_io.write_blocks(self._direct_fd, buffer, end - at, at)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            os.ftruncate(self.fd, start)
+            self._zeroed = start
+            self._close_direct()
+            return start + length
+        finally:
+            direct_io.buffers.give(buffer)
+        return end
+
+    def _close_direct(self) -> None:
+        if self._direct_fd is not None:
+            os.close(self._direct_fd)
+            self._direct_fd = None
+
     def _zero_ahead(self) -> None:
         try:
             write_at(self.fd, [ZERO_AHEAD], self._zeroed)
@@ -174,6 +231,7 @@ class _Segment:
             self._zeroing = False
 
     def close(self) -> None:
+        self._close_direct()
         os.close(self.fd)  # and with it the lock
         self.fd = -1
 
