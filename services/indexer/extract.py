@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -13,6 +14,7 @@ from services.indexer.pydicom_record import read_with_pydicom
 from services.indexer.record_fields import ReadObject
 from shared.dicom.names import accent_free, folded
 from shared.digest import read_chunks, size_and_sha256
+from shared.storage import direct_io
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +85,23 @@ def _read(part10: bytes | BinaryIO) -> tuple[int, str, bytes, bool]:
 def _read_known(part10: BinaryIO, known: KnownContent) -> tuple[int, str, bytes, bool] | None:
     """(size, SHA-256, the first bytes, whether they are the whole object) without hashing; None when the object
     is shorter than it was said to be."""
-    part10.seek(0)
-    head = part10.read(min(known.size, KNOWN_HEAD_BYTES))
-    if len(head) != min(known.size, KNOWN_HEAD_BYTES):
+    wanted = min(known.size, KNOWN_HEAD_BYTES)
+    head = _read_large_head(part10, wanted) if known.size >= direct_io.DIRECT_MIN_BYTES else None
+    if head is None:
+        part10.seek(0)
+        head = part10.read(wanted)
+    if len(head) != wanted:
         return None
     return known.size, known.sha256, head, len(head) == known.size
+
+
+def _read_large_head(part10: BinaryIO, length: int) -> bytes | None:
+    """The first bytes of a large local object read around the page cache, as the local store wrote it
+    (shared.storage.direct_io); None for a stream that is no local file, or a file system that refuses."""
+    if not isinstance(part10, (io.BufferedReader, io.FileIO)):
+        return None  # (a spooled copy of a remote object would be written to disk by asking for its descriptor)
+    with direct_io.read_head(part10.fileno(), length) as head:
+        return None if head is None else bytes(head)
 
 
 def _read_with_pydicom(part10: bytes | BinaryIO) -> ReadObject:

@@ -6,7 +6,8 @@ to every sub-operation, and the destination idles meanwhile. So the sender does 
 while the destination stores the current one, and writes the framed request as soon as the response is in.
 
 The data set is read straight into its places between the PDU headers of one reused buffer (a local file with
-one preadv call), without a joined copy or a fresh allocation per object. An object larger than
+one preadv call; a large one around the page cache, as the local store wrote it, then copied into its places),
+without a joined copy or a fresh allocation per object. An object larger than
 PREPARED_MAX_BYTES is not held in memory: it is streamed at its turn.
 """
 
@@ -21,7 +22,7 @@ from shared.dicom.message_writer import MessageWriter
 from shared.dicom.part10 import skip_file_meta
 from shared.dicom.store_request import StoreRequest
 from shared.jobs import Item
-from shared.storage import ObjectStore
+from shared.storage import ObjectStore, direct_io
 
 PREPARED_MAX_BYTES = 8 << 20
 
@@ -57,7 +58,7 @@ class Framer:
                     return None
                 self._buffer, framed, places = writer.frame_stored_object(context_id, request, size, self._buffer)
                 if data_set is None:
-                    _read_into(stream, places)
+                    _read_local(stream, size, places)
                 else:
                     _copy_into(data_set, places)
             return Prepared(framed, size)
@@ -71,6 +72,18 @@ def _remaining(stream: BinaryIO) -> int | None:
         return os.fstat(stream.fileno()).st_size - stream.tell()
     except (OSError, AttributeError, io.UnsupportedOperation):
         return None
+
+
+def _read_local(stream: BinaryIO, size: int, places: list[memoryview]) -> None:
+    """The rest of a local file (``size`` bytes) into ``places``: a large one read around the page cache (the local
+    store writes it so: shared.storage.direct_io), else with preadv."""
+    offset = stream.tell()
+    if offset + size >= direct_io.DIRECT_MIN_BYTES:
+        with direct_io.read_head(stream.fileno(), offset + size) as whole:
+            if whole is not None and len(whole) == offset + size:
+                _copy_into(whole[offset:], places)
+                return
+    _read_into(stream, places)
 
 
 def _read_into(stream: BinaryIO, places: list[memoryview]) -> None:
@@ -89,7 +102,7 @@ def _read_into(stream: BinaryIO, places: list[memoryview]) -> None:
             remaining = [remaining[0][count:], *remaining[1:]]
 
 
-def _copy_into(data_set: bytes, places: list[memoryview]) -> None:
+def _copy_into(data_set: bytes | memoryview, places: list[memoryview]) -> None:
     source = memoryview(data_set)
     start = 0
     for place in places:

@@ -9,6 +9,10 @@ instance, for the object and its journal record. Nothing reads those bytes back 
 page-aligned buffer of this process straight to the disk. The buffers are reused, so their pages stay in memory and
 copying into them costs what copying in cache does.
 
+Reading such a file back soon after (the indexer's first 64 KiB, a C-MOVE or C-GET right after the push) is done
+the same way, into a reused buffer: the bytes are not in the page cache, and reading them through it would cost
+the same new pages that writing them around it saved.
+
 Whole DIRECT_ALIGNMENT blocks go direct; the partial block at the end of a file goes through the page cache as usual
 (its page holds nothing else). ``O_DIRECT`` is set on the file's descriptor for the write only (Linux lets
 ``fcntl`` change it) and where the file system refuses it (tmpfs), or refuses the write, the file is written as
@@ -23,7 +27,8 @@ import fcntl
 import mmap
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from shared.file_writes import write_at
 
@@ -131,3 +136,53 @@ def write_new_file(fd: int, parts: Sequence[bytes]) -> bool:
         return True
     finally:
         buffers.give(buffer)
+
+
+@contextmanager
+def read_head(fd: int, length: int) -> Iterator[memoryview | None]:
+    """The first ``length`` bytes of a file (fewer if it is shorter), read around the page cache into a reused
+    buffer; valid inside the block only. None where the file system refuses direct reads (read as usual then)."""
+    if not _O_DIRECT:
+        yield None
+        return
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | _O_DIRECT)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        yield None
+        return
+    buffer = buffers.take(length)
+    try:
+        try:
+            count: int | None = _read_blocks(fd, buffer, aligned(length))
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            count = None
+        finally:
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+        if count is None:
+            yield None
+            return
+        with memoryview(buffer) as view:
+            head = view[:min(count, length)]
+            try:
+                yield head
+            finally:
+                head.release()  # whatever the caller kept of it: the buffer goes back to the pool
+    finally:
+        buffers.give(buffer)
+
+
+def _read_blocks(fd: int, buffer: mmap.mmap, length: int) -> int:
+    """Up to ``length`` bytes (whole blocks) from the file's start; what was read (less at its end)."""
+    with memoryview(buffer) as view:
+        done = 0
+        while done < length:
+            count = os.preadv(fd, [view[done:length]], done)
+            done += count
+            if count <= 0 or count % DIRECT_ALIGNMENT:
+                break  # the end of the file
+        return done

@@ -10,11 +10,13 @@ import pytest
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from sqlalchemy import func, select
 
+from services.indexer.extract import KNOWN_HEAD_BYTES
 from services.indexer.indexing import index_events
 from shared.db.models import AuditEvent, DeadLetter, Instance, Patient
 from shared.events import InstanceStored, Reception, utc_now
 from shared.runtime import Runtime
 from shared.dicom.part10 import encode_part10
+from shared.storage import direct_io
 from shared.storage.layout import instance_key
 from tests.archive import ingest, open_archive
 from tests.factory import encode_dataset, make_image
@@ -114,6 +116,27 @@ def test_the_object_an_event_was_stamped_for_is_not_hashed_again(stamped: Runtim
     told = event.model_copy(update={"sha256": "0" * 64})  # what only the event says, never the bytes
     assert index_events(stamped, [told]).indexed == 1
     assert indexed_sha256(stamped, sop_uid) == "0" * 64
+
+
+def test_a_large_stamped_object_is_read_around_the_page_cache_as_the_store_wrote_it(
+        stamped: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    heads: list[int] = []
+    real = direct_io.read_head
+
+    def noting(fd: int, length: int):  # type: ignore[no-untyped-def]
+        heads.append(length)
+        return real(fd, length)
+
+    monkeypatch.setattr(direct_io, "read_head", noting)
+    study_uid, series_uid, sop_uid = generate_uid(), generate_uid(), generate_uid()
+    dataset = make_image(study_uid=study_uid, series_uid=series_uid, sop_uid=sop_uid, rows=256, columns=256)
+    part10 = encode_part10(encode_dataset(dataset, ExplicitVRLittleEndian), dataset.SOPClassUID, sop_uid,
+                           ExplicitVRLittleEndian)
+    assert len(part10) > direct_io.DIRECT_MIN_BYTES
+    event = stored_event(stamped, instance_key(study_uid, series_uid, sop_uid), part10, sop_uid)
+    assert index_events(stamped, [event]).indexed == 1
+    assert heads == [KNOWN_HEAD_BYTES]
+    assert indexed_sha256(stamped, sop_uid) == hashlib.sha256(part10).hexdigest()
 
 
 def test_an_object_deleted_and_sent_again_since_its_event_is_hashed(stamped: Runtime) -> None:

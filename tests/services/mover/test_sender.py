@@ -214,6 +214,29 @@ def test_objects_arrive_byte_for_byte_whether_read_ahead_or_streamed_at_their_tu
             assert destination.raw[item.sop_instance_uid] == stream.read()
 
 
+def test_large_objects_read_ahead_around_the_page_cache_arrive_byte_for_byte(
+        store: FilesystemObjectStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As the local store wrote them (shared.storage.direct_io): no page-cache pages spent on bytes read once."""
+    from shared.storage import direct_io
+
+    reads: list[int] = []
+    real = direct_io.read_head
+
+    def noting(fd: int, length: int):  # type: ignore[no-untyped-def]
+        reads.append(length)
+        return real(fd, length)
+
+    monkeypatch.setattr(direct_io, "read_head", noting)
+    items = [stored(store, make_image(rows=side, columns=side), ExplicitVRLittleEndian) for side in (256, 16, 256)]
+    with RawDestination() as destination:
+        assert send_all(store, items, destination.port, tmp_path) == [(SendOutcome.COMPLETED, "")] * len(items)
+    for item in items:
+        with open(store.root / item.object_key, "rb") as stream:
+            skip_file_meta(stream)
+            assert destination.raw[item.sop_instance_uid] == stream.read()
+    assert len(reads) == 2  # the two large ones; the small one with preadv
+
+
 def test_an_object_missing_from_the_store_fails_alone(store: FilesystemObjectStore, tmp_path: Path) -> None:
     items = [stored(store, make_image(), ExplicitVRLittleEndian) for _ in range(3)]
     store.delete(items[1].object_key)

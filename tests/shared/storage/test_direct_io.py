@@ -131,3 +131,44 @@ def test_a_large_object_of_the_store_is_written_direct_and_reads_back_whole(tmp_
     assert store.get("1.2/1.dcm") == whole and store.get("1.2/2.dcm") == b"small"
     assert direct == [True]  # the large one, around the page cache; the small one is not offered
     store.close()
+
+
+def written_file(tmp_path: Path, size: int) -> Path:
+    path = tmp_path / "object"
+    path.write_bytes(b"".join(parts_of(size)))  # through the page cache, not flushed: read back all the same
+    return path
+
+
+def test_the_head_of_a_file_is_read_around_the_page_cache(tmp_path: Path, new_file: int) -> None:
+    path = written_file(tmp_path, DIRECT_MIN_BYTES * 3 + 5)
+    with open(path, "rb") as stream:
+        flags = fcntl.fcntl(stream.fileno(), fcntl.F_GETFL)
+        with direct_io.read_head(stream.fileno(), DIRECT_MIN_BYTES + 10) as head:
+            assert head is not None and bytes(head) == path.read_bytes()[:DIRECT_MIN_BYTES + 10]
+        with direct_io.read_head(stream.fileno(), DIRECT_MIN_BYTES * 4) as whole:
+            assert whole is not None and bytes(whole) == path.read_bytes()  # fewer: the file is shorter
+        assert fcntl.fcntl(stream.fileno(), fcntl.F_GETFL) == flags
+
+
+def test_what_was_read_is_not_usable_after_the_block(tmp_path: Path, new_file: int) -> None:
+    path = written_file(tmp_path, DIRECT_MIN_BYTES)
+    with open(path, "rb") as stream:
+        with direct_io.read_head(stream.fileno(), DIRECT_MIN_BYTES) as head:
+            assert head is not None
+        with pytest.raises(ValueError):
+            bytes(head)  # its buffer went back to the pool for the next read
+
+
+def test_a_file_system_that_refuses_direct_reads_gets_none(tmp_path: Path, new_file: int,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    path = written_file(tmp_path, DIRECT_MIN_BYTES)
+    real_fcntl = fcntl.fcntl
+
+    def refusing(fd: int, command: int, argument: int = 0) -> int:
+        if command == fcntl.F_SETFL and argument & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_fcntl(fd, command, argument)
+
+    monkeypatch.setattr(fcntl, "fcntl", refusing)
+    with open(path, "rb") as stream, direct_io.read_head(stream.fileno(), DIRECT_MIN_BYTES) as head:
+        assert head is None
