@@ -36,6 +36,7 @@ DIRECT_ALIGNMENT = 4096  # of a direct write's offset and length: a multiple of 
 DIRECT_MIN_BYTES = 64 << 10  # smaller files are written through the page cache (their pages are reused anyway)
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
 _BUFFERS_KEPT = 4
+_KEPT_MAX_BYTES = (4 << 20) + (64 << 10)  # a larger buffer (a rare object of up to 16 MiB) is not kept: memory
 
 
 def aligned(offset: int) -> int:
@@ -44,7 +45,8 @@ def aligned(offset: int) -> int:
 
 
 class AlignedBuffers:
-    """Page-aligned buffers (anonymous mappings), reused so that their pages stay in memory."""
+    """Page-aligned buffers (anonymous mappings), reused so that their pages stay in memory: at most _BUFFERS_KEPT
+    of at most _KEPT_MAX_BYTES each (a CT slice, a journal record) are kept between writes."""
 
     def __init__(self) -> None:
         self._free: list[mmap.mmap] = []
@@ -59,6 +61,9 @@ class AlignedBuffers:
         return mmap.mmap(-1, aligned(size))
 
     def give(self, buffer: mmap.mmap) -> None:
+        if len(buffer) > _KEPT_MAX_BYTES:
+            buffer.close()
+            return
         with self._lock:
             self._free.append(buffer)
             if len(self._free) > _BUFFERS_KEPT:

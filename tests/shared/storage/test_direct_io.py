@@ -111,6 +111,17 @@ def test_buffers_are_reused_so_their_pages_stay_in_memory() -> None:
     assert buffers.take(DIRECT_MIN_BYTES) is not first  # taken: a new one
 
 
+def test_few_buffers_of_bounded_size_are_kept() -> None:
+    buffers = direct_io.AlignedBuffers()
+    huge = buffers.take(16 << 20)  # an object held in memory up to the SCP's spool threshold
+    buffers.give(huge)
+    assert huge.closed and buffers.take(16 << 20) is not huge
+    taken = [buffers.take(DIRECT_MIN_BYTES) for _ in range(6)]
+    for buffer in taken:
+        buffers.give(buffer)
+    assert sum(not buffer.closed for buffer in taken) == 4
+
+
 def test_a_large_object_of_the_store_is_written_direct_and_reads_back_whole(tmp_path: Path, new_file: int,
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     direct: list[int] = []
