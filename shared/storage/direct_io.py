@@ -115,26 +115,20 @@ def write_new_file(fd: int, parts: Sequence[bytes]) -> bool:
     with nothing written, where the file system refuses direct writes."""
     total = sum(len(part) for part in parts)
     whole = total // DIRECT_ALIGNMENT * DIRECT_ALIGNMENT
-    if not _O_DIRECT or not whole:
+    if not whole:
         return False
-    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
     buffer = buffers.take(total)
     try:
         copy_into(buffer, parts)
-        try:
-            fcntl.fcntl(fd, fcntl.F_SETFL, flags | _O_DIRECT)
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:
-                raise
-            return False
-        try:
-            write_blocks(fd, buffer, whole, 0)
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:
-                raise
-            return False
-        finally:
-            fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+        with _direct_mode(fd) as direct:
+            if not direct:
+                return False
+            try:
+                write_blocks(fd, buffer, whole, 0)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                return False
         if total > whole:
             with memoryview(buffer) as view:
                 write_at(fd, [view[whole:total]], whole)
@@ -147,27 +141,16 @@ def write_new_file(fd: int, parts: Sequence[bytes]) -> bool:
 def read_head(fd: int, length: int) -> Iterator[memoryview | None]:
     """The first ``length`` bytes of a file (fewer if it is shorter), read around the page cache into a reused
     buffer; valid inside the block only. None where the file system refuses direct reads (read as usual then)."""
-    if not _O_DIRECT:
-        yield None
-        return
-    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-    try:
-        fcntl.fcntl(fd, fcntl.F_SETFL, flags | _O_DIRECT)
-    except OSError as exc:
-        if exc.errno != errno.EINVAL:
-            raise
-        yield None
-        return
     buffer = buffers.take(length)
     try:
-        try:
-            count: int | None = _read_blocks(fd, buffer, aligned(length))
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:
-                raise
-            count = None
-        finally:
-            fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+        count: int | None = None
+        with _direct_mode(fd) as direct:
+            if direct:
+                try:
+                    count = _read_blocks(fd, buffer, aligned(length))
+                except OSError as exc:
+                    if exc.errno != errno.EINVAL:
+                        raise
         if count is None:
             yield None
             return
@@ -179,6 +162,26 @@ def read_head(fd: int, length: int) -> Iterator[memoryview | None]:
                 head.release()  # whatever the caller kept of it: the buffer goes back to the pool
     finally:
         buffers.give(buffer)
+
+
+@contextmanager
+def _direct_mode(fd: int) -> Iterator[bool]:
+    """O_DIRECT set on ``fd`` for the block (False where the file system refuses it), its flags as before after."""
+    if not _O_DIRECT:
+        yield False
+        return
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | _O_DIRECT)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags)
 
 
 def _read_blocks(fd: int, buffer: mmap.mmap, length: int) -> int:

@@ -199,6 +199,15 @@ class RawDestination(Destination_):
         return 0x0000
 
 
+def assert_sent_byte_for_byte(store: FilesystemObjectStore, items: list[Item], tmp_path: Path) -> None:
+    with RawDestination() as destination:
+        assert send_all(store, items, destination.port, tmp_path) == [(SendOutcome.COMPLETED, "")] * len(items)
+    for item in items:
+        with open(store.root / item.object_key, "rb") as stream:
+            skip_file_meta(stream)
+            assert destination.raw[item.sop_instance_uid] == stream.read()
+
+
 def test_objects_arrive_byte_for_byte_whether_read_ahead_or_streamed_at_their_turn(
         store: FilesystemObjectStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from services.mover import prepared
@@ -206,12 +215,7 @@ def test_objects_arrive_byte_for_byte_whether_read_ahead_or_streamed_at_their_tu
     monkeypatch.setattr(prepared, "PREPARED_MAX_BYTES", 20_000)  # 16x16 and 64x64 are read ahead, 128x128 is not
     items = [stored(store, make_image(rows=side, columns=side), ExplicitVRLittleEndian)
              for side in (16, 128, 64, 128, 128, 16, 64)]
-    with RawDestination() as destination:
-        assert send_all(store, items, destination.port, tmp_path) == [(SendOutcome.COMPLETED, "")] * len(items)
-    for item in items:
-        with open(store.root / item.object_key, "rb") as stream:
-            skip_file_meta(stream)
-            assert destination.raw[item.sop_instance_uid] == stream.read()
+    assert_sent_byte_for_byte(store, items, tmp_path)
 
 
 def test_large_objects_read_ahead_around_the_page_cache_arrive_byte_for_byte(
@@ -228,12 +232,7 @@ def test_large_objects_read_ahead_around_the_page_cache_arrive_byte_for_byte(
 
     monkeypatch.setattr(direct_io, "read_head", noting)
     items = [stored(store, make_image(rows=side, columns=side), ExplicitVRLittleEndian) for side in (256, 16, 256)]
-    with RawDestination() as destination:
-        assert send_all(store, items, destination.port, tmp_path) == [(SendOutcome.COMPLETED, "")] * len(items)
-    for item in items:
-        with open(store.root / item.object_key, "rb") as stream:
-            skip_file_meta(stream)
-            assert destination.raw[item.sop_instance_uid] == stream.read()
+    assert_sent_byte_for_byte(store, items, tmp_path)
     assert len(reads) == 2  # the two large ones; the small one with preadv
 
 
