@@ -25,11 +25,11 @@ of the segment, at the next block boundary past every page the segment ever had 
 otherwise be given a stale cached copy), and padded to the next one. It still becomes durable with the segment's
 ``fdatasync`` (which also flushes the disk's cache), as the small records beside it do. The room before and after it
 holds pad records, which readers skip. Where the file system refuses ``O_DIRECT`` (tmpfs), large records are written
-like small ones. A segment is read up to its first incomplete or damaged record (zeros are not a record):
-records after it were never flushed, so nothing acknowledged depended on them. Replay may re-create a pending marker that the indexer had already removed: the
-instance is indexed again, which changes nothing (replays are idempotent). Deleting objects waits for
-``settle`` (every segment that exists at that moment checkpointed or replayed), so no replay brings back an
-object deleted after it was journaled.
+like small ones. A segment is read up to its first incomplete or damaged record (zeros are not a record): records
+after it were never flushed, so nothing acknowledged depended on them. Replay may re-create a pending marker that
+the indexer had already removed: the instance is indexed again, which changes nothing (replays are idempotent).
+Deleting objects waits for ``settle`` (every segment that exists at that moment checkpointed or replayed), so no
+replay brings back an object deleted after it was journaled.
 """
 
 from __future__ import annotations
@@ -78,6 +78,8 @@ ZERO_AHEAD = bytes(1 << 20)  # written ahead of a segment's small records
 # to disk per object with zeros, 1,110-1,122 KB without). The next segment (a checkpoint starts one every
 # CHECKPOINT_SECONDS) zeroes again.
 ZEROED_RECORD_MAX = 64 << 10
+
+
 def _pad_record(size: int) -> list[bytes]:
     """A record of ``size`` bytes in all (at least a header) that readers skip."""
     head = struct.pack(">BHQ", _PAD, 0, size - _RECORD.size)
@@ -174,10 +176,11 @@ class _Segment:
             try:
                 if length > ZEROED_RECORD_MAX:
                     self._zeroing = False
-                    if self._direct_fd is not None:
-                        end = self._append_direct(record, length)
-                    if end == start + length:
+                    direct_end = self._append_direct(record, length) if self._direct_fd is not None else None
+                    if direct_end is None:
                         write_at(self.fd, record, start)
+                    else:
+                        end = direct_end
                 else:
                     if self._zeroing and end > self._zeroed:
                         self._zero_ahead()
@@ -192,11 +195,11 @@ class _Segment:
             self.size = end
             self._zeroed = max(self._zeroed, end)
 
-    def _append_direct(self, record: list[bytes], length: int) -> int:
+    def _append_direct(self, record: list[bytes], length: int) -> int | None:
         """Write ``record`` with O_DIRECT past every page this segment had in the page cache (whose stale copies a
         reader could otherwise be given), with pads before and after it; the segment's new end. Where O_DIRECT turns
-        out to be refused, nothing is written, direct writes stop, and the unchanged end tells the caller to write
-        the record as usual."""
+        out to be refused, nothing is written, direct writes stop, and None tells the caller to write the record as
+        usual."""
         start = self.size
         at = _room(start, direct_io.aligned(max(start, self._zeroed)))
         end = _room(at + length, direct_io.aligned(at + length))
@@ -212,7 +215,7 @@ class _Segment:
             os.ftruncate(self.fd, start)
             self._zeroed = start
             self._close_direct()
-            return start + length
+            return None
         finally:
             direct_io.buffers.give(buffer)
         return end

@@ -427,3 +427,26 @@ def test_a_checkpoint_after_the_folder_was_replaced_by_an_empty_one_ends_instead
     store.put_new(KEY, b"again", sha(b"again"))
     store.close()
     assert store.get(KEY) == b"again" and segments(root) == []
+
+
+def test_a_large_record_of_whole_blocks_is_written_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A direct record that happens to end on a block boundary (no pad after it) is not written a second time
+    through the page cache."""
+    writes: list[bool] = []
+    write = os.pwritev
+
+    def noting(fd: int, buffers: list[memoryview], offset: int) -> int:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".wal"):
+            writes.append(bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT))
+        return write(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "pwritev", noting)
+    store = FilesystemObjectStore(tmp_path / "objects")
+    key = "1.2/whole.dcm"
+    data = b"W" * (DIRECT_ALIGNMENT * 32 - 15 - len(key) - 32)  # header, key and digest make whole blocks
+    assert len(b"".join(encode_record(PUT_NEW, key, [data], sha(data)))) % DIRECT_ALIGNMENT == 0
+    store.put_new(key, data, sha(data))
+    [segment] = segments(tmp_path / "objects")
+    assert writes == [True] and segment.stat().st_size == DIRECT_ALIGNMENT * 32
+    assert [record.data for record in read_records(str(segment))] == [data]
+    store.close()
