@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import signal
 import subprocess
 import time
 from pathlib import Path
 
-from tests.factory import SampleFile, study_set, uncompressed_set
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from tests.factory import SampleFile, make_image, save, study_set, uncompressed_set
 from tests.node import PACS, REPO, Node, Service, port_accepts, wait_until
 from tests.peers import dcmtk_env, dcmtk_tool, push_files
 
@@ -179,6 +183,70 @@ def test_a_second_signal_stops_at_once_and_loses_nothing_acknowledged(tmp_path: 
                    and restarted.status()["counts"]["instances"] >= acknowledged, 60, "everything indexed")
         for item in files[:acknowledged]:  # storescu sends in order: these got their Success
             assert restarted.get(f"/api/instances/{item.sop_instance_uid}").status_code == 200
+    finally:
+        restarted.stop()
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (the services of `pacs serve` run in sessions of their own)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        found.append(todo.pop())
+        todo += children.get(found[-1], [])
+    return found
+
+
+def test_a_node_killed_mid_push_of_ct_slices_keeps_every_acknowledged_one_intact(tmp_path: Path) -> None:
+    """SIGKILL to every process of the node while 512x512 instances arrive (written around the page cache, with
+    their journal records: shared.storage.direct_io): after a restart each acknowledged instance is there, byte for
+    byte as sent."""
+    study_uid, series_uid = generate_uid(), generate_uid()
+    (tmp_path / "study").mkdir()
+    files = []
+    for number in range(1, 301):
+        dataset = make_image(study_uid=study_uid, series_uid=series_uid, instance_number=number, rows=512,
+                             columns=512)
+        path = save(dataset, tmp_path / "study" / f"{number:04d}.dcm", ExplicitVRLittleEndian)
+        files.append(SampleFile(path, ExplicitVRLittleEndian, str(dataset.SOPInstanceUID)))
+    node = Node(tmp_path)
+    serve = node.service("serve")
+    try:
+        node.wait_ready()
+        log = tmp_path / "storescu.log"
+        push = start_push(node, files, log)
+        wait_until(lambda: acknowledged_in(log) >= 30, 60, "30 instances acknowledged", interval=0.01)
+        assert serve.process is not None
+        for pid in descendants(serve.process.pid):
+            os.kill(pid, signal.SIGKILL)
+        push.wait(timeout=60)
+        acknowledged = acknowledged_in(log)
+        assert 30 <= acknowledged < len(files)
+    finally:
+        node.stop()
+
+    restarted = Node(tmp_path)
+    restarted.service("serve", name="serve-again")
+    try:
+        restarted.wait_ready()
+        wait_until(lambda: restarted.status()["queue"]["pending"] == 0
+                   and restarted.status()["counts"]["instances"] >= acknowledged, 60, "everything indexed")
+        for item in files[:acknowledged]:  # storescu sends in order: these got their Success
+            stored = restarted.get(f"/api/instances/{item.sop_instance_uid}").json()
+            sent = item.path.read_bytes()
+            data_set = sent[sent.index(b"DICM") + 4:]
+            [path] = (tmp_path / "data" / "objects").rglob(f"{item.sop_instance_uid}.dcm")
+            kept = path.read_bytes()
+            assert stored["sha256"] == hashlib.sha256(kept).hexdigest() and stored["size"] == len(kept)
+            assert kept.endswith(data_set[-(512 * 512 * 2):])  # the pixel data as sent
     finally:
         restarted.stop()
 
