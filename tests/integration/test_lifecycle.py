@@ -8,6 +8,8 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -174,15 +176,22 @@ def test_a_second_signal_stops_at_once_and_loses_nothing_acknowledged(tmp_path: 
     finally:
         node.stop()
 
-    restarted = Node(tmp_path)
+    with restarted_with_everything_indexed(tmp_path, acknowledged) as restarted:
+        for item in files[:acknowledged]:  # storescu sends in order: these got their Success
+            assert restarted.get(f"/api/instances/{item.sop_instance_uid}").status_code == 200
+
+
+@contextmanager
+def restarted_with_everything_indexed(workdir: Path, acknowledged: int) -> Iterator[Node]:
+    """The node of ``workdir`` started again, once nothing is pending and at least ``acknowledged`` instances are
+    indexed (stored but unacknowledged ones, cut before their response, may be there too); stopped afterwards."""
+    restarted = Node(workdir)
     restarted.service("serve", name="serve-again")
     try:
         restarted.wait_ready()
-        # Stored but unacknowledged instances (cut before their response) may be there too: at least these.
         wait_until(lambda: restarted.status()["queue"]["pending"] == 0
                    and restarted.status()["counts"]["instances"] >= acknowledged, 60, "everything indexed")
-        for item in files[:acknowledged]:  # storescu sends in order: these got their Success
-            assert restarted.get(f"/api/instances/{item.sop_instance_uid}").status_code == 200
+        yield restarted
     finally:
         restarted.stop()
 
@@ -233,12 +242,7 @@ def test_a_node_killed_mid_push_of_ct_slices_keeps_every_acknowledged_one_intact
     finally:
         node.stop()
 
-    restarted = Node(tmp_path)
-    restarted.service("serve", name="serve-again")
-    try:
-        restarted.wait_ready()
-        wait_until(lambda: restarted.status()["queue"]["pending"] == 0
-                   and restarted.status()["counts"]["instances"] >= acknowledged, 60, "everything indexed")
+    with restarted_with_everything_indexed(tmp_path, acknowledged) as restarted:
         for item in files[:acknowledged]:  # storescu sends in order: these got their Success
             stored = restarted.get(f"/api/instances/{item.sop_instance_uid}").json()
             sent = item.path.read_bytes()
@@ -247,8 +251,6 @@ def test_a_node_killed_mid_push_of_ct_slices_keeps_every_acknowledged_one_intact
             kept = path.read_bytes()
             assert stored["sha256"] == hashlib.sha256(kept).hexdigest() and stored["size"] == len(kept)
             assert kept.endswith(data_set[-(512 * 512 * 2):])  # the pixel data as sent
-    finally:
-        restarted.stop()
 
 
 def test_serve_prints_its_ae_title_port_data_directory_and_dashboard(module_node: Node) -> None:
