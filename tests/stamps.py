@@ -5,9 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-
 from shared.storage.file_stamp import file_stamp
+from tests.environment import unavailable
 
 
 def stamp_of_path(path: Path) -> str | None:
@@ -19,11 +18,11 @@ def stamp_of_path(path: Path) -> str | None:
 
 
 def require_stamps(folder: Path) -> None:
-    """Skip the test unless files in ``folder`` have stamps."""
+    """Skip the test (fail it in CI) unless files in ``folder`` have stamps."""
     probe = folder / ".stamp-probe"
     probe.write_bytes(b"")
     try:
         if stamp_of_path(probe) is None:
-            pytest.skip("the temporary folder's file system keeps no inode generations (no stamps there)")
+            unavailable("the temporary folder's file system keeps no inode generations (no stamps there)")
     finally:
         probe.unlink()

@@ -16,6 +16,7 @@ from shared.storage import direct_io
 from shared.storage.base import PartedData, PutOutcome
 from shared.storage.direct_io import DIRECT_ALIGNMENT, DIRECT_MIN_BYTES, write_new_file
 from shared.storage.filesystem import FilesystemObjectStore
+from tests.environment import unavailable
 
 
 @pytest.fixture
@@ -25,7 +26,7 @@ def new_file(tmp_path: Path) -> Iterator[int]:
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_DIRECT)
     except OSError:
         os.close(fd)
-        pytest.skip("the file system of the test folder refuses O_DIRECT")
+        unavailable("the file system of the test folder refuses O_DIRECT")
     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
     yield fd
     os.close(fd)
