@@ -78,6 +78,13 @@ def size_of(data: ObjectData) -> int:
     return len(data) if isinstance(data, bytes) else data.size
 
 
+def held_parts(data: ObjectData) -> tuple[bytes, ...] | None:
+    """The parts of content held in memory, in order; None for streamed content."""
+    if isinstance(data, StreamedData):
+        return None
+    return data.parts if isinstance(data, PartedData) else (data,)
+
+
 def chunks_of(data: ObjectData) -> Iterator[bytes]:
     if isinstance(data, StreamedData):
         yield from data.chunks()

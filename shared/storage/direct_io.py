@@ -117,12 +117,13 @@ def write_new_file(fd: int, parts: Sequence[bytes]) -> bool:
     whole = total // DIRECT_ALIGNMENT * DIRECT_ALIGNMENT
     if not whole:
         return False
-    buffer = buffers.take(total)
+    buffer: mmap.mmap | None = None
     try:
-        copy_into(buffer, parts)
         with _direct_mode(fd) as direct:
             if not direct:
-                return False
+                return False  # before any copy: a file system without O_DIRECT costs one fcntl call per object
+            buffer = buffers.take(total)
+            copy_into(buffer, parts)
             try:
                 write_blocks(fd, buffer, whole, 0)
             except OSError as exc:
@@ -134,7 +135,8 @@ def write_new_file(fd: int, parts: Sequence[bytes]) -> bool:
                 write_at(fd, [view[whole:total]], whole)
         return True
     finally:
-        buffers.give(buffer)
+        if buffer is not None:
+            buffers.give(buffer)
 
 
 @contextmanager

@@ -40,18 +40,16 @@ from shared.storage.base import (
     ObjectData,
     ObjectInfo,
     ObjectNotFound,
-    PartedData,
     PutOutcome,
     PutResult,
     StorageFull,
     StorageUnavailable,
-    StreamedData,
     chunks_of,
+    held_parts,
     size_of,
     validate_key,
 )
 from shared.storage import direct_io
-from shared.storage.direct_io import DIRECT_MIN_BYTES
 from shared.storage.file_stamp import file_stamp
 from shared.storage.journal import JOURNAL_FOLDER, PUT_HINT, PUT_NEW, SETTLE_SECONDS, Journal, Record
 from shared.storage.sync_barrier import SyncBarrier
@@ -107,9 +105,9 @@ class _NewFile:
     def write(self, data: ObjectData) -> None:
         """The file's whole content: parts held in memory in one write, a spooled data set a chunk at a time
         (never held whole)."""
-        if not isinstance(data, StreamedData):
-            parts = data.parts if isinstance(data, PartedData) else (data,)
-            if size_of(data) >= DIRECT_MIN_BYTES and direct_io.write_new_file(self.fd, parts):
+        parts = held_parts(data)
+        if parts is not None:
+            if size_of(data) >= direct_io.DIRECT_MIN_BYTES and direct_io.write_new_file(self.fd, parts):
                 return  # around the page cache (shared.storage.direct_io)
             write_at(self.fd, parts, 0)
             return
@@ -236,9 +234,7 @@ class FilesystemObjectStore:
     def put_new(self, key: str, data: ObjectData, sha256: str, durable: bool = True) -> PutResult:
         path = self._path(key)
         # What the journal takes: data held in memory up to JOURNALED_MAX_BYTES, as parts (not joined).
-        journal_parts: Sequence[bytes] | None = None
-        if not isinstance(data, StreamedData) and size_of(data) <= JOURNALED_MAX_BYTES:
-            journal_parts = data.parts if isinstance(data, PartedData) else (data,)
+        journal_parts = held_parts(data) if size_of(data) <= JOURNALED_MAX_BYTES else None
         new: _NewFile | None = None
         try:
             existing: str | None = None
