@@ -1,17 +1,22 @@
 """Jobs of C-STORE sub-operations (C-MOVE, REST sends): created by the SCP or the API, run by the mover.
 
 The job row is also the progress channel: the mover updates its counters, the SCP reads them to send
-C-MOVE pending responses, and a C-CANCEL sets ``cancel_requested`` for the mover to see.
+C-MOVE pending responses, and a C-CANCEL sets ``cancel_requested`` for the mover to see. A mover on the same host
+and data directory as the SCP rings its progress doorbells (shared.doorbell) whenever it has recorded outcomes or
+ended a job, so the SCP reads the row at once instead of at its next look (services.scp.move.POLL_SECONDS): the
+final C-MOVE response then follows the last sub-operation within a millisecond, not within 20 ms.
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from shared import doorbell
 from shared.db.models import Job, JobItem
 from shared.events import utc_now
 
@@ -50,6 +55,16 @@ class Progress:
     @property
     def finished(self) -> bool:
         return self.state in FINISHED_STATES
+
+
+def progress_doorbells(data_dir: Path) -> str:
+    """The folder where the relays of running C-MOVEs list their doorbells."""
+    return str(data_dir.resolve() / "jobs" / "doorbells")
+
+
+def ring_progress(data_dir: Path) -> None:
+    """Tell the relays of this data directory that a job's row changed (never raises; they look anyway)."""
+    doorbell.ring_all(progress_doorbells(data_dir))
 
 
 def create_job(session: Session, kind: str, destination: Destination, requested_by: str, items: list[Item]) -> str:

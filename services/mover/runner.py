@@ -15,7 +15,7 @@ from services.mover.lease import LEASE_SECONDS, LeaseKeeper, claim, new_runner
 from services.mover.sender import DestinationUnreachable, SendOutcome, StoreSender
 from shared.db.models import Job, JobItem
 from shared.events import utc_now
-from shared.jobs import FINISHED_STATES, Destination, Item, fail_unfinished
+from shared.jobs import FINISHED_STATES, Destination, Item, fail_unfinished, ring_progress
 from shared.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,7 @@ class Outcomes:
                         counter = COUNTER_OF[outcome]
                         session.execute(update(Job).where(Job.id == self._job_id).values(
                             {counter: getattr(Job, counter) + recorded.rowcount, "updated_at": utc_now()}))
+            ring_progress(self._runtime.settings.data_dir)
         self._waiting, self._count, self._since = {}, 0, time.monotonic()
 
 
@@ -78,25 +79,22 @@ TAKEN_OVER, CANCELLED = "taken over", "cancelled"
 
 
 class Turns:
-    """The job's pending items for as long as it may go on: before each, the lease must still be ours, and at
-    most every CANCEL_CHECK_SECONDS the job must not have been cancelled. ``stopped`` says why they ended early."""
+    """Whether the job may go on to its next item: the lease must still be ours, and (looked at most every
+    CANCEL_CHECK_SECONDS) the job must not have been cancelled. ``stopped`` says why it may not."""
 
     def __init__(self, runtime: Runtime, job_id: str, lease: LeaseKeeper) -> None:
         self._runtime, self._job_id, self._lease = runtime, job_id, lease
+        self._next_cancel_check = 0.0
         self.stopped: str | None = None
 
-    def __iter__(self) -> Iterator[tuple[int, Item]]:
-        next_cancel_check = 0.0
-        for item_pk, item in _pending_items(self._runtime, self._job_id):
-            if self._lease.lost.is_set():
-                self.stopped = TAKEN_OVER
-                return
-            if time.monotonic() >= next_cancel_check:
-                if _cancel_requested(self._runtime, self._job_id):
-                    self.stopped = CANCELLED
-                    return
-                next_cancel_check = time.monotonic() + CANCEL_CHECK_SECONDS
-            yield item_pk, item
+    def go_on(self) -> bool:
+        if self._lease.lost.is_set():
+            self.stopped = TAKEN_OVER
+        elif time.monotonic() >= self._next_cancel_check:
+            if _cancel_requested(self._runtime, self._job_id):
+                self.stopped = CANCELLED
+            self._next_cancel_check = time.monotonic() + CANCEL_CHECK_SECONDS
+        return self.stopped is None
 
 
 def _cancel_requested(runtime: Runtime, job_id: str) -> bool:
@@ -104,10 +102,17 @@ def _cancel_requested(runtime: Runtime, job_id: str) -> bool:
         return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
 
 
-def _finish(runtime: Runtime, job_id: str, state: str, error: str = "") -> None:
+def _conclude(runtime: Runtime, job_id: str, stopped: str | None) -> None:
+    """The job's end, once every sub-operation sent has its answer."""
+    if stopped == TAKEN_OVER:
+        log.warning("mover.job_taken_over job=%s (stopping this run)", job_id)
+        return
+    state = "cancelled" if stopped == CANCELLED else "done"
     with runtime.sessions.begin() as session:
         session.execute(update(Job).where(Job.id == job_id, Job.state.not_in(FINISHED_STATES)).values(
-            state=state, error=error, updated_at=utc_now(), finished_at=utc_now()))
+            state=state, updated_at=utc_now(), finished_at=utc_now()))
+    ring_progress(runtime.settings.data_dir)
+    log.info("mover.%s job=%s", state, job_id)
 
 
 def run_job(runtime: Runtime, job_id: str, spool_dir: Path, lease_seconds: float = LEASE_SECONDS) -> None:
@@ -134,21 +139,15 @@ def _run_claimed(runtime: Runtime, job_id: str, spool_dir: Path, lease: LeaseKee
         log.warning("mover.destination_unreachable job=%s", job_id)
         with runtime.sessions.begin() as session:
             fail_unfinished(session, job_id, str(exc))
+        ring_progress(runtime.settings.data_dir)
         return
     turns = Turns(runtime, job_id, lease)
     outcomes = Outcomes(runtime, job_id)
     try:
-        for item_pk, outcome, reason in sender.send_each(turns):
+        for item_pk, outcome, reason in sender.send_each(_pending_items(runtime, job_id), turns.go_on):
             outcomes.add(item_pk, outcome, reason)
+        outcomes.flush()
+        _conclude(runtime, job_id, turns.stopped)  # before the release: the requester is answered that much sooner
     finally:
         outcomes.flush()
         sender.close()
-    if turns.stopped == TAKEN_OVER:
-        log.warning("mover.job_taken_over job=%s (stopping this run)", job_id)
-        return
-    if turns.stopped == CANCELLED:
-        _finish(runtime, job_id, "cancelled")
-        log.info("mover.cancelled job=%s", job_id)
-        return
-    _finish(runtime, job_id, "done")
-    log.info("mover.done job=%s", job_id)

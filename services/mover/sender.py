@@ -13,7 +13,7 @@ import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,6 +24,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.presentation import build_context
 
 from services.mover.prepared import Framer, Prepared
+from services.mover.read_ahead import Loaded, ReadAhead
 from shared.dicom.direct_responses import read_store_responses_directly
 from shared.dicom.event_driven import event_driven_requestors
 from shared.dicom.message_writer import MessageWriter, write_messages_directly, writer_of
@@ -215,6 +216,10 @@ def _decoded_for(path: Path, accepted: set[str]) -> pydicom.Dataset | None:
     return dataset
 
 
+def _always() -> bool:
+    return True
+
+
 class StoreSender:
     """One association to one destination; ``send_each`` makes its C-STORE sub-operations."""
 
@@ -251,54 +256,68 @@ class StoreSender:
     def alive(self) -> bool:
         return bool(self._association.is_established)
 
-    def send_each(self, items: Iterable[tuple[Key, Item]]) -> Iterator[tuple[Key, str, str]]:
-        """(key, outcome, reason) of each item, in order (send_in_turn)."""
+    def send_each(self, items: Iterable[tuple[Key, Item]], go_on: Callable[[], bool] = _always,
+                  ) -> Iterator[tuple[Key, str, str]]:
+        """(key, outcome, reason) of each item, in order, while ``go_on`` says yes before each (send_in_turn)."""
         return send_in_turn(self._association, self._accepted, self._store, self._spool_dir, self._framer,
-                            ((key, item, MESSAGE_ID) for key, item in items))
+                            ((key, item, MESSAGE_ID) for key, item in items), go_on)
 
 
 def send_in_turn(association: Any, accepted: Accepted, store: ObjectStore, spool_dir: Path, framer: Framer,
-                 items: Iterable[tuple[Key, Item, int]]) -> Iterator[tuple[Key, str, str]]:
+                 items: Iterable[tuple[Key, Item, int]], go_on: Callable[[], bool] = _always,
+                 ) -> Iterator[tuple[Key, str, str]]:
     """(key, outcome, reason) of each (key, item, message ID), in order, one sub-operation at a time
-    (services.mover.prepared).
+    (services.mover.prepared), for as long as ``go_on`` says yes before each.
 
-    While the destination stores one object, the next item is taken from ``items`` and its object read and framed,
-    and the outcome before it is handed out (the caller records it meanwhile). ``items`` may end early (a
-    cancellation): the sub-operation in flight is still completed and reported."""
+    The objects are read ahead in a thread (services.mover.read_ahead); while the destination stores one object,
+    the next request is framed, and the outcome before it is handed out (the caller records it meanwhile). When
+    ``go_on`` says no (a cancellation), the sub-operation in flight is still completed and reported, and what was
+    read ahead is dropped."""
+    writer = writer_of(association)
 
     def alive() -> bool:
         return bool(association.is_established)
 
-    def prepared(item: Item, message_id: int) -> Prepared | None:
-        syntaxes = accepted.get(item.sop_class_uid, {})
-        writer = writer_of(association)
-        if writer is None or item.transfer_syntax not in syntaxes or not alive():
-            return None  # streamed or decoded at its turn, or not sendable
-        return framer.prepare(writer, syntaxes[item.transfer_syntax], store, item, message_id)
+    def framed_here(item: Item) -> bool:  # else streamed or decoded at its turn by send_item, or not sendable
+        return writer is not None and item.transfer_syntax in accepted.get(item.sop_class_uid, {})
 
-    iterator = iter(items)
-    upcoming = next(iterator, None)
-    ready = prepared(*upcoming[1:]) if upcoming is not None else None
-    finished: tuple[Key, str, str] | None = None  # reported once the next request is on its way
-    while upcoming is not None:
-        key, item, message_id = upcoming
-        outcome: tuple[str, str] | None
-        if ready is None:
-            if finished is not None:
-                yield finished
-            outcome = ASSOCIATION_LOST if not alive() else \
-                send_item(association, accepted, store, item, spool_dir, message_id)
-        else:
-            outcome = ASSOCIATION_LOST if not alive() else _write(association, ready)
-            if finished is not None:
-                yield finished
-        upcoming = next(iterator, None)
-        following = prepared(*upcoming[1:]) if upcoming is not None else None
-        if outcome is None:  # written: its response is awaited now
-            outcome = outcome_of(status_of_response(association, message_id))
-        finished, ready = (key, *outcome), following
-    if finished is not None:
-        yield finished
+    def take() -> tuple[tuple[Key, Item, int], Loaded] | None:
+        return ahead.take() if go_on() else None
+
+    def prepared(entry: tuple[tuple[Key, Item, int], Loaded]) -> Prepared | None:
+        (_key, item, message_id), loaded = entry
+        if (loaded.data_set is None and loaded.error is None) or not alive():
+            loaded.release()
+            return None
+        assert writer is not None
+        return framer.frame(writer, accepted[item.sop_class_uid][item.transfer_syntax], item, message_id, loaded)
+
+    ahead: ReadAhead[tuple[Key, Item, int]] = ReadAhead(store, items, lambda entry: entry[1], framed_here)
+    try:
+        upcoming = take()
+        ready = prepared(upcoming) if upcoming is not None else None
+        finished: tuple[Key, str, str] | None = None  # reported once the next request is on its way
+        while upcoming is not None:
+            (key, item, message_id), _loaded = upcoming
+            outcome: tuple[str, str] | None
+            if ready is None:
+                if finished is not None:
+                    yield finished
+                outcome = ASSOCIATION_LOST if not alive() else \
+                    send_item(association, accepted, store, item, spool_dir, message_id)
+            else:
+                outcome = ASSOCIATION_LOST if not alive() else _write(association, ready)
+                if finished is not None:
+                    yield finished
+            upcoming = take()
+            following = prepared(upcoming) if upcoming is not None else None
+            if outcome is None:  # written: its response is awaited now
+                outcome = outcome_of(status_of_response(association, message_id))
+            finished, ready = (key, *outcome), following
+        if finished is not None:
+            yield finished
+    finally:
+        ahead.close()
 
 
 def _write(association: Any, ready: Prepared) -> tuple[str, str] | None:

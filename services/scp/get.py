@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.mover.prepared import Framer
 from services.mover.sender import SendOutcome, accepted_syntaxes, send_in_turn
 from services.scp.retrieval import CANCELLED, SUCCESS, UNABLE_TO_PROCESS, final_status, open_request
-from shared.jobs import Item, Progress
+from shared.jobs import Progress
 from shared.query.retrieve import instances_to_retrieve
 from shared.storage import ObjectStore
 
@@ -73,22 +73,23 @@ class GetService:
 
         stopped: list[str] = []
 
-        def turns() -> Iterator[tuple[Item, Item, int]]:
-            """Each item with its message ID, while the requester has not cancelled and is still there."""
-            for position, item in enumerate(items):
-                if request.MessageID in assoc.dimse.cancel_req:
-                    stopped.append("cancelled")
-                    return
-                if not assoc.is_established:
-                    stopped.append("gone")
-                    return
-                yield item, item, (int(request.MessageID) + position + 1) % MAX_MESSAGE_ID or 1
+        def go_on() -> bool:
+            """While the requester has not cancelled and is still there."""
+            if request.MessageID in assoc.dimse.cancel_req:
+                stopped.append("cancelled")
+            elif not assoc.is_established:
+                stopped.append("gone")
+            return not stopped
+
+        first_message_id = int(request.MessageID) + 1
+        turns = ((item, item, (first_message_id + position) % MAX_MESSAGE_ID or 1)
+                 for position, item in enumerate(items))
 
         assoc._is_paused = True  # as pynetdicom does while a service runs: our sub-operations use send_c_store
         next_pending = time.monotonic() + PENDING_EVERY_SECONDS
         try:
             for item, outcome, _reason in send_in_turn(assoc, accepted, self._store, self._spool_dir, Framer(),
-                                                       turns()):
+                                                       turns, go_on):
                 counts[outcome] += 1
                 if outcome == SendOutcome.FAILED:
                     failed_uids.append(item.sop_instance_uid)

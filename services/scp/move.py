@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from pynetdicom.dimse_primitives import C_MOVE
@@ -24,6 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.scp.retrieval import SUCCESS, UNABLE_TO_PROCESS, Responder, final_status, open_request
+from shared import doorbell
 from shared.jobs import Destination, Progress, create_job, fail_unfinished, progress, request_cancel
 from shared.live_config import LiveConfig
 from shared.node_config import ModalityEntry
@@ -36,13 +38,15 @@ MOVE_MODELS = {
     StudyRootQueryRetrieveInformationModelMove: ("STUDY", "SERIES", "IMAGE"),
 }
 UNKNOWN_DESTINATION = 0xA801
-POLL_SECONDS = 0.02  # the job row is read this often while a C-MOVE runs: its final response follows the mover within 20 ms
+POLL_SECONDS = 0.02  # the job row is read at least this often while a C-MOVE runs, and whenever the mover rings
 
 
 class MoveService:
     def __init__(self, sessions: sessionmaker[Session], live: LiveConfig, admits: Callable[[Any, str], bool],
-                 node_ae_title: str, publish_job: Callable[[str], None], stall_seconds: float = 120.0) -> None:
+                 node_ae_title: str, publish_job: Callable[[str], None], progress_doorbells: str,
+                 stall_seconds: float = 120.0) -> None:
         self._sessions = sessions
+        self._progress_doorbells = progress_doorbells  # shared.jobs: a mover of this data directory rings there
         self._stall_seconds = stall_seconds  # no progress for this long (mover down): the rest fails
         self._live = live
         self._admits = admits
@@ -79,23 +83,39 @@ class MoveService:
         if job_id is None:
             answer.final(SUCCESS, Progress("done", 0, 0, 0, 0))
             return
-        try:
-            self._publish_job(job_id)
-        except Exception as exc:  # the broker refused the job
-            log.error("move.queue_unavailable error=%s", exc.__class__.__name__)
-            with self._sessions.begin() as session:
-                fail_unfinished(session, job_id, "the job could not be queued")
-            answer.final(UNABLE_TO_PROCESS)
-            return
-        log.info("move.queued job=%s suboperations=%d", job_id, len(items))
-        self._relay(assoc, answer, request, job_id)
+        with self._progress_doorbell() as progress_rung:  # listed before the mover can ring it
+            try:
+                self._publish_job(job_id)
+            except Exception as exc:  # the broker refused the job
+                log.error("move.queue_unavailable error=%s", exc.__class__.__name__)
+                with self._sessions.begin() as session:
+                    fail_unfinished(session, job_id, "the job could not be queued")
+                answer.final(UNABLE_TO_PROCESS)
+                return
+            log.info("move.queued job=%s suboperations=%d", job_id, len(items))
+            self._relay(assoc, answer, request, job_id, progress_rung)
 
-    def _relay(self, assoc: Any, answer: Responder, request: C_MOVE, job_id: str) -> None:
+    @contextmanager
+    def _progress_doorbell(self) -> Iterator[Callable[[float], object]]:
+        """A wait for the mover's next ring (at most the seconds given); a plain sleep where there is no doorbell."""
+        try:
+            bell = doorbell.Doorbell(self._progress_doorbells)
+        except OSError as exc:
+            log.warning("move.no_progress_doorbell error=%s (polling)", exc.__class__.__name__)
+            yield time.sleep
+            return
+        try:
+            yield bell.wait
+        finally:
+            bell.close()
+
+    def _relay(self, assoc: Any, answer: Responder, request: C_MOVE, job_id: str,
+               progress_rung: Callable[[float], object]) -> None:
         last: Progress | None = None
         last_change = time.monotonic()
         cancel_sent = False
         while True:
-            time.sleep(POLL_SECONDS)
+            progress_rung(POLL_SECONDS)
             if not cancel_sent and request.MessageID in assoc.dimse.cancel_req:
                 with self._sessions.begin() as session:
                     request_cancel(session, job_id)

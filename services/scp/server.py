@@ -48,6 +48,7 @@ from services.scp.sockets import LowLatencyRequestHandler, SharedContexts
 from services.scp.store import StoreService
 from services.scp.tls import TlsAssociationServer, TlsRequestHandler
 from shared.ingest import StoragePolicy
+from shared.jobs import progress_doorbells
 from shared.live_config import LiveConfig
 from shared.queue import RUN_JOB_TASK
 from shared.runtime import Runtime
@@ -122,7 +123,8 @@ class ScpServer:
         self.get_service = GetService(runtime.sessions, runtime.store, self.access.admits, spool_dir)
         self._received_spool = ReceivedSpool(spool_dir)
         self.move_service = MoveService(runtime.sessions, live_config, self.access.admits, settings.ae_title,
-                                        self._publish_job, settings.move_stall_seconds)
+                                        self._publish_job, progress_doorbells(settings.data_dir),
+                                        settings.move_stall_seconds)
         self.commitment_service = CommitmentService(runtime.sessions, runtime.store, live_config, settings.ae_title,
                                                     self.access.audit)
         self.ae = AE(ae_title=settings.ae_title)

@@ -210,9 +210,9 @@ def assert_sent_byte_for_byte(store: FilesystemObjectStore, items: list[Item], t
 
 def test_objects_arrive_byte_for_byte_whether_read_ahead_or_streamed_at_their_turn(
         store: FilesystemObjectStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from services.mover import prepared
+    from services.mover import read_ahead
 
-    monkeypatch.setattr(prepared, "PREPARED_MAX_BYTES", 20_000)  # 16x16 and 64x64 are read ahead, 128x128 is not
+    monkeypatch.setattr(read_ahead, "PREPARED_MAX_BYTES", 20_000)  # 16x16 and 64x64 are read ahead, 128x128 is not
     items = [stored(store, make_image(rows=side, columns=side), ExplicitVRLittleEndian)
              for side in (16, 128, 64, 128, 128, 16, 64)]
     assert_sent_byte_for_byte(store, items, tmp_path)
