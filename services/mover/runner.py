@@ -47,7 +47,8 @@ def _pending_items(runtime: Runtime, job_id: str) -> Iterator[tuple[int, Item]]:
 class Outcomes:
     """The outcomes of sub-operations, written in one transaction per RECORD_BATCH items or RECORD_SECONDS
     (whichever comes first), not one commit per instance. Each item is counted
-    once: an item no longer pending (failed by a stall, counted by an earlier run) keeps the count it has."""
+    once: an item no longer pending (failed by a stall, counted by an earlier run) keeps the count it has. The relays
+    of this data directory are rung after each write (shared.jobs)."""
 
     def __init__(self, runtime: Runtime, job_id: str) -> None:
         self._runtime, self._job_id = runtime, job_id
@@ -61,8 +62,9 @@ class Outcomes:
         if self._count >= RECORD_BATCH or time.monotonic() - self._since >= RECORD_SECONDS:
             self.flush()
 
-    def flush(self) -> None:
-        if self._waiting:
+    def flush(self, final_state: str | None = None) -> None:
+        """Write the outcomes waiting, and the job's end (``final_state``) in the same transaction if given."""
+        if self._waiting or final_state is not None:
             with self._runtime.sessions.begin() as session:
                 for (outcome, reason), item_pks in self._waiting.items():
                     recorded = session.execute(update(JobItem).where(
@@ -71,6 +73,9 @@ class Outcomes:
                         counter = COUNTER_OF[outcome]
                         session.execute(update(Job).where(Job.id == self._job_id).values(
                             {counter: getattr(Job, counter) + recorded.rowcount, "updated_at": utc_now()}))
+                if final_state is not None:
+                    session.execute(update(Job).where(Job.id == self._job_id, Job.state.not_in(FINISHED_STATES))
+                                    .values(state=final_state, updated_at=utc_now(), finished_at=utc_now()))
             ring_progress(self._runtime.settings.data_dir)
         self._waiting, self._count, self._since = {}, 0, time.monotonic()
 
@@ -102,17 +107,9 @@ def _cancel_requested(runtime: Runtime, job_id: str) -> bool:
         return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
 
 
-def _conclude(runtime: Runtime, job_id: str, stopped: str | None) -> None:
-    """The job's end, once every sub-operation sent has its answer."""
-    if stopped == TAKEN_OVER:
-        log.warning("mover.job_taken_over job=%s (stopping this run)", job_id)
-        return
-    state = "cancelled" if stopped == CANCELLED else "done"
-    with runtime.sessions.begin() as session:
-        session.execute(update(Job).where(Job.id == job_id, Job.state.not_in(FINISHED_STATES)).values(
-            state=state, updated_at=utc_now(), finished_at=utc_now()))
-    ring_progress(runtime.settings.data_dir)
-    log.info("mover.%s job=%s", state, job_id)
+def _final_state(stopped: str | None) -> str | None:
+    """The state a run ends its job in: None when another run took it over (that run ends it)."""
+    return None if stopped == TAKEN_OVER else "cancelled" if stopped == CANCELLED else "done"
 
 
 def run_job(runtime: Runtime, job_id: str, spool_dir: Path, lease_seconds: float = LEASE_SECONDS) -> None:
@@ -146,8 +143,12 @@ def _run_claimed(runtime: Runtime, job_id: str, spool_dir: Path, lease: LeaseKee
     try:
         for item_pk, outcome, reason in sender.send_each(_pending_items(runtime, job_id), turns.go_on):
             outcomes.add(item_pk, outcome, reason)
-        outcomes.flush()
-        _conclude(runtime, job_id, turns.stopped)  # before the release: the requester is answered that much sooner
+        final_state = _final_state(turns.stopped)
+        outcomes.flush(final_state)  # with the last outcomes, before the release: the requester is answered sooner
     finally:
         outcomes.flush()
         sender.close()
+    if final_state is None:
+        log.warning("mover.job_taken_over job=%s (stopping this run)", job_id)
+    else:
+        log.info("mover.%s job=%s", final_state, job_id)
