@@ -4,6 +4,7 @@ their own; what was read ahead of a stop is given back."""
 from __future__ import annotations
 
 import hashlib
+import io
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -183,3 +184,25 @@ def test_closing_gives_back_what_was_read_and_ends_the_thread(
     assert sorted(given_back) == sorted(item.sop_instance_uid for item in items[:read_ahead.READ_AHEAD_ITEMS])
     assert not ahead._thread.is_alive()
     assert ahead.take() is None
+
+
+class RemoteStore(FilesystemObjectStore):
+    """A store whose objects come as streams of unknown length (as from S3), not as local files."""
+
+    def open(self, key: str) -> BinaryIO:
+        with super().open(key) as stream:
+            return io.BytesIO(stream.read())
+
+
+def test_objects_of_a_remote_store_are_read_whole_unless_too_large_to_hold(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(read_ahead, "PREPARED_MAX_BYTES", 20_000)
+    store = RemoteStore(tmp_path / "remote")
+    small, large = stored(store, 16), stored(store, 128)
+    ahead = reading(store, [small, large])
+    try:
+        loaded = [loaded for _entry, loaded in taken_all(ahead)]
+    finally:
+        ahead.close()
+    assert bytes(loaded[0].data_set or b"") == data_set_of(store, small)
+    assert loaded[1] is NOT_READ
