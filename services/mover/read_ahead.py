@@ -45,15 +45,23 @@ def _nothing_to_release() -> None:
 @dataclass
 class Loaded:
     """An object's data set (after its File Meta) read ahead, the error reading met, or neither: not read (the
-    sender streams it at its turn). ``release`` gives its buffer back once the sender has copied it."""
+    sender streams it at its turn)."""
 
     data_set: memoryview | bytearray | bytes | None = None
     error: BaseException | None = None
-    release: Callable[[], None] = field(default=_nothing_to_release)
+    give_back: Callable[[], None] = field(default=_nothing_to_release, repr=False)
 
     @property
     def size(self) -> int:
         return len(self.data_set) if self.data_set is not None else 0
+
+    def release(self) -> None:
+        """Once the sender has copied the data set: its view of a reused buffer ends before the buffer is given
+        back (a buffer is unmapped there when the pool does not keep it, which fails while a view is alive)."""
+        if isinstance(self.data_set, memoryview):
+            self.data_set.release()
+        self.data_set = None
+        self.give_back()
 
 
 NOT_READ = Loaded()
@@ -76,7 +84,7 @@ def load(store: ObjectStore, item: Item) -> Loaded:
             if offset + size >= direct_io.DIRECT_MIN_BYTES:
                 whole = kept.enter_context(direct_io.read_head(stream.fileno(), offset + size))
                 if whole is not None and len(whole) == offset + size:
-                    return Loaded(whole[offset:], release=kept.close)
+                    return Loaded(whole[offset:], give_back=kept.close)
                 kept.close()
             return Loaded(_read_rest(stream, size))
     except Exception as exc:  # reported as the sub-operation's outcome at its turn

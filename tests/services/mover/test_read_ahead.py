@@ -18,7 +18,7 @@ from services.mover import read_ahead
 from services.mover.read_ahead import NOT_READ, Loaded, ReadAhead
 from shared.dicom.part10 import encode_part10, skip_file_meta
 from shared.jobs import Item
-from shared.storage import ObjectNotFound
+from shared.storage import ObjectNotFound, direct_io
 from shared.storage.filesystem import FilesystemObjectStore
 from tests.factory import encode_dataset, make_image
 
@@ -174,7 +174,7 @@ def test_closing_gives_back_what_was_read_and_ends_the_thread(
     given_back: list[str] = []
 
     def load(_store: object, item: Item) -> Loaded:
-        return Loaded(b"data set", release=lambda: given_back.append(item.sop_instance_uid))
+        return Loaded(b"data set", give_back=lambda: given_back.append(item.sop_instance_uid))
 
     monkeypatch.setattr(read_ahead, "load", load)
     items = [stored(store) for _ in range(10)]
@@ -206,3 +206,17 @@ def test_objects_of_a_remote_store_are_read_whole_unless_too_large_to_hold(
         ahead.close()
     assert bytes(loaded[0].data_set or b"") == data_set_of(store, small)
     assert loaded[1] is NOT_READ
+
+
+def test_a_buffer_given_back_is_not_held_by_the_data_set_read_into_it(
+        store: CountingStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A buffer too large to keep is unmapped when given back, which fails while a view of it is alive."""
+    monkeypatch.setattr(direct_io, "_KEPT_MAX_BYTES", 64 << 10)  # the 128 KB objects' buffers are not kept
+    items = [stored(store, 256) for _ in range(3)]
+    ahead = reading(store, items)
+    try:
+        for (_position, item), loaded in taken_all(ahead):
+            assert bytes(loaded.data_set or b"") == data_set_of(store, item)
+            loaded.release()
+    finally:
+        ahead.close()

@@ -236,6 +236,16 @@ def test_large_objects_read_ahead_around_the_page_cache_arrive_byte_for_byte(
     assert len(reads) == 2  # the two large ones; the small one with preadv
 
 
+def test_objects_whose_buffers_are_too_large_to_keep_arrive_byte_for_byte(
+        store: FilesystemObjectStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Such a buffer (an object of 4 to 8 MB: a digital radiograph) is unmapped once its request is framed."""
+    from shared.storage import direct_io
+
+    monkeypatch.setattr(direct_io, "_KEPT_MAX_BYTES", 64 << 10)  # as if the 128 KB objects were such objects
+    items = [stored(store, make_image(rows=256, columns=256), ExplicitVRLittleEndian) for _ in range(4)]
+    assert_sent_byte_for_byte(store, items, tmp_path)
+
+
 def test_an_object_missing_from_the_store_fails_alone(store: FilesystemObjectStore, tmp_path: Path) -> None:
     items = [stored(store, make_image(), ExplicitVRLittleEndian) for _ in range(3)]
     store.delete(items[1].object_key)
