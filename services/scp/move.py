@@ -41,6 +41,22 @@ UNKNOWN_DESTINATION = 0xA801
 POLL_SECONDS = 0.02  # the job row is read at least this often while a C-MOVE runs, and whenever the mover rings
 
 
+@contextmanager
+def progress_waits(doorbells: str) -> Iterator[Callable[[float], object]]:
+    """A wait that ends at the next ring of a mover of this data directory (shared.jobs.ring_progress) or after the
+    seconds given; a plain sleep where no doorbell can be listed in ``doorbells``."""
+    try:
+        bell = doorbell.Doorbell(doorbells)
+    except OSError as exc:
+        log.warning("move.no_progress_doorbell error=%s (polling)", exc.__class__.__name__)
+        yield time.sleep
+        return
+    try:
+        yield bell.wait
+    finally:
+        bell.close()
+
+
 class MoveService:
     def __init__(self, sessions: sessionmaker[Session], live: LiveConfig, admits: Callable[[Any, str], bool],
                  node_ae_title: str, publish_job: Callable[[str], None], progress_doorbells: str,
@@ -83,7 +99,7 @@ class MoveService:
         if job_id is None:
             answer.final(SUCCESS, Progress("done", 0, 0, 0, 0))
             return
-        with self._progress_doorbell() as progress_rung:  # listed before the mover can ring it
+        with progress_waits(self._progress_doorbells) as progress_rung:  # listed before the mover rings
             try:
                 self._publish_job(job_id)
             except Exception as exc:  # the broker refused the job
@@ -94,20 +110,6 @@ class MoveService:
                 return
             log.info("move.queued job=%s suboperations=%d", job_id, len(items))
             self._relay(assoc, answer, request, job_id, progress_rung)
-
-    @contextmanager
-    def _progress_doorbell(self) -> Iterator[Callable[[float], object]]:
-        """A wait for the mover's next ring (at most the seconds given); a plain sleep where there is no doorbell."""
-        try:
-            bell = doorbell.Doorbell(self._progress_doorbells)
-        except OSError as exc:
-            log.warning("move.no_progress_doorbell error=%s (polling)", exc.__class__.__name__)
-            yield time.sleep
-            return
-        try:
-            yield bell.wait
-        finally:
-            bell.close()
 
     def _relay(self, assoc: Any, answer: Responder, request: C_MOVE, job_id: str,
                progress_rung: Callable[[float], object]) -> None:
