@@ -1,5 +1,6 @@
 """A job run by the mover, on SQLite and PostgreSQL: its end is recorded, and the relays of C-MOVEs waiting on this
-data directory are rung, as soon as every sub-operation has its answer (before the association is released)."""
+data directory are rung, as soon as every sub-operation has its answer (before the association is released); a
+cancelled job stops before its next item."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ import pytest
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE, evt
 
+from services.mover import runner
 from services.mover.runner import run_job
 from shared.doorbell import Doorbell
 from shared.dicom.part10 import encode_part10
-from shared.jobs import Destination, Item, Progress, create_job, progress, progress_doorbells
+from shared.jobs import Destination, Item, Progress, create_job, progress, progress_doorbells, request_cancel
 from shared.runtime import Runtime
 from tests.factory import encode_dataset, make_image
 from tests.node import free_port
@@ -85,3 +87,35 @@ def test_a_destination_that_cannot_be_reached_fails_the_job_and_rings_the_relays
         job = progress(session, job_id)
     assert job is not None and (job.state, job.failed) == ("failed", 2)
     assert relay_bell.wait(0)
+
+
+def test_a_cancelled_job_stops_before_its_next_item_and_counts_only_what_was_sent(
+        runtime: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """C-CANCEL of a C-MOVE sets the job's cancel flag (services.scp.move); objects read ahead are not sent."""
+    monkeypatch.setattr(runner, "CANCEL_CHECK_SECONDS", 0.0)  # the flag is looked at before every item
+    received: list[str] = []
+    job: list[str] = []
+
+    def store(event: evt.Event) -> int:
+        received.append(str(event.request.AffectedSOPInstanceUID))
+        if len(received) == 3:
+            with runtime.sessions.begin() as session:
+                request_cancel(session, job[0])
+        return 0x0000
+
+    ae = AE(ae_title="DEST")
+    ae.add_supported_context(CTImageStorage, ExplicitVRLittleEndian)
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, store)])
+    try:
+        with runtime.sessions.begin() as session:
+            job.append(create_job(session, "c-move", Destination("DEST", "127.0.0.1", port, "PACS"), "WS",
+                                  stored_items(runtime, 12)))
+        run_job(runtime, job[0], tmp_path)
+    finally:
+        server.shutdown()
+    with runtime.sessions() as session:
+        state = progress(session, job[0])
+    assert state is not None and state.state == "cancelled"
+    assert 3 <= state.completed == len(received) < 12  # the request in flight when the flag was set may complete
+    assert state.remaining == 12 - len(received) and state.failed == 0
