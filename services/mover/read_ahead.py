@@ -69,7 +69,7 @@ NOT_READ = Loaded()
 
 def load(store: ObjectStore, item: Item) -> Loaded:
     """The data set of ``item``'s object: a large local file read around the page cache (as the local store wrote
-    it), a small one with preadv, a remote one by streaming; NOT_READ when it is larger than PREPARED_MAX_BYTES."""
+    it), a small one or a remote one as usual; NOT_READ when it is larger than PREPARED_MAX_BYTES."""
     kept = ExitStack()
     try:
         with store.open(item.object_key) as stream:
@@ -86,7 +86,10 @@ def load(store: ObjectStore, item: Item) -> Loaded:
                 if whole is not None and len(whole) == offset + size:
                     return Loaded(whole[offset:], give_back=kept.close)
                 kept.close()
-            return Loaded(_read_rest(stream, size))
+            data_set = stream.read(size)
+            if len(data_set) != size:
+                raise ValueError("the object ended before its size")  # a failed sub-operation, as for other reads
+            return Loaded(data_set)
     except Exception as exc:  # reported as the sub-operation's outcome at its turn
         kept.close()
         return Loaded(error=exc)
@@ -98,18 +101,6 @@ def _remaining(stream: BinaryIO) -> int | None:
         return os.fstat(stream.fileno()).st_size - stream.tell()
     except (OSError, AttributeError, io.UnsupportedOperation):
         return None
-
-
-def _read_rest(stream: BinaryIO, size: int) -> bytearray:
-    """The ``size`` bytes of a local file from the current position."""
-    data_set = bytearray(size)
-    view, offset, filled = memoryview(data_set), stream.tell(), 0
-    while filled < size:
-        count = os.preadv(stream.fileno(), [view[filled:]], offset + filled)
-        if count <= 0:
-            raise ValueError("the object ended before its size")  # a failed sub-operation, as for other reads
-        filled += count
-    return data_set
 
 
 class ReadAhead(Generic[Entry]):

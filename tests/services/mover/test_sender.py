@@ -233,7 +233,7 @@ def test_large_objects_read_ahead_around_the_page_cache_arrive_byte_for_byte(
     monkeypatch.setattr(direct_io, "read_head", noting)
     items = [stored(store, make_image(rows=side, columns=side), ExplicitVRLittleEndian) for side in (256, 16, 256)]
     assert_sent_byte_for_byte(store, items, tmp_path)
-    assert len(reads) == 2  # the two large ones; the small one with preadv
+    assert len(reads) == 2  # the two large ones; the small one read as usual
 
 
 def test_objects_whose_buffers_are_too_large_to_keep_arrive_byte_for_byte(
