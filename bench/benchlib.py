@@ -175,8 +175,9 @@ def children_of(pid: int) -> list[int]:
 
 
 def cmdline(pid: int) -> list[str]:
+    """A process's command line as words (the children of `pacs serve` set theirs as one string: setproctitle)."""
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").replace("\0", " ").split()
     except OSError:
         return []
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from pydantic import SecretStr
 
+from services.forked_children import ForkedProcess, fork_service, preload
 from shared.db.migrate import upgrade_to_head
 from shared.lifecycle import StopRequest
 from shared.pidfile import is_running, pid_file, read_pid_file, remove_pid_file, write_pid_file
@@ -61,7 +62,8 @@ def export_secrets(settings: Settings) -> None:
 
 
 def _die_with_parent() -> None:
-    """In the child, before exec: get SIGTERM if the supervisor dies (Linux), so no orphan keeps the ports."""
+    """In the child, before it runs its service: get SIGTERM if the supervisor dies (Linux), so that no orphan keeps
+    the ports."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -80,17 +82,16 @@ class Child:
     service: str
     arguments: list[str]
     inherited_fds: tuple[int, ...] = ()  # the listening sockets an SCP process takes over
-    process: subprocess.Popen[bytes] | None = None
+    process: ForkedProcess | None = None
     started_at: float = 0.0
     quick_deaths: int = field(default=0)
 
     def start(self) -> None:
-        command = [sys.executable, "-m", "services.cli", self.service, *self.arguments]
-        # Own session: a Ctrl-C or a signal to the whole group reaches only the supervisor, which stops the
-        # children in order (a second signal would make them stop at once). They still die with it.
+        """Fork the child (services.forked_children) in a session of its own: a Ctrl-C or a signal to the whole
+        group reaches only the supervisor, which stops the children in order (a second signal would make them stop
+        at once). They still die with it."""
         prepare = _background_child if self.service == "indexer" else _die_with_parent
-        self.process = subprocess.Popen(command, start_new_session=True, preexec_fn=prepare,
-                                        pass_fds=self.inherited_fds)
+        self.process = fork_service([self.service, *self.arguments], self.inherited_fds, prepare)
         self.started_at = time.monotonic()
 
 
@@ -212,6 +213,7 @@ def _supervise(settings: Settings, stop: StopRequest) -> int:
         print(f"pacs: cannot listen on {settings.dicom_host} port {settings.dicom_port}"
               f"{f' or {settings.tls_port}' if settings.tls_port else ''}: {exc.strerror}", file=sys.stderr)
         return 1
+    preload()
     children = _children(settings, listeners)
     for child in children:
         child.start()

@@ -498,7 +498,7 @@ def _api_process(node: Node) -> int:
             continue
         try:
             ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            command = (entry / "cmdline").read_bytes().split(b"\0")
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").split()
         except (OSError, IndexError, ValueError):
             continue
         if ppid == serve.pid and b"api" in command:

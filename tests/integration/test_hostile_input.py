@@ -64,7 +64,7 @@ def scp_rss_bytes(node: Node) -> int:
     serve = node.services["serve"].process.pid  # type: ignore[union-attr]
     children = Path(f"/proc/{serve}/task/{serve}/children").read_text().split()
     for pid in children:
-        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").split()
         if b"scp" in command:
             status = Path(f"/proc/{pid}/status").read_text()
             return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) * 1024
