@@ -7,6 +7,11 @@ a C-GET whose requestor prefers Explicit VR got every stored Explicit VR instanc
 it was sent back. Now the requestor's own order decides: among the syntaxes of a context that we accept, the first
 it proposed is chosen (usually its native encoding). Which contexts are accepted, their roles and every refusal
 are pynetdicom's decision, unchanged.
+
+A proposed context without an abstract syntax or without any transfer syntax (a malformed A-ASSOCIATE-RQ: PS3.8
+9.3.2.2 asks for one abstract syntax and at least one transfer syntax) killed pynetdicom's association thread with a
+TypeError or an IndexError, leaving the connection unanswered; such a context is now refused (abstract syntax not
+supported, 3, or transfer syntaxes not supported, 4) and the others are negotiated as usual.
 """
 
 from __future__ import annotations
@@ -14,13 +19,21 @@ from __future__ import annotations
 from typing import Any
 
 import pynetdicom.acse
-from pynetdicom.presentation import negotiate_as_acceptor
+from pydicom.uid import ImplicitVRLittleEndian
+from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 
 ACCEPTED = 0x00
+ABSTRACT_SYNTAX_NOT_SUPPORTED = 0x03
+TRANSFER_SYNTAXES_NOT_SUPPORTED = 0x04
 
 
 def negotiate_in_requestor_order(rq_contexts: Any, ac_contexts: Any, roles: Any = None) -> Any:
+    malformed = [context for context in rq_contexts if context.abstract_syntax is None or not context.transfer_syntax]
+    if malformed:
+        rq_contexts = [context for context in rq_contexts if all(context is not bad for bad in malformed)]
     results, reply_roles = negotiate_as_acceptor(rq_contexts, ac_contexts, roles)
+    if malformed:
+        results = sorted([*results, *map(_refused, malformed)], key=lambda result: int(result.context_id))
     ours = {context.abstract_syntax: context.transfer_syntax for context in ac_contexts}
     proposed = {context.context_id: context for context in rq_contexts}
     for result in results:
@@ -32,6 +45,14 @@ def negotiate_in_requestor_order(rq_contexts: Any, ac_contexts: Any, roles: Any 
         if preferred is not None and preferred != result.transfer_syntax[0]:
             result.transfer_syntax = [preferred]
     return results, reply_roles
+
+
+def _refused(proposed: PresentationContext) -> PresentationContext:
+    result = PresentationContext()
+    result.context_id = proposed.context_id
+    result.result = ABSTRACT_SYNTAX_NOT_SUPPORTED if proposed.abstract_syntax is None else TRANSFER_SYNTAXES_NOT_SUPPORTED
+    result.transfer_syntax = [ImplicitVRLittleEndian]  # "not significant" in a refusal (PS3.8 9.3.3.2), but present
+    return result
 
 
 def install() -> None:

@@ -26,7 +26,9 @@ from tests.raw_dicom import (
     A_ASSOCIATE_AC,
     A_ASSOCIATE_RJ,
     A_RELEASE_RQ,
+    IMPLICIT_LITTLE_ENDIAN,
     P_DATA_TF,
+    VERIFICATION,
     RawConnection,
     associate_rq,
     p_data,
@@ -137,6 +139,33 @@ def test_a_malformed_association_request_is_refused_or_aborted(node: Node, body:
     answer = connection.read_pdu(10)
     assert answer is None or answer[0] in (A_ASSOCIATE_RJ, A_ABORT)
     assert connection.closed_by_node(10)
+
+
+def without_first_abstract_syntax(pdu: bytes) -> bytes:
+    """An A-ASSOCIATE-RQ whose first presentation context item (0x20) lost its abstract syntax sub-item (0x30)."""
+    item = pdu.index(b"\x20\x00", 6 + 68)  # past the PDU header and the fixed fields: the items start with 0x10
+    item_length = struct.unpack(">H", pdu[item + 2:item + 4])[0]
+    sub_item = item + 8  # context id, reserved bytes
+    assert pdu[sub_item] == 0x30
+    cut = 4 + struct.unpack(">H", pdu[sub_item + 2:sub_item + 4])[0]
+    body = (pdu[6:item + 2] + struct.pack(">H", item_length - cut) + pdu[item + 4:sub_item]
+            + pdu[sub_item + cut:])
+    return struct.pack(">BBL", 0x01, 0, len(body)) + body
+
+
+def test_a_context_without_abstract_syntax_is_refused_and_the_others_accepted(node: Node) -> None:
+    connection = RawConnection(node.dicom_port)
+    connection.send(without_first_abstract_syntax(associate_rq(node.ae_title, contexts=(
+        (CTImageStorage, ExplicitVRLittleEndian), (VERIFICATION, IMPLICIT_LITTLE_ENDIAN)))))
+    answer = connection.read_pdu(10)
+    assert answer is not None and answer[0] == A_ASSOCIATE_AC
+    results = {answer[1][index + 4]: answer[1][index + 6]  # context id → result of each context item (0x21)
+               for index in range(68, len(answer[1]) - 8) if answer[1][index:index + 2] == b"\x21\x00"}
+    assert results == {1: 3, 3: 0}  # abstract syntax not supported; accepted
+    connection.send(struct.pack(">BBL", A_RELEASE_RQ, 0, 4) + bytes(4))
+    assert connection.read_pdu(10) is not None
+    connection.close()
+    assert "Traceback" not in node.logs()
 
 
 @pytest.mark.parametrize("command", [b"\xde\xad\xbe\xef" * 8, b"", b"\x00\x00\x00\x00\x04\x00\x00\x00\xff\xff"],

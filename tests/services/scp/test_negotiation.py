@@ -43,3 +43,13 @@ def test_syntaxes_the_node_does_not_accept_are_skipped_and_refusals_are_unchange
                    context(3, CTImageStorage, [JPEGLSLossless]),
                    context(5, MRImageStorage, [ExplicitVRLittleEndian])], ours) == {
         1: (0, ExplicitVRLittleEndian), 3: (4, JPEGLSLossless), 5: (3, ExplicitVRLittleEndian)}
+
+
+def test_a_context_without_abstract_syntax_or_transfer_syntax_is_refused_and_the_others_negotiated() -> None:
+    ours = [context(None, CTImageStorage, [ImplicitVRLittleEndian, ExplicitVRLittleEndian])]
+    no_abstract_syntax = PresentationContext()
+    no_abstract_syntax.context_id = 1
+    no_abstract_syntax.transfer_syntax = [ExplicitVRLittleEndian]
+    assert chosen([no_abstract_syntax, context(3, CTImageStorage, []), context(5, CTImageStorage,
+                                                                            [ExplicitVRLittleEndian])], ours) == {
+        1: (3, ImplicitVRLittleEndian), 3: (4, ImplicitVRLittleEndian), 5: (0, ExplicitVRLittleEndian)}
