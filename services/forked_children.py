@@ -3,8 +3,9 @@
 Each child used to be a new interpreter (``python -m services.cli <service>``) that imported its libraries again:
 about 2 s of CPU per child on the benchmark machine (pydicom, SQLAlchemy, Celery, pynetdicom, FastAPI), five
 children per node, so a node took 7-8 s from start to ready there (the design allows 5) and 12-14 s of CPU. The
-supervisor now imports the services' code once (``preload``), while it has no thread of its own, and forks each
-child from that state: the child runs exactly what ``python -m services.cli <service> <arguments>`` runs
+supervisor now imports the services' code once (``preload``) and forks each child from that state, while it runs
+no thread but its main one (numpy's import starts OpenBLAS's worker pool, native threads that OpenBLAS's own fork
+handler stops and restarts): the child runs exactly what ``python -m services.cli <service> <arguments>`` runs
 (``services.cli.main``), in a session of its own, with the signal handlers a new interpreter has, the listening
 sockets it is given and no other descriptor of the supervisor's, and the same command line in ``ps``
 (setproctitle). A child that dies is forked again from the same state.
@@ -12,6 +13,7 @@ sockets it is given and no other descriptor of the supervisor's, and the same co
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
 import signal
@@ -29,9 +31,13 @@ _EXIT_OF_A_CHILD_THAT_RAISED = 70  # EX_SOFTWARE: what a child ends with when it
 
 
 def preload() -> None:
-    """Import every service's code in the supervisor (nothing of it starts a thread or opens a resource)."""
+    """Import every service's code in the supervisor (no import starts a Python thread or opens a descriptor), and
+    freeze what exists (shared.collector): a child's cycle collections then never walk, and so never copy, the
+    memory it shares with the supervisor."""
     for module in SERVICE_MODULES:
         importlib.import_module(module)
+    gc.collect()
+    gc.freeze()
 
 
 class ForkedProcess:

@@ -50,7 +50,8 @@ def negotiate_in_requestor_order(rq_contexts: Any, ac_contexts: Any, roles: Any 
 def _refused(proposed: PresentationContext) -> PresentationContext:
     result = PresentationContext()
     result.context_id = proposed.context_id
-    result.result = ABSTRACT_SYNTAX_NOT_SUPPORTED if proposed.abstract_syntax is None else TRANSFER_SYNTAXES_NOT_SUPPORTED
+    no_abstract_syntax = proposed.abstract_syntax is None
+    result.result = ABSTRACT_SYNTAX_NOT_SUPPORTED if no_abstract_syntax else TRANSFER_SYNTAXES_NOT_SUPPORTED
     result.transfer_syntax = [ImplicitVRLittleEndian]  # "not significant" in a refusal (PS3.8 9.3.3.2), but present
     return result
 
