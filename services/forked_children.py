@@ -27,6 +27,7 @@ from setproctitle import setproctitle
 
 SERVICE_MODULES = ("services.scp.main", "services.indexer.main", "services.mover.main", "services.api.main")
 _WAIT_STEP_SECONDS = 0.02
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 _EXIT_OF_A_CHILD_THAT_RAISED = 70  # EX_SOFTWARE: what a child ends with when its code raised before _leave
 
 
@@ -82,14 +83,23 @@ def fork_service(arguments: Sequence[str], keep_fds: Sequence[int], prepare: Cal
     ``keep_fds`` (as ``subprocess.Popen(close_fds=True, pass_fds=keep_fds)`` would leave it)."""
     sys.stdout.flush()
     sys.stderr.flush()
-    pid = os.fork()
+    # A stop signal that reaches the child before it has a new interpreter's handlers waits for them (blocked):
+    # the supervisor's handler would take it for the supervisor and lose it.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        pid = os.fork()
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        raise
     if pid:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         return ForkedProcess(pid)
     code = _EXIT_OF_A_CHILD_THAT_RAISED
     try:
         os.setsid()  # own session: a Ctrl-C to the supervisor's group does not reach it (see services.serve)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as in a new interpreter; the service installs its own
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         _close_fds_except(keep_fds)
         prepare()
         command = [sys.executable, "-m", "services.cli", *arguments]
