@@ -168,6 +168,20 @@ def test_a_context_without_abstract_syntax_is_refused_and_the_others_accepted(no
     assert "Traceback" not in node.logs()
 
 
+def test_an_even_presentation_context_id_is_aborted(node: Node) -> None:
+    """PS3.8 9.3.2.2: presentation context IDs are odd. pynetdicom decodes an even one but refuses it when it builds
+    the request's primitive, which ended the association thread and left the requester waiting."""
+    pdu = bytearray(associate_rq(node.ae_title))
+    item = pdu.index(b"\x20\x00", 6 + 68)
+    pdu[item + 4] = 2
+    connection = RawConnection(node.dicom_port)
+    connection.send(bytes(pdu))
+    answer = connection.read_pdu(10)
+    assert answer is not None and answer[0] in (A_ASSOCIATE_RJ, A_ABORT)
+    assert connection.closed_by_node(10)
+    assert "Traceback" not in node.logs()
+
+
 @pytest.mark.parametrize("command", [b"\xde\xad\xbe\xef" * 8, b"", b"\x00\x00\x00\x00\x04\x00\x00\x00\xff\xff"],
                          ids=["garbage", "empty", "bad-group-length"])
 def test_a_corrupt_dimse_command_is_answered_or_aborted(node: Node, command: bytes) -> None:
