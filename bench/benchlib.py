@@ -182,6 +182,12 @@ def cmdline(pid: int) -> list[str]:
         return []
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process and of its waited-for children, from /proc (OSError once it is gone)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_kib(pid: int) -> tuple[int, int]:
     """(current RSS, peak RSS) of a process in KiB, from /proc (VmRSS, VmHWM)."""
     values = {"VmRSS": 0, "VmHWM": 0}

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import shutil
 import statistics
 import sys
@@ -170,12 +169,6 @@ class ServeMeasurement:
         return 1000 * self.indexer_cpu_seconds / self.instances
 
 
-def _process_cpu_seconds(pid: int) -> float:
-    """utime + stime of a process and of its waited-for children, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
-
-
 def _indexer_pid(serve_pid: int) -> int:
     for pid in benchlib.children_of(serve_pid):
         command = benchlib.cmdline(pid)
@@ -198,7 +191,7 @@ def measure_serve(run: int, manifest: dict[str, Any], workdir: Path) -> ServeMea
         node.wait_ready(lambda: benchlib.http("GET", status_url)[0] == 200 and benchlib.tcp_accepts(port))
         time.sleep(2)  # let the children finish starting
         indexer = _indexer_pid(node.pid)
-        cpu_start, wall_start = _process_cpu_seconds(indexer), time.perf_counter()
+        cpu_start, wall_start = benchlib.process_cpu_seconds(indexer), time.perf_counter()
         _, exit_codes, _, failures = run_storescu(manifest, 1, port, "PACS", True, 60 + 0.1 * manifest["count"],
                                                   folder, False)
         if failures or any(exit_codes):
@@ -213,7 +206,7 @@ def measure_serve(run: int, manifest: dict[str, Any], workdir: Path) -> ServeMea
             if time.perf_counter() > deadline:
                 raise RuntimeError(f"not indexed within 300 s: {status}")
             time.sleep(0.05)
-        cpu = _process_cpu_seconds(indexer) - cpu_start
+        cpu = benchlib.process_cpu_seconds(indexer) - cpu_start
         return ServeMeasurement(run, manifest["count"], cpu, time.perf_counter() - wall_start)
     finally:
         node.stop()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import shutil
 import tempfile
@@ -46,10 +45,9 @@ def tree_cpu_seconds(root: int) -> float:
     total = 0.0
     for pid in [root, *benchlib.children_of(root)]:
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += benchlib.process_cpu_seconds(pid)
         except OSError:
-            continue
-        total += sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+            continue  # gone meanwhile
     return total
 
 

@@ -58,6 +58,18 @@ def port_listens(port: int) -> bool:
     return False
 
 
+def child_commands(pid: int) -> dict[int, list[bytes]]:
+    """pid → command line (as words) of each child of process ``pid`` (the children of `pacs serve` set theirs as one
+    string: services.forked_children)."""
+    found = {}
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        try:
+            found[int(child)] = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").split()
+        except OSError:
+            continue  # gone meanwhile
+    return found
+
+
 def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None

@@ -1,15 +1,20 @@
-"""An undecodable DIMSE command aborts its association instead of killing pynetdicom's DUL thread.
+"""Input pynetdicom decodes but then fails on, in the DUL thread, aborts its association instead of killing it.
 
 pynetdicom 3.0.4 decodes a received command set outside any error handling: a command set without Command Field
 (found by tests/fuzz/test_pdus.py) raises inside the DUL thread, which dies and leaves the association hanging.
-Such input is treated as pynetdicom treats an invalid DIMSE message it does catch: event 19 (invalid PDU), which
-the state machine answers with A-ABORT (PS3.8 AA-8).
+It also decodes an A-ASSOCIATE-RQ whose values its state machine then refuses when it builds the request's
+primitive (an even presentation context ID, found by the same test), again inside the DUL thread. Such input is
+treated as pynetdicom treats an invalid PDU it does catch: event 19, which the state machine answers with A-ABORT
+(PS3.8 AA-1, AA-8). ``guard_association_requests`` builds the primitive where the PDU is decoded, which both read
+paths (shared.dicom.pdu_reading's and pynetdicom's own, kept for TLS) wrap in that handling.
 """
 
 from __future__ import annotations
 
 import logging
 from typing import Any
+
+from pynetdicom.pdu import A_ASSOCIATE_RQ
 
 log = logging.getLogger(__name__)
 
@@ -30,3 +35,16 @@ def guard_dimse_decoding(assoc: Any) -> None:
             assoc.dul.event_queue.put(INVALID_PDU_EVENT)
 
     dimse.receive_primitive = receive_or_abort
+
+
+def guard_association_requests(assoc: Any) -> None:
+    dul = assoc.dul
+    decode = dul._decode_pdu
+
+    def decode_whole(bytestream: bytearray) -> Any:
+        pdu, event = decode(bytestream)
+        if isinstance(pdu, A_ASSOCIATE_RQ):
+            pdu.to_primitive()  # raises here, where a failed decoding is an invalid PDU, not in the state machine
+        return pdu, event
+
+    dul._decode_pdu = decode_whole

@@ -30,7 +30,7 @@ TRANSFER_SYNTAXES_NOT_SUPPORTED = 0x04
 def negotiate_in_requestor_order(rq_contexts: Any, ac_contexts: Any, roles: Any = None) -> Any:
     malformed = [context for context in rq_contexts if context.abstract_syntax is None or not context.transfer_syntax]
     if malformed:
-        rq_contexts = [context for context in rq_contexts if all(context is not bad for bad in malformed)]
+        rq_contexts = [context for context in rq_contexts if context not in malformed]
     results, reply_roles = negotiate_as_acceptor(rq_contexts, ac_contexts, roles)
     if malformed:
         results = sorted([*results, *map(_refused, malformed)], key=lambda result: int(result.context_id))

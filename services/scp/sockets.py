@@ -18,7 +18,7 @@ import time
 
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
-from services.scp.dimse_guard import guard_dimse_decoding
+from services.scp.dimse_guard import guard_association_requests, guard_dimse_decoding
 from services.scp.direct_store import DirectStore
 from services.scp.pdu_guard import PduLimits, check_header
 from services.scp.spooling import spool_received_datasets
@@ -157,6 +157,7 @@ class LowLatencyRequestHandler(RequestHandler):
         make_event_driven(assoc)
         writer = write_messages_directly(assoc)
         guard_dimse_decoding(assoc)
+        guard_association_requests(assoc)
         direct = getattr(self.server, "direct_store", None)
         if direct is not None and writer is not None:  # not on TLS: pynetdicom keeps those (see message_writer)
             read_p_data_first(assoc, DirectStore(assoc, direct, writer))

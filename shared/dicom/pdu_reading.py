@@ -19,7 +19,6 @@ import struct
 import time
 from typing import Any, Protocol
 
-A_ASSOCIATE_RQ = 0x01
 P_DATA_TF = 0x04
 ESTABLISHED = "Sta6"
 TRANSPORT_CLOSED = "Evt17"
@@ -106,10 +105,6 @@ def queue_for_pynetdicom(dul: Any, pdu: bytes | bytearray) -> None:
     """A whole PDU, decoded and queued for the state machine as pynetdicom's own reading would."""
     try:
         decoded, event = dul._decode_pdu(bytearray(pdu))
-        if pdu[0] == A_ASSOCIATE_RQ:
-            # The state machine turns it into a primitive in the DUL thread, where a value pynetdicom decodes but
-            # refuses there (an even presentation context ID) raised and ended the thread, the requester unanswered.
-            decoded.to_primitive()
     except Exception:
         dul.event_queue.put(INVALID_PDU)
         return

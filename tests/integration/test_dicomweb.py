@@ -26,7 +26,7 @@ from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, MRImageStor
 from requests import HTTPError
 
 from tests.factory import COMPRESSED_SAMPLES, compressed_copy, make_image, save
-from tests.node import PACS, REPO, Node, wait_until
+from tests.node import PACS, REPO, Node, child_commands, wait_until
 from tests.peers import push_files, storescu
 
 
@@ -493,16 +493,9 @@ def test_dicomweb_with_api_tokens(embedded_node: Node) -> None:
 def _api_process(node: Node) -> int:
     serve = node.services["serve"].process
     assert serve is not None
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").split()
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == serve.pid and b"api" in command:
-            return int(entry.name)
+    for pid, command in child_commands(serve.pid).items():
+        if b"api" in command:
+            return pid
     raise AssertionError("the api child of pacs serve was not found")
 
 

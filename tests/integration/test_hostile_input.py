@@ -19,7 +19,7 @@ from pynetdicom.pdu import P_DATA_TF as P_DATA_TF_PDU
 
 from shared.ingest_identify import identify
 from tests.factory import deeply_nested_dataset, encode_dataset, make_image, with_file_meta
-from tests.node import Node, wait_until
+from tests.node import Node, child_commands, wait_until
 from tests.peers import StoreClient, echoscu, send_raw_c_store
 from tests.raw_dicom import (
     A_ABORT,
@@ -64,9 +64,7 @@ def healthy_afterwards(node: Node) -> Iterator[None]:
 def scp_rss_bytes(node: Node) -> int:
     """Resident memory of the serve supervisor's scp child, from /proc."""
     serve = node.services["serve"].process.pid  # type: ignore[union-attr]
-    children = Path(f"/proc/{serve}/task/{serve}/children").read_text().split()
-    for pid in children:
-        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").split()
+    for pid, command in child_commands(serve).items():
         if b"scp" in command:
             status = Path(f"/proc/{pid}/status").read_text()
             return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) * 1024

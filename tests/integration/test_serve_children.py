@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.node import PACS, REPO, Node, wait_until
+from tests.node import PACS, REPO, Node, child_commands, wait_until
 from tests.peers import echoscu
 
 SERVICES = {"scp", "indexer", "mover", "api"}
@@ -41,14 +41,7 @@ def node_and_pipe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[No
 
 
 def children(supervisor: int) -> dict[int, list[str]]:
-    """pid → command line (as words) of each child of the supervisor."""
-    found = {}
-    for pid in Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split():
-        try:
-            found[int(pid)] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().split()
-        except OSError:
-            continue
-    return found
+    return {pid: [word.decode() for word in command] for pid, command in child_commands(supervisor).items()}
 
 
 def descriptors(pid: int) -> set[str]:

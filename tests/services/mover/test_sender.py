@@ -22,6 +22,7 @@ from pynetdicom import AE, evt
 from services.mover.sender import SendOutcome, StoreSender
 from shared.dicom.part10 import encode_part10, skip_file_meta
 from shared.jobs import Destination, Item
+from shared.storage import direct_io
 from shared.storage.filesystem import FilesystemObjectStore
 from tests.factory import COMPRESSED_SAMPLES, dataset_bytes_of_file, encode_dataset, make_image
 from tests.node import free_port
@@ -221,8 +222,6 @@ def test_objects_arrive_byte_for_byte_whether_read_ahead_or_streamed_at_their_tu
 def test_large_objects_read_ahead_around_the_page_cache_arrive_byte_for_byte(
         store: FilesystemObjectStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """As the local store wrote them (shared.storage.direct_io): no page-cache pages spent on bytes read once."""
-    from shared.storage import direct_io
-
     reads: list[int] = []
     real = direct_io.read_head
 
@@ -239,8 +238,6 @@ def test_large_objects_read_ahead_around_the_page_cache_arrive_byte_for_byte(
 def test_objects_whose_buffers_are_too_large_to_keep_arrive_byte_for_byte(
         store: FilesystemObjectStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Such a buffer (an object of 4 to 8 MB: a digital radiograph) is unmapped once its request is framed."""
-    from shared.storage import direct_io
-
     monkeypatch.setattr(direct_io, "_KEPT_MAX_BYTES", 64 << 10)  # as if the 128 KB objects were such objects
     items = [stored(store, make_image(rows=256, columns=256), ExplicitVRLittleEndian) for _ in range(4)]
     assert_sent_byte_for_byte(store, items, tmp_path)
