@@ -131,6 +131,22 @@ def _let_incoming_through(assoc: Any) -> None:
     time.sleep(0.001)  # one DUL loop: it reads what has arrived
 
 
+EARLY_CANCEL_ATTRIBUTE = "find_cancelled_before_served"
+
+
+def note_early_cancel(assoc: Any, request: Any) -> None:
+    """Before pynetdicom serves a C-FIND: note whether its C-CANCEL has already arrived.
+
+    A C-CANCEL may follow its request at any time (PS3.7 9.3.2.3), so it can be read while the request still waits
+    for the association's thread. pynetdicom empties its C-CANCEL requests just before it serves a request (to drop
+    stale ones), that one included, and the query then ran to its end: kept on the association for ``handle``."""
+    setattr(assoc, EARLY_CANCEL_ATTRIBUTE, request.MessageID if request.MessageID in assoc.dimse.cancel_req else None)
+
+
+def _cancelled_before_served(event: Any) -> bool:
+    return getattr(event.assoc, EARLY_CANCEL_ATTRIBUTE, None) == event.request.MessageID
+
+
 class FindService:
     def __init__(self, sessions: sessionmaker[Session], result_limit: int, live_config: LiveConfig) -> None:
         find_answer.install()
@@ -140,6 +156,9 @@ class FindService:
 
     def handle(self, event: Any) -> Iterator[tuple[int | Dataset, Dataset | None]]:
         """The EVT_C_FIND handler."""
+        if _cancelled_before_served(event):
+            yield CANCELLED, None
+            return
         try:
             identifier: Dataset = event.identifier
             level = str(identifier.get("QueryRetrieveLevel", "")).strip().upper()

@@ -17,7 +17,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, _config, evt
-from pynetdicom.dimse_primitives import C_GET, C_MOVE, N_ACTION
+from pynetdicom.dimse_primitives import C_FIND, C_GET, C_MOVE, N_ACTION
 from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
@@ -36,7 +36,7 @@ from services.scp.access import ASSOCIATION_CEILING, AccessPolicy, AuditBuffer, 
 from services.scp.audit_trail import AssociationTrail
 from services.scp.commitment import CommitmentService
 from services.scp.direct_store import DirectStoreServices
-from services.scp.find import FindService
+from services.scp.find import FindService, note_early_cancel
 from services.scp.get import GetService
 from services.scp.listening import listening_server
 from services.scp.move import MoveService
@@ -162,6 +162,8 @@ class ScpServer:
             elif isinstance(message, C_GET) and message.is_valid_request:
                 self.get_service.serve(assoc, message, context_id)
             else:
+                if isinstance(message, C_FIND) and message.is_valid_request:
+                    note_early_cancel(assoc, message)
                 serve_with_pynetdicom(message, context_id)
                 if isinstance(message, N_ACTION):  # its response is sent: the commitment report may follow
                     self.commitment_service.after_request(assoc)
