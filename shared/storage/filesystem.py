@@ -268,7 +268,7 @@ class FilesystemObjectStore:
         with self._journal.writing() as segment:
             segment.append(kind, key, parts, sha256)
             if durable:
-                segment.barrier.sync()  # in the journal before the name exists
+                self._journal.make_durable(segment)  # in the journal, with every earlier write, before the name
             if kind == PUT_HINT:
                 new.replace(path)
                 return None

@@ -6,7 +6,9 @@ A durable new file costs a journal commit of the file system (its inode, its nam
 is first appended to a segment file of the process's journal, the object's record is flushed with ``fdatasync``
 (one file, shared by every thread storing at that moment: group commit, shared.storage.sync_barrier), and only
 then do the files get their names, without a flush of their own. A checkpointer thread makes the files durable in
-bulk (one ``syncfs`` per segment, every CHECKPOINT_SECONDS or CHECKPOINT_BYTES) and then removes the segment.
+bulk (one ``syncfs`` per segment, every CHECKPOINT_SECONDS or CHECKPOINT_BYTES) and then removes the segment. A
+durable write whose segment began while an earlier one was being checkpointed also waits for that checkpoint
+(``make_durable``): the claim and marker written just before it may be in the earlier segment.
 
 After a crash of the machine, what was acknowledged is in the journal: ``recover`` replays the segments of
 processes that are gone (a live process holds an exclusive ``flock`` on its segments), in order, idempotently:
@@ -60,6 +62,8 @@ SEGMENT_SUFFIX = ".wal"
 CHECKPOINT_SECONDS = 1.0
 CHECKPOINT_BYTES = 64 << 20
 SETTLE_SECONDS = 10.0  # longest wait of ``settle`` for live segments to be checkpointed
+DURABLE_WAIT_SECONDS = 5.0  # longest wait of a durable write for the checkpoint of earlier segments (DESIGN: a
+# failing store answers C-STORE with 0xA7xx within 10 s)
 PUT_NEW = 1  # a new object or claim
 PUT_HINT = 2  # a marker
 # How a PUT_NEW is written: the CRC-32 covers the header, the key and the data's SHA-256 (32 bytes after the key),
@@ -152,7 +156,8 @@ def read_records(path: str) -> Iterator[Record]:
 class _Segment:
     """One journal file of this process, locked for as long as it is open."""
 
-    def __init__(self, folder: str) -> None:
+    def __init__(self, folder: str, number: int) -> None:
+        self.number = number  # the order in which this process began its segments
         self.path = os.path.join(folder, f"{os.getpid()}-{uuid.uuid4().hex}{SEGMENT_SUFFIX}")
         self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         fcntl.flock(self.fd, fcntl.LOCK_EX)  # live: recovery leaves it alone
@@ -254,6 +259,8 @@ class Journal:
         self._draining = 0  # checkpoints waiting for the writers of retired segments
         self._current: _Segment | None = None
         self._retired: list[_Segment] = []  # no longer appended to, not yet checkpointed
+        self._checkpointing: list[_Segment] = []  # taken by the checkpoint under way, until it removed them
+        self._segments_begun = 0
         self._thread: threading.Thread | None = None
         self._stopping = False
         journal = weakref.ref(self)
@@ -279,15 +286,36 @@ class Journal:
             if segment.size >= self._checkpoint_bytes:
                 self._due.set()
 
+    def make_durable(self, segment: _Segment) -> None:
+        """Return once everything this process journaled so far is durable: ``segment``'s records by its flush
+        (shared by the threads flushing it), the records of earlier segments by their checkpoint.
+
+        A thread's claim and marker can land in an earlier segment than its object: a checkpoint that begins
+        between them retires the segment they are in, and the object goes to the next. That checkpoint makes them
+        durable with its ``syncfs``, which may still run when the object's flush is done: acknowledged then, a crash
+        of the machine could keep the object and lose its marker, so that nothing would ever index it. OSError when
+        the earlier segments cannot be made durable within DURABLE_WAIT_SECONDS (a failing checkpoint)."""
+        segment.barrier.sync()
+        deadline = time.monotonic() + DURABLE_WAIT_SECONDS
+        with self._state:
+            while any(older.number < segment.number for older in (*self._retired, *self._checkpointing)):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise OSError(errno.EIO, "earlier journal segments were not made durable")
+                self._due.set()  # a segment retired outside a checkpoint (a broken one) waits for none
+                self._state.wait(remaining)
+
     def forget_parent(self) -> None:
         """In a forked child: the parent's segments, locks and thread are not ours."""
         self._state = threading.Condition()
         self._current, self._retired, self._thread, self._draining = None, [], None, 0
+        self._checkpointing = []
 
     def _segment(self) -> _Segment:
         if self._current is None:
             os.makedirs(self._folder, exist_ok=True)
-            self._current = _Segment(self._folder)
+            self._segments_begun += 1
+            self._current = _Segment(self._folder, self._segments_begun)
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="journal-checkpoint", daemon=True)
             self._thread.start()
@@ -324,6 +352,7 @@ class Journal:
             if self._current is not None and self._current.size > 0:
                 self._retire()
             segments, self._retired = self._retired, []
+            self._checkpointing += segments
             self._draining += 1
             while any(segment.writers for segment in segments):
                 self._state.wait()
@@ -338,7 +367,16 @@ class Journal:
         except BaseException:
             with self._state:
                 self._retired = [segment for segment in segments if segment.fd >= 0] + self._retired
+                self._checkpointed(segments)
             raise
+        with self._state:
+            self._checkpointed(segments)
+
+    def _checkpointed(self, segments: list[_Segment]) -> None:
+        """The checkpoint of ``segments`` ended (called with the state lock held): durable flushes that waited for
+        them look again."""
+        self._checkpointing = [segment for segment in self._checkpointing if segment not in segments]
+        self._state.notify_all()
 
     def close(self) -> None:
         """At the end of the process: a last checkpoint (an unclean end leaves the segment to ``recover``)."""

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.storage.base import PutOutcome, StorageFull
+from shared.storage.base import PutOutcome, StorageFull, StorageUnavailable
 from shared.storage.filesystem import FilesystemObjectStore
 from shared.storage.direct_io import DIRECT_ALIGNMENT
 from shared.storage.journal import (
@@ -101,6 +101,61 @@ def test_checkpoints_happen_by_themselves(tmp_path: Path) -> None:
     while segments(root) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert segments(root) == []
+
+
+class SlowFlush:
+    """A checkpoint's syncfs that takes until it is released."""
+
+    def __init__(self) -> None:
+        self.started, self.release = threading.Event(), threading.Event()
+
+    def sync(self) -> None:
+        self.started.set()
+        assert self.release.wait(10)
+
+
+def test_a_durable_put_returns_only_once_the_checkpoint_of_an_earlier_segment_is_done(tmp_path: Path) -> None:
+    """The claim and marker of an instance are journaled in a segment that a checkpoint retires before its object
+    is journaled (in the next segment): the object's put must wait for that checkpoint's flush, or an instance could
+    be acknowledged with its marker not yet durable."""
+    root = tmp_path / "objects"
+    flush = SlowFlush()
+    store = FilesystemObjectStore(root, flush)  # type: ignore[arg-type]
+    store.put_new(CLAIM, b"claim", sha(b"claim"), durable=False)
+    store.put_hint(MARKER, b"{}")
+    checkpoint = threading.Thread(target=store._journal.checkpoint)  # type: ignore[attr-defined]
+    checkpoint.start()
+    assert flush.started.wait(10)  # the claim's and the marker's segment retired, its flush under way
+    put = threading.Thread(target=store.put_new, args=(KEY, b"object", sha(b"object")))
+    put.start()
+    put.join(0.5)
+    assert put.is_alive()  # the object's own segment is flushed, the marker's is not yet
+    assert len(segments(root)) == 2
+    flush.release.set()
+    put.join(10)
+    checkpoint.join(10)
+    assert not put.is_alive() and not checkpoint.is_alive()
+    assert named(root) == {CLAIM, MARKER, KEY}
+    store.close()
+
+
+def test_a_durable_put_fails_when_an_earlier_segment_cannot_be_made_durable(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shared.storage.journal as journal
+
+    monkeypatch.setattr(journal, "DURABLE_WAIT_SECONDS", 0.3)
+    root = tmp_path / "objects"
+    flush = SlowFlush()
+    store = FilesystemObjectStore(root, flush)  # type: ignore[arg-type]
+    store.put_hint(MARKER, b"{}")
+    checkpoint = threading.Thread(target=store._journal.checkpoint)  # type: ignore[attr-defined]
+    checkpoint.start()
+    assert flush.started.wait(10)
+    with pytest.raises(StorageUnavailable):
+        store.put_new(KEY, b"object", sha(b"object"))
+    flush.release.set()
+    checkpoint.join(10)
+    store.close()
 
 
 WRITER = """
