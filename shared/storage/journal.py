@@ -7,8 +7,8 @@ is first appended to a segment file of the process's journal, the object's recor
 (one file, shared by every thread storing at that moment: group commit, shared.storage.sync_barrier), and only
 then do the files get their names, without a flush of their own. A checkpointer thread makes the files durable in
 bulk (one ``syncfs`` per segment, every CHECKPOINT_SECONDS or CHECKPOINT_BYTES) and then removes the segment. A
-durable write whose segment began while an earlier one was being checkpointed also waits for that checkpoint
-(``make_durable``): the claim and marker written just before it may be in the earlier segment.
+durable write whose segment began while an earlier one was not yet checkpointed flushes that one too
+(``make_durable``): the claim and marker written just before it may be in it.
 
 After a crash of the machine, what was acknowledged is in the journal: ``recover`` replays the segments of
 processes that are gone (a live process holds an exclusive ``flock`` on its segments), in order, idempotently:
@@ -62,8 +62,6 @@ SEGMENT_SUFFIX = ".wal"
 CHECKPOINT_SECONDS = 1.0
 CHECKPOINT_BYTES = 64 << 20
 SETTLE_SECONDS = 10.0  # longest wait of ``settle`` for live segments to be checkpointed
-DURABLE_WAIT_SECONDS = 5.0  # longest wait of a durable write for the checkpoint of earlier segments (DESIGN: a
-# failing store answers C-STORE with 0xA7xx within 10 s)
 PUT_NEW = 1  # a new object or claim
 PUT_HINT = 2  # a marker
 # How a PUT_NEW is written: the CRC-32 covers the header, the key and the data's SHA-256 (32 bytes after the key),
@@ -288,22 +286,24 @@ class Journal:
 
     def make_durable(self, segment: _Segment) -> None:
         """Return once everything this process journaled so far is durable: ``segment``'s records by its flush
-        (shared by the threads flushing it), the records of earlier segments by their checkpoint.
+        (shared by the threads flushing it), and those of earlier segments not yet checkpointed by theirs.
 
         A thread's claim and marker can land in an earlier segment than its object: a checkpoint that begins
         between them retires the segment they are in, and the object goes to the next. That checkpoint makes them
         durable with its ``syncfs``, which may still run when the object's flush is done: acknowledged then, a crash
-        of the machine could keep the object and lose its marker, so that nothing would ever index it. OSError when
-        the earlier segments cannot be made durable within DURABLE_WAIT_SECONDS (a failing checkpoint)."""
+        of the machine could keep the object and lose its marker, so that nothing would ever index it. Waiting for
+        that checkpoint instead could wait for this very thread (a checkpoint that took both segments waits for
+        their writers), so the earlier segment is flushed here too; one that its checkpoint closed meanwhile was
+        made durable before it was closed."""
         segment.barrier.sync()
-        deadline = time.monotonic() + DURABLE_WAIT_SECONDS
         with self._state:
-            while any(older.number < segment.number for older in (*self._retired, *self._checkpointing)):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise OSError(errno.EIO, "earlier journal segments were not made durable")
-                self._due.set()  # a segment retired outside a checkpoint (a broken one) waits for none
-                self._state.wait(remaining)
+            earlier = [older for older in (*self._retired, *self._checkpointing) if older.number < segment.number]
+        for older in earlier:
+            try:
+                older.barrier.sync()
+            except OSError:
+                if older.fd >= 0:
+                    raise
 
     def forget_parent(self) -> None:
         """In a forked child: the parent's segments, locks and thread are not ours."""
@@ -373,10 +373,8 @@ class Journal:
             self._checkpointed(segments)
 
     def _checkpointed(self, segments: list[_Segment]) -> None:
-        """The checkpoint of ``segments`` ended (called with the state lock held): durable flushes that waited for
-        them look again."""
+        """The checkpoint of ``segments`` ended (called with the state lock held)."""
         self._checkpointing = [segment for segment in self._checkpointing if segment not in segments]
-        self._state.notify_all()
 
     def close(self) -> None:
         """At the end of the process: a last checkpoint (an unclean end leaves the segment to ``recover``)."""

@@ -114,47 +114,63 @@ class SlowFlush:
         assert self.release.wait(10)
 
 
-def test_a_durable_put_returns_only_once_the_checkpoint_of_an_earlier_segment_is_done(tmp_path: Path) -> None:
-    """The claim and marker of an instance are journaled in a segment that a checkpoint retires before its object
-    is journaled (in the next segment): the object's put must wait for that checkpoint's flush, or an instance could
-    be acknowledged with its marker not yet durable."""
+def test_a_durable_put_also_flushes_an_earlier_segment_whose_checkpoint_is_under_way(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The claim and marker of an instance are journaled in a segment that a checkpoint retires before the object is
+    journaled (in the next segment): the object's put must not return before they are durable, and the
+    checkpoint's store-wide flush may still be running."""
     root = tmp_path / "objects"
     flush = SlowFlush()
     store = FilesystemObjectStore(root, flush)  # type: ignore[arg-type]
     store.put_new(CLAIM, b"claim", sha(b"claim"), durable=False)
     store.put_hint(MARKER, b"{}")
+    [earlier] = segments(root)
     checkpoint = threading.Thread(target=store._journal.checkpoint)  # type: ignore[attr-defined]
     checkpoint.start()
-    assert flush.started.wait(10)  # the claim's and the marker's segment retired, its flush under way
-    put = threading.Thread(target=store.put_new, args=(KEY, b"object", sha(b"object")))
-    put.start()
-    put.join(0.5)
-    assert put.is_alive()  # the object's own segment is flushed, the marker's is not yet
-    assert len(segments(root)) == 2
-    flush.release.set()
-    put.join(10)
-    checkpoint.join(10)
-    assert not put.is_alive() and not checkpoint.is_alive()
+    try:
+        assert flush.started.wait(10)  # the claim's and the marker's segment retired, its flush under way
+        flushed: list[str] = []
+        fdatasync = os.fdatasync
+
+        def recording_fdatasync(fd: int) -> None:
+            fdatasync(fd)
+            flushed.append(os.readlink(f"/proc/self/fd/{fd}"))
+
+        monkeypatch.setattr(os, "fdatasync", recording_fdatasync)
+        store.put_new(KEY, b"object", sha(b"object"))
+        [later] = [path for path in segments(root) if path != earlier]
+        assert sorted(flushed) == sorted([str(earlier), str(later)])
+    finally:
+        flush.release.set()
+        checkpoint.join(10)
     assert named(root) == {CLAIM, MARKER, KEY}
     store.close()
 
 
-def test_a_durable_put_fails_when_an_earlier_segment_cannot_be_made_durable(
+def test_a_durable_put_fails_when_an_earlier_segment_cannot_be_flushed(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import shared.storage.journal as journal
-
-    monkeypatch.setattr(journal, "DURABLE_WAIT_SECONDS", 0.3)
     root = tmp_path / "objects"
     flush = SlowFlush()
     store = FilesystemObjectStore(root, flush)  # type: ignore[arg-type]
     store.put_hint(MARKER, b"{}")
+    [earlier] = segments(root)
     checkpoint = threading.Thread(target=store._journal.checkpoint)  # type: ignore[attr-defined]
     checkpoint.start()
-    assert flush.started.wait(10)
-    with pytest.raises(StorageUnavailable):
-        store.put_new(KEY, b"object", sha(b"object"))
-    flush.release.set()
-    checkpoint.join(10)
+    try:
+        assert flush.started.wait(10)
+        fdatasync = os.fdatasync
+
+        def failing_on_the_earlier_segment(fd: int) -> None:
+            if os.readlink(f"/proc/self/fd/{fd}") == str(earlier):
+                raise OSError(errno.EIO, "I/O error")
+            fdatasync(fd)
+
+        monkeypatch.setattr(os, "fdatasync", failing_on_the_earlier_segment)
+        with pytest.raises(StorageUnavailable):
+            store.put_new(KEY, b"object", sha(b"object"))
+    finally:
+        flush.release.set()
+        checkpoint.join(10)
     store.close()
 
 
