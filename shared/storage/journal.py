@@ -164,7 +164,7 @@ class _Segment:
         self._zeroing = True  # until a large record or a disk without room for the zeros (see ZEROED_RECORD_MAX)
         self.broken = False  # a failed write could not be cut off: no more appends here
         self.writers = 0  # threads between their append and the naming of their file
-        self.barrier = SyncBarrier(folder, lambda: os.fdatasync(self.fd))
+        self.barrier = SyncBarrier(folder, self._flush)
         self._write_lock = threading.Lock()
         self._direct_fd = direct_io.open_direct(self.path)  # None where the file system refuses O_DIRECT
 
@@ -236,10 +236,17 @@ class _Segment:
             os.ftruncate(self.fd, self._zeroed)
             self._zeroing = False
 
+    def _flush(self) -> None:
+        fd = self.fd
+        if fd >= 0:  # else closed by its checkpoint, which made it durable first
+            os.fdatasync(fd)
+
     def close(self) -> None:
+        """Marked closed before the descriptor is: a thread whose flush of this segment fails because it was just
+        closed sees why (Journal.make_durable)."""
         self._close_direct()
-        os.close(self.fd)  # and with it the lock
-        self.fd = -1
+        fd, self.fd = self.fd, -1
+        os.close(fd)  # and with it the lock
 
 
 class Journal:
@@ -303,7 +310,7 @@ class Journal:
                 older.barrier.sync()
             except OSError:
                 if older.fd >= 0:
-                    raise
+                    raise  # else it was closed while flushed here: durable before that
 
     def forget_parent(self) -> None:
         """In a forked child: the parent's segments, locks and thread are not ours."""

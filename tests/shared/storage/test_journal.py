@@ -174,6 +174,35 @@ def test_a_durable_put_fails_when_an_earlier_segment_cannot_be_flushed(
     store.close()
 
 
+def test_durable_puts_of_several_threads_succeed_while_checkpoints_come_and_go(tmp_path: Path) -> None:
+    """An earlier segment flushed by a durable put may be closed by its checkpoint at that moment (it was made
+    durable first): that is no failure of the put."""
+    root = tmp_path / "objects"
+    store = FilesystemObjectStore(root)
+    store._journal._checkpoint_seconds = 0.001  # type: ignore[attr-defined]
+    failures: list[BaseException] = []
+
+    def sender(number: int) -> None:
+        try:
+            for instance in range(150):
+                uid = f"1.2.{number}.{instance}"
+                claim = f"1.2/{uid}.dcm".encode()
+                store.put_new(f".claims/ab/{uid}", claim, sha(claim), durable=False)
+                store.put_hint(f".pending/{uid}.json", b"{}")
+                store.put_new(f"1.2/{uid}.dcm", b"object %d" % instance, sha(b"object %d" % instance))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failures.append(exc)
+
+    senders = [threading.Thread(target=sender, args=(number,)) for number in range(4)]
+    for thread in senders:
+        thread.start()
+    for thread in senders:
+        thread.join(60)
+    store.close()
+    assert failures == []
+    assert len(list(store.list("1.2/"))) == 600
+
+
 WRITER = """
 import hashlib, os, sys
 from pathlib import Path
