@@ -1,7 +1,8 @@
 """The pending ledger: one small marker per acknowledged, not yet indexed instance, kept in the object store.
 
-The SCP writes the marker before the object is made durable (so it is durable with it); the indexer removes
-it once the instance is indexed. The sweeper re-publishes markers that stayed too long (a lost event, a broker
+The SCP writes the marker before the object is made durable (so it is durable with it; in a local folder its
+journal record is, and the file is named once the C-STORE is answered, ``stage``), and before the instance's event
+is handed to the queue; the indexer removes it once the instance is indexed. The sweeper re-publishes markers that stayed too long (a lost event, a broker
 restarted empty, a killed worker), so its work follows what is pending, never the size of the archive.
 """
 
@@ -15,6 +16,7 @@ from pydantic import ValidationError
 
 from shared.events import InstanceStored
 from shared.storage import ObjectNotFound, ObjectStore
+from shared.storage.base import StagedHint
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,11 @@ class PendingLedger:
 
     def record(self, event: InstanceStored) -> None:
         self._store.put_hint(marker_key(event.sop_instance_uid), event.model_dump_json().encode())
+
+    def stage(self, event: InstanceStored) -> StagedHint:
+        """``record`` in two steps (ObjectStore.stage_hint): the marker is durable with the object's put, and named
+        once ``publish`` is called, before its event is handed to the queue."""
+        return self._store.stage_hint(marker_key(event.sop_instance_uid), event.model_dump_json().encode())
 
     def resolve(self, sop_instance_uid: str) -> None:
         self._store.delete_hint(marker_key(sop_instance_uid))

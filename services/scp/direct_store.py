@@ -22,6 +22,7 @@ association to it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -209,17 +210,22 @@ class DirectStore:
         evt.trigger(assoc, evt.EVT_DIMSE_RECV,
                     {"message": StoreRequestReceived(receiving.message_id, command.sop_class_uid, data_set.size)})
         services = self._services
+        after_answer: list[Callable[[], None]] = []
         try:
             if not services.admits(assoc, "store"):
                 status: int | Dataset = services.refusal("store")
             else:
-                status = services.store.store(assoc, command, data_set if data_set.spilled else data_set.getvalue())
+                status = services.store.store(assoc, command, data_set if data_set.spilled else data_set.getvalue(),
+                                              after_answer)
         except Exception:
             log.exception("store.handler_failed")
             status = HANDLER_FAILURE
         finally:
             data_set.close()
-        self._respond(receiving, status)
+        try:
+            self._respond(receiving, status)
+        finally:
+            _run_after_answer(after_answer)
 
     def _respond(self, receiving: _Receiving, status: int | Dataset) -> None:
         command = receiving.command
@@ -233,6 +239,16 @@ class DirectStore:
         response.AffectedSOPInstanceUID = command.sop_instance_uid
         response = StorageServiceClass(self._assoc).validate_status(status, response)
         self._writer.send_msg(response, receiving.context_id)
+
+
+def _run_after_answer(work: list[Callable[[], None]]) -> None:
+    """The instance is durable whatever became of its answer: its marker is named and its event handed over in any
+    case. A failure is logged (a marker that could not be named still has its event)."""
+    for finish in work:
+        try:
+            finish()
+        except Exception as exc:
+            log.error("store.after_answer_failed error=%s", exc.__class__.__name__)
 
 
 def _context_of(item: memoryview) -> int:

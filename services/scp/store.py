@@ -1,7 +1,7 @@
 """C-STORE: make the instance durable in the object store, then answer; indexing happens elsewhere.
 
-Order of work for a new instance: identify (UIDs only) → pending marker → durable object → Success → event
-(the core is shared.ingest, which STOW-RS uses too). Errors become DIMSE statuses only here.
+Order of work for a new instance: identify (UIDs only) → pending marker journaled → durable object → Success →
+marker named → event (the core is shared.ingest, which STOW-RS uses too). Errors become DIMSE statuses only here.
 """
 
 from __future__ import annotations
@@ -109,9 +109,11 @@ class StoreService:
         finally:
             received.close()  # a spool file is removed with it
 
-    def store(self, assoc: Any, command: StoreCommand, dataset: bytes | SpooledDataset) -> int | Dataset:
+    def store(self, assoc: Any, command: StoreCommand, dataset: bytes | SpooledDataset,
+              after_answer: list[Callable[[], None]] | None = None) -> int | Dataset:
         """Store one received data set; the answer is the C-STORE response status (a Dataset when it carries an
-        Error Comment)."""
+        Error Comment). With ``after_answer``, what need not delay the answer (naming the pending marker, handing
+        the event to the queue: shared.ingest) is appended to it for the caller to run once it answered."""
         transfer_syntax = command.transfer_syntax
         try:
             identity = (identify(dataset, transfer_syntax) if isinstance(dataset, bytes)
@@ -133,7 +135,7 @@ class StoreService:
                            "SOP Class/Instance UID of dataset and command differ")
         reception = reception_of(assoc)
         try:
-            return self._store_instance(identity, transfer_syntax, dataset, reception)
+            return self._store_instance(identity, transfer_syntax, dataset, reception, after_answer)
         except StorageFull as exc:
             self.counters.failed += 1
             log.error("store.failed status=0x%04X reason=%s", statuses.OUT_OF_RESOURCES_FULL, exc)
@@ -150,9 +152,14 @@ class StoreService:
             return statuses.failure(statuses.OUT_OF_RESOURCES_UNAVAILABLE, "object store unavailable")
 
     def _store_instance(
-        self, identity: InstanceIdentity, transfer_syntax: str, dataset: bytes | SpooledDataset, reception: Reception
+        self, identity: InstanceIdentity, transfer_syntax: str, dataset: bytes | SpooledDataset, reception: Reception,
+        after_answer: list[Callable[[], None]] | None,
     ) -> int | Dataset:
-        ingested = self._ingest.store_instance(identity, transfer_syntax, dataset, reception)
+        if after_answer is None:
+            ingested = self._ingest.store_instance(identity, transfer_syntax, dataset, reception)
+        else:
+            ingested, finish = self._ingest.store_instance_first(identity, transfer_syntax, dataset, reception)
+            after_answer.append(finish)
         if ingested.outcome is IngestOutcome.STORED:
             self.counters.stored += 1
             self.counters.bytes_stored += ingested.size

@@ -116,6 +116,18 @@ def validate_key(key: str) -> str:
     return key
 
 
+class StagedHint(Protocol):
+    """A hint written by ``ObjectStore.stage_hint``: ``publish`` or ``drop`` it, once."""
+
+    def publish(self) -> None:
+        """Under its key from now on; StorageError if it cannot be."""
+        ...
+
+    def drop(self) -> None:
+        """Not wanted: removed, or never named. Never raises."""
+        ...
+
+
 class ObjectStore(Protocol):
     """Create, read, remove and list objects by key. Implementations are thread-safe."""
 
@@ -130,6 +142,12 @@ class ObjectStore(Protocol):
 
     def put_hint(self, key: str, data: bytes) -> None:
         """Store a small object (a marker), replacing any; durability follows the next durable put_new."""
+        ...
+
+    def stage_hint(self, key: str, data: bytes) -> "StagedHint":
+        """``put_hint`` in two steps: durable with the next durable put_new as a put_hint is, but possibly under its
+        key only once ``publish`` is called (a local store names the file then, off the path that waits for the
+        durable put_new); ``drop`` instead if it is not wanted after all. One of the two must be called."""
         ...
 
     def get(self, key: str) -> bytes: ...

@@ -27,7 +27,7 @@ import os
 import stat
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO
@@ -153,6 +153,29 @@ class _NewFile:
                 os.unlink(self.temp_path)
             except OSError:
                 pass
+
+
+class _StagedFileHint:
+    """A hint in the journal, named by ``publish`` (FilesystemObjectStore.stage_hint)."""
+
+    def __init__(self, name: Callable[[], None], release: Callable[[], None]) -> None:
+        self._name, self._release = name, release  # the file; the journal segment that holds its record
+        self._done = False
+
+    def publish(self) -> None:
+        if not self._done:
+            self._done = True
+            try:
+                self._name()
+            finally:
+                self._release()
+
+    def drop(self) -> None:
+        """Never named (its record stays in the journal: a replay after a crash names it, which a put_hint then
+        delete_hint also gives)."""
+        if not self._done:
+            self._done = True
+            self._release()
 
 
 _O_TMPFILE = getattr(os, "O_TMPFILE", 0)
@@ -297,6 +320,31 @@ class FilesystemObjectStore:
             new = self._new_file_in(os.path.dirname(path), data, spare=True)
             try:
                 self._link_journaled(PUT_HINT, key, (data,), new, path, durable=False)
+            finally:
+                new.close()
+        except OSError as exc:
+            raise _storage_error(exc) from exc
+
+    def stage_hint(self, key: str, data: bytes) -> _StagedFileHint:
+        """Journaled now (in the segment the next durable put_new flushes, or an earlier one it flushes too), named
+        by ``publish``; the segment is held until then, so no checkpoint drops the record of a hint not yet named:
+        after a crash in between, ``recover`` names it."""
+        path = self._path(key)
+        segment = self._journal.hold()
+        try:
+            segment.append(PUT_HINT, key, (data,))
+        except BaseException as exc:
+            self._journal.release(segment)
+            if isinstance(exc, OSError):
+                raise _storage_error(exc) from exc
+            raise
+        return _StagedFileHint(lambda: self._name_hint(path, data), lambda: self._journal.release(segment))
+
+    def _name_hint(self, path: str, data: bytes) -> None:
+        try:
+            new = self._new_file_in(os.path.dirname(path), data, spare=True)
+            try:
+                new.replace(path)
             finally:
                 new.close()
         except OSError as exc:

@@ -276,20 +276,29 @@ class Journal:
     @contextmanager
     def writing(self) -> Iterator[_Segment]:
         """The segment to append to; the checkpointer waits for the block to end before it flushes the segment."""
-        with self._state:
-            segment = self._segment()
-            segment.writers += 1
+        segment = self.hold()
         try:
             yield segment
         finally:
-            with self._state:
-                segment.writers -= 1
-                if segment.broken and segment is self._current:
-                    self._retire()
-                if self._draining and segment.writers == 0:
-                    self._state.notify_all()
-            if segment.size >= self._checkpoint_bytes:
-                self._due.set()
+            self.release(segment)
+
+    def hold(self) -> _Segment:
+        """The segment to append to, held (not checkpointed) until ``release``: for a file named after its append
+        returned (``writing`` for one within a block)."""
+        with self._state:
+            segment = self._segment()
+            segment.writers += 1
+        return segment
+
+    def release(self, segment: _Segment) -> None:
+        with self._state:
+            segment.writers -= 1
+            if segment.broken and segment is self._current:
+                self._retire()
+            if self._draining and segment.writers == 0:
+                self._state.notify_all()
+        if segment.size >= self._checkpoint_bytes:
+            self._due.set()
 
     def make_durable(self, segment: _Segment) -> None:
         """Return once everything this process journaled so far is durable: ``segment``'s records by its flush

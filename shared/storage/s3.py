@@ -101,6 +101,22 @@ class _ClosingStream(io.RawIOBase):
         super().close()
 
 
+class _PutHint:
+    """A hint already written (S3ObjectStore.stage_hint)."""
+
+    def __init__(self, store: "S3ObjectStore", key: str) -> None:
+        self._store, self._key = store, key
+
+    def publish(self) -> None:
+        """It is under its key already."""
+
+    def drop(self) -> None:
+        try:
+            self._store.delete_hint(self._key)
+        except StorageError:
+            pass  # the sweeper removes markers whose object never appeared
+
+
 class S3ObjectStore:
     def __init__(
         self,
@@ -242,6 +258,11 @@ class S3ObjectStore:
     def put_hint(self, key: str, data: bytes) -> None:
         validate_key(key)
         self._with_bucket(lambda: self._put_hint(key, data))
+
+    def stage_hint(self, key: str, data: bytes) -> _PutHint:
+        """Written now: a PUT is durable once acknowledged, and visible at once."""
+        self.put_hint(key, data)
+        return _PutHint(self, key)
 
     def _put_hint(self, key: str, data: bytes) -> None:
         try:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -42,3 +45,56 @@ def test_the_indexing_event_of_a_new_object_carries_its_stamp_and_the_pending_ma
         assert event.object_stamp is not None and event.object_stamp == store.stamp(stream)
     (marker,) = ledger.stale(older_than_seconds=-1)
     assert marker.object_stamp is None  # written before the object existed: a replay of it is hashed
+
+
+def test_the_marker_is_named_after_the_answer_and_before_the_event_is_handed_over(
+        store: FilesystemObjectStore) -> None:
+    ledger = PendingLedger(store)
+    markers_when_submitted: list[int] = []
+    ingest = Ingest(store, ledger, lambda task, event: markers_when_submitted.append(ledger.count()))
+    data = encode_dataset(make_image(), ExplicitVRLittleEndian)
+    reception = Reception(remote_aet="MOD", called_aet="PACS", remote_ip="127.0.0.1", received_at=utc_now())
+
+    stored, finish = ingest.store_instance_first(identify(data, ExplicitVRLittleEndian), ExplicitVRLittleEndian,
+                                                 data, reception)
+    assert store.stat(stored.object_key) is not None  # durable: the answer may go now
+    assert ledger.count() == 0 and markers_when_submitted == []
+    finish()
+    assert markers_when_submitted == [1]  # the indexer removes a marker that exists
+
+
+CUT_BEFORE_FINISH = """
+import os, sys
+from pathlib import Path
+from pydicom.uid import ExplicitVRLittleEndian
+from shared.events import Reception, utc_now
+from shared.ingest import Ingest
+from shared.ingest_identify import identify
+from shared.pending import PendingLedger
+from shared.storage.filesystem import FilesystemObjectStore
+from tests.factory import encode_dataset, make_image
+
+store = FilesystemObjectStore(Path(sys.argv[1]))
+ingest = Ingest(store, PendingLedger(store), lambda task, event: None)
+data = encode_dataset(make_image(), ExplicitVRLittleEndian)
+reception = Reception(remote_aet="MOD", called_aet="PACS", remote_ip="127.0.0.1", received_at=utc_now())
+stored, finish = ingest.store_instance_first(identify(data, ExplicitVRLittleEndian), ExplicitVRLittleEndian, data,
+                                             reception)
+print(stored.object_key, flush=True)
+os._exit(0)  # answered, then gone before the marker was named
+"""
+
+
+def test_a_process_gone_between_the_answer_and_the_marker_leaves_the_marker_to_recovery(tmp_path: Path) -> None:
+    require_stamps(tmp_path)
+    root = tmp_path / "objects"
+    repo = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, "-c", CUT_BEFORE_FINISH, str(root)], cwd=repo, capture_output=True,
+                            text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(repo)})
+    assert result.returncode == 0, result.stderr
+    store = FilesystemObjectStore(root)
+    ledger = PendingLedger(store)
+    assert ledger.count() == 0
+    store.recover()
+    (marker,) = ledger.stale(older_than_seconds=-1)
+    assert marker.object_key == result.stdout.strip()

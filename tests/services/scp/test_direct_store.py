@@ -61,12 +61,18 @@ class Recorder:
         self.stored: list[tuple[str, bytes]] = []
         self.answers: list[tuple[int, Any]] = []
         self.allowed = allowed
+        self.happened: list[str] = []  # answers and the work the store left for after them, in order
+        self.answer_fails = False
 
-    def store(self, _assoc: Any, command: Any, data_set: bytes) -> int:
+    def store(self, _assoc: Any, command: Any, data_set: bytes, after_answer: list[Any]) -> int:
         self.stored.append((command.sop_instance_uid, data_set))
+        after_answer.append(lambda: self.happened.append(f"marker and event of {command.sop_instance_uid}"))
         return 0x0000
 
     def send_store_response(self, context_id: int, response: Any) -> None:
+        self.happened.append(f"answer {response.status:#06x}")
+        if self.answer_fails:
+            raise OSError("connection reset")
         self.answers.append((context_id, response.status))
 
     def send_msg(self, response: Any, context_id: int) -> None:
@@ -101,6 +107,22 @@ def test_a_store_is_answered_and_nothing_reaches_pynetdicom(recorder: Recorder, 
     assert direct.on_p_data(bytearray(item(1, False, False, b"half ") + item(1, False, True, b"two"))) is None
     assert recorder.stored == [("1.2.3.4", b"half two")]
     assert recorder.answers == [(1, 0x0000)]
+
+
+def test_what_a_store_leaves_for_after_its_answer_runs_after_the_answer(recorder: Recorder,
+                                                                         tmp_path: Path) -> None:
+    direct = direct_path(recorder, tmp_path)
+    direct.on_p_data(bytearray(item(1, True, True, store_command()) + item(1, False, True, b"data")))
+    assert recorder.happened == ["answer 0x0000", "marker and event of 1.2.3.4"]
+
+
+def test_what_a_store_leaves_for_after_its_answer_runs_when_the_answer_cannot_be_sent(recorder: Recorder,
+                                                                                      tmp_path: Path) -> None:
+    recorder.answer_fails = True
+    direct = direct_path(recorder, tmp_path)
+    with pytest.raises(OSError):
+        direct.on_p_data(bytearray(item(1, True, True, store_command()) + item(1, False, True, b"data")))
+    assert recorder.happened == ["answer 0x0000", "marker and event of 1.2.3.4"]
 
 
 def test_command_and_data_set_may_share_one_pdu(recorder: Recorder, tmp_path: Path) -> None:

@@ -363,3 +363,28 @@ def test_recover_removes_temporary_files_that_a_crashed_marker_write_left(store:
 def test_a_put_that_is_not_durable_tells_no_stamp(stamping_store: FilesystemObjectStore) -> None:
     # A claim: nothing reads it by its stamp, so the store does not spend system calls on one.
     assert stamping_store.put_new(".claims/ab/1.2.3", KEY.encode(), sha(KEY.encode()), durable=False).stamp is None
+
+
+def test_a_staged_hint_is_named_by_publish_and_no_checkpoint_drops_its_record_before(
+        store: FilesystemObjectStore, root: Path) -> None:
+    import threading
+
+    staged = store.stage_hint(".pending/1.2.3.json", b"marker")
+    assert not (root / ".pending/1.2.3.json").exists()
+    checkpoint = threading.Thread(target=store._journal.checkpoint)  # type: ignore[attr-defined]
+    checkpoint.start()
+    checkpoint.join(0.3)
+    assert checkpoint.is_alive()  # its segment is held: the record must outlive a crash until the file is named
+    staged.publish()
+    checkpoint.join(10)
+    assert not checkpoint.is_alive()
+    assert (root / ".pending/1.2.3.json").read_bytes() == b"marker"
+    assert list((root / ".journal").glob("*.wal")) == []
+
+
+def test_a_dropped_staged_hint_is_never_named_and_lets_the_checkpoint_go(
+        store: FilesystemObjectStore, root: Path) -> None:
+    store.stage_hint(".pending/1.2.3.json", b"marker").drop()
+    store.close()  # a last checkpoint
+    assert not (root / ".pending/1.2.3.json").exists()
+    assert list((root / ".journal").glob("*.wal")) == []

@@ -85,6 +85,15 @@ def test_put_hint_replaces_the_object(store: S3ObjectStore) -> None:
     assert store.get(".pending/1.2.3.json") == b"two"
 
 
+def test_a_staged_hint_is_written_at_once_and_a_dropped_one_removed(store: S3ObjectStore) -> None:
+    kept = store.stage_hint(".pending/1.2.3.json", b"kept")
+    assert store.get(".pending/1.2.3.json") == b"kept"  # an acknowledged PUT: durable and visible already
+    kept.publish()
+    assert store.get(".pending/1.2.3.json") == b"kept"
+    store.stage_hint(".pending/1.2.4.json", b"dropped").drop()
+    assert store.stat(".pending/1.2.4.json") is None
+
+
 def test_get_open_and_stat_read_the_object(store: S3ObjectStore) -> None:
     store.put_new(KEY, b"content", sha(b"content"))
     assert store.get(KEY) == b"content"
