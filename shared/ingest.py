@@ -31,7 +31,7 @@ from shared.events import DuplicateReceived, InstanceStored, Reception
 from shared.ingest_identify import InstanceIdentity
 from shared.pending import PendingLedger
 from shared.queue import INDEX_INSTANCES_TASK, RECORD_DUPLICATE_TASK
-from shared.storage import ObjectStore, PutOutcome, StorageError
+from shared.storage import ObjectStore, PutOutcome, PutResult, StorageError
 from shared.storage.base import ObjectData, PartedData, StagedHint, StreamedData, chunks_of
 from shared.storage.claims import ClaimRegistry
 from shared.storage.layout import KeyFacts, layout_key, legacy_instance_key
@@ -138,19 +138,30 @@ class Ingest:
         marker = None if already_stored else self._ledger.stage(stored_event)
         try:
             result = self._store.put_new(key, part10, sha256)
-            if result.outcome is PutOutcome.CREATED:
-                if self._usage is not None:
-                    self._usage.added(size)
-                stamped = stored_event.model_copy(update={"object_stamp": result.stamp})  # the marker has none
-                return (Ingested(IngestOutcome.STORED, key, size),
-                        self._finisher(marker, INDEX_INSTANCES_TASK, stamped.model_dump(mode="json")))
-            if result.outcome is PutOutcome.IDENTICAL or (received is not None and self._stored_otherwise_encoded(
-                    identity, received, transfer_syntax, result.stored_sha256)):  # re-sent after a compression change
-                return Ingested(IngestOutcome.IDENTICAL, key, size), self._finisher(marker)
         except BaseException:
             if marker is not None:
-                marker.drop()
+                marker.drop()  # no object: no marker
             raise
+        try:
+            return self._after_put(identity, transfer_syntax, received, reception, stored_event, result, marker)
+        except BaseException:
+            if marker is not None:
+                marker.publish()  # the object exists: its marker leads the sweeper to it
+            raise
+
+    def _after_put(self, identity: InstanceIdentity, transfer_syntax: str, received: tuple[bytes, str] | None,
+                   reception: Reception, stored_event: InstanceStored, result: PutResult,
+                   marker: StagedHint | None) -> tuple[Ingested, Callable[[], None]]:
+        key, size, sha256 = stored_event.object_key, stored_event.size, stored_event.sha256
+        if result.outcome is PutOutcome.CREATED:
+            if self._usage is not None:
+                self._usage.added(size)
+            stamped = stored_event.model_copy(update={"object_stamp": result.stamp})  # the marker has none
+            return (Ingested(IngestOutcome.STORED, key, size),
+                    self._finisher(marker, INDEX_INSTANCES_TASK, stamped.model_dump(mode="json")))
+        if result.outcome is PutOutcome.IDENTICAL or (received is not None and self._stored_otherwise_encoded(
+                identity, received, transfer_syntax, result.stored_sha256)):  # re-sent after a compression change
+            return Ingested(IngestOutcome.IDENTICAL, key, size), self._finisher(marker)
         # Same SOP Instance UID, other content: the first is kept (objects are immutable), the conflict audited.
         log.warning("store.duplicate_conflict kept=first")
         duplicate = DuplicateReceived(

@@ -1,9 +1,10 @@
 """The pending ledger: one small marker per acknowledged, not yet indexed instance, kept in the object store.
 
-The SCP writes the marker before the object is made durable (so it is durable with it; in a local folder its
-journal record is, and the file is named once the C-STORE is answered, ``stage``), and before the instance's event
-is handed to the queue; the indexer removes it once the instance is indexed. The sweeper re-publishes markers that stayed too long (a lost event, a broker
-restarted empty, a killed worker), so its work follows what is pending, never the size of the archive.
+The SCP writes the marker before the object is made durable, so that it is durable with it (in a local folder its
+journal record is; the file is named once the C-STORE is answered), and names it before the instance's event is
+handed to the queue; the indexer removes it once the instance is indexed. The sweeper re-publishes markers that
+stayed too long (a lost event, a broker restarted empty, a killed worker), so its work follows what is pending,
+never the size of the archive.
 """
 
 from __future__ import annotations
@@ -31,12 +32,9 @@ class PendingLedger:
     def __init__(self, store: ObjectStore) -> None:
         self._store = store
 
-    def record(self, event: InstanceStored) -> None:
-        self._store.put_hint(marker_key(event.sop_instance_uid), event.model_dump_json().encode())
-
     def stage(self, event: InstanceStored) -> StagedHint:
-        """``record`` in two steps (ObjectStore.stage_hint): the marker is durable with the object's put, and named
-        once ``publish`` is called, before its event is handed to the queue."""
+        """The marker of ``event`` (ObjectStore.stage_hint): durable with the object's put, named once ``publish``
+        is called, before the event is handed to the queue."""
         return self._store.stage_hint(marker_key(event.sop_instance_uid), event.model_dump_json().encode())
 
     def resolve(self, sop_instance_uid: str) -> None:

@@ -98,3 +98,46 @@ def test_a_process_gone_between_the_answer_and_the_marker_leaves_the_marker_to_r
     store.recover()
     (marker,) = ledger.stale(older_than_seconds=-1)
     assert marker.object_key == result.stdout.strip()
+
+
+class FailingAccounting:
+    """Storage usage whose bookkeeping fails once the object is written."""
+
+    def admit(self, size: int, max_bytes: int | None, max_instances: int | None) -> None:
+        pass
+
+    def added(self, size: int) -> None:
+        raise RuntimeError("bookkeeping failed")
+
+
+def test_a_failure_after_the_object_was_written_still_names_its_marker(store: FilesystemObjectStore) -> None:
+    ledger = PendingLedger(store)
+    ingest = Ingest(store, ledger, lambda task, event: None, usage=FailingAccounting())  # type: ignore[arg-type]
+    data = encode_dataset(make_image(), ExplicitVRLittleEndian)
+    reception = Reception(remote_aet="MOD", called_aet="PACS", remote_ip="127.0.0.1", received_at=utc_now())
+
+    with pytest.raises(RuntimeError):
+        ingest.store_instance_first(identify(data, ExplicitVRLittleEndian), ExplicitVRLittleEndian, data, reception)
+    assert ledger.count() == 1  # the object exists: the sweeper must find it
+
+
+def test_a_failed_object_write_leaves_no_marker(store: FilesystemObjectStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.storage import StorageUnavailable
+
+    ledger = PendingLedger(store)
+    ingest = Ingest(store, ledger, lambda task, event: None)
+    data = encode_dataset(make_image(), ExplicitVRLittleEndian)
+    reception = Reception(remote_aet="MOD", called_aet="PACS", remote_ip="127.0.0.1", received_at=utc_now())
+    put_new = store.put_new
+
+    def failing_for_objects(key: str, *args: Any, **kwargs: Any) -> Any:
+        if key.endswith(".dcm"):
+            raise StorageUnavailable("object store unavailable")
+        return put_new(key, *args, **kwargs)
+
+    monkeypatch.setattr(store, "put_new", failing_for_objects)
+    with pytest.raises(StorageUnavailable):
+        ingest.store_instance(identify(data, ExplicitVRLittleEndian), ExplicitVRLittleEndian, data, reception)
+    assert ledger.count() == 0
+    store.close()  # a last checkpoint: no segment is still held by the dropped marker
+    assert list((store.root / ".journal").glob("*.wal")) == []

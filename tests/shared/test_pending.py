@@ -46,8 +46,8 @@ def age(root: Path, sop_uid: str, seconds: float) -> None:
 
 def test_a_recorded_instance_is_pending_until_resolved(ledger: PendingLedger) -> None:
     first, second = stored_event(), stored_event()
-    ledger.record(first)
-    ledger.record(second)
+    ledger.stage(first).publish()
+    ledger.stage(second).publish()
     assert ledger.count() == 2
     ledger.resolve(first.sop_instance_uid)
     assert ledger.count() == 1
@@ -55,8 +55,8 @@ def test_a_recorded_instance_is_pending_until_resolved(ledger: PendingLedger) ->
 
 def test_recording_the_same_instance_twice_keeps_one_marker(ledger: PendingLedger) -> None:
     event = stored_event()
-    ledger.record(event)
-    ledger.record(event)
+    ledger.stage(event).publish()
+    ledger.stage(event).publish()
     assert ledger.count() == 1
 
 
@@ -67,14 +67,14 @@ def test_resolving_an_unknown_instance_is_fine(ledger: PendingLedger) -> None:
 
 def test_markers_live_under_the_pending_prefix(ledger: PendingLedger, root: Path) -> None:
     event = stored_event()
-    ledger.record(event)
+    ledger.stage(event).publish()
     assert (root / ".pending" / f"{event.sop_instance_uid}.json").is_file()
 
 
 def test_stale_yields_only_markers_older_than_the_age(ledger: PendingLedger, root: Path) -> None:
     old, young = stored_event(), stored_event()
-    ledger.record(old)
-    ledger.record(young)
+    ledger.stage(old).publish()
+    ledger.stage(young).publish()
     age(root, old.sop_instance_uid, 120)
     assert list(ledger.stale(older_than_seconds=60)) == [old]
     assert ledger.count() == 2  # looking does not resolve
@@ -83,14 +83,14 @@ def test_stale_yields_only_markers_older_than_the_age(ledger: PendingLedger, roo
 def test_stale_with_zero_age_yields_every_marker(ledger: PendingLedger, root: Path) -> None:
     events = [stored_event() for _ in range(3)]
     for event in events:
-        ledger.record(event)
+        ledger.stage(event).publish()
         age(root, event.sop_instance_uid, 1)
     assert {event.sop_instance_uid for event in ledger.stale(0)} == {event.sop_instance_uid for event in events}
 
 
 def test_an_unreadable_marker_is_removed_and_not_yielded(ledger: PendingLedger, root: Path) -> None:
     good = stored_event()
-    ledger.record(good)
+    ledger.stage(good).publish()
     age(root, good.sop_instance_uid, 120)
     broken_uid = generate_uid()
     (root / marker_key(broken_uid)).write_bytes(b'{"kind": "instance_stored", "sop_inst')  # torn write

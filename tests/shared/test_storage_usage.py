@@ -36,7 +36,7 @@ def test_totals_pending_and_local_additions_and_postgresql_going_away(tmp_path: 
     usage.refresh_now()
     indexed = usage.current()
     assert indexed.known and indexed.instances == 3 and indexed.bytes > 0
-    runtime.ledger.record(pending_event(1000))  # acknowledged, not indexed yet
+    runtime.ledger.stage(pending_event(1000)).publish()  # acknowledged, not indexed yet
     usage.refresh_now()
     assert usage.current().instances == 4 and usage.current().bytes == indexed.bytes + 1000
     usage.added(500)
@@ -53,7 +53,7 @@ def test_totals_pending_and_local_additions_and_postgresql_going_away(tmp_path: 
     with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:  # PostgreSQL loses the database
         admin.execute(f'DROP DATABASE "{postgres_url.rsplit("/", 1)[1]}" WITH (FORCE)')
     second = pending_event(2000).model_copy(update={"sop_instance_uid": "1.2.3.10"})
-    runtime.ledger.record(second)  # stored by another process meanwhile: it stays pending
+    runtime.ledger.stage(second).publish()  # stored by another process meanwhile: it stays pending
     usage.refresh_now()
     held = usage.current()
     assert held.known and held.instances == 3 + 2 + 1 and held.bytes == indexed.bytes + 1000 + 2000 + 500
