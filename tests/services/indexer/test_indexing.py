@@ -43,7 +43,7 @@ def stored_event(runtime: Runtime, key: str, data: bytes, sop_uid: str) -> Insta
         series_instance_uid="1.2.3.4", transfer_syntax="1.2.840.10008.1.2.1", object_key=key, size=len(data),
         sha256=sha256, reception=Reception(remote_aet="M", called_aet="PACS", remote_ip="127.0.0.1",
                                            received_at=utc_now()), object_stamp=stamp)
-    runtime.ledger.record(event)
+    runtime.ledger.stage(event).publish()
     return event
 
 

@@ -48,7 +48,7 @@ class Archive:
             reception=Reception(remote_aet="MODALITY", called_aet="PACS", remote_ip="127.0.0.1",
                                 received_at=datetime.now(timezone.utc)),
         )
-        self.ledger.record(event)
+        self.ledger.stage(event).publish()
         if with_object:
             self.store.put_new(event.object_key, b"DICM", event.sha256)
         then = time.time() - age_seconds

@@ -179,7 +179,7 @@ def test_a_replayed_task_reports_its_instances_already_indexed(runtime: Runtime)
     events = [stored(runtime, "MODALITY") for _ in range(3)]
     first = index_events(runtime, events)
     for event in events:
-        runtime.ledger.record(event)  # the sweeper hands over what a lost acknowledgement left pending
+        runtime.ledger.stage(event).publish()  # the sweeper hands over what a lost acknowledgement left pending
     again = index_events(runtime, [*events, events[0]])
     assert (first.indexed, first.already_indexed) == (3, 0)
     assert (again.indexed, again.already_indexed, again.dead_lettered) == (0, 4, 0)
