@@ -342,13 +342,17 @@ class FilesystemObjectStore:
 
     def _name_hint(self, path: str, data: bytes) -> None:
         try:
-            new = self._new_file_in(os.path.dirname(path), data, spare=True)
-            try:
-                new.replace(path)
-            finally:
-                new.close()
+            self._write_over(path, data, spare=True)
         except OSError as exc:
             raise _storage_error(exc) from exc
+
+    def _write_over(self, path: str, data: bytes, spare: bool) -> None:
+        """``data`` under ``path``, replacing whatever had it (a hint, or a replayed record)."""
+        new = self._new_file_in(os.path.dirname(path), data, spare)
+        try:
+            new.replace(path)
+        finally:
+            new.close()
 
     def _replay(self, record: Record) -> None:
         """Bring a journaled write back (shared.storage.journal.recover); idempotent."""
@@ -363,11 +367,7 @@ class FilesystemObjectStore:
         if held is not None and record.kind == PUT_NEW and not (
                 len(held) < len(record.data) and record.data.startswith(held)):
             return  # another send of the key won: it keeps its object
-        new = self._new_file_in(os.path.dirname(path), record.data, spare=record.kind == PUT_HINT)
-        try:
-            new.replace(path)
-        finally:
-            new.close()
+        self._write_over(path, record.data, spare=record.kind == PUT_HINT)
 
     def recover(self) -> None:
         try:
