@@ -833,6 +833,10 @@ def report(results: list[Result], sizes: list[str], receivers: list[str], nodela
                             cells.append(f"{a / b:.2f}×" if a and b else "–")
                         ratio_lines.append(f"| {pacs} {m} / {anchor}{suffix} | " + " | ".join(cells)
                                            + f" | {targets.get((m, anchor), '') if nd else ''} |")
+                if nd and "orthanc" in receivers:
+                    cells = [_paired_ratios(results, pacs, s, c) for s, c in cols]
+                    ratio_lines.append(f"| {pacs} ack / orthanc, run by run (median) | " + " | ".join(cells)
+                                       + " | ≥ 1.5 |")
             if False in nodelays and True in nodelays:
                 cells = []
                 for s, c in cols:
@@ -840,6 +844,21 @@ def report(results: list[Result], sizes: list[str], receivers: list[str], nodela
                     cells.append(f"{a / b:.2f}×" if a and b else "–")
                 ratio_lines.append(f"| {pacs} ack Nagle / TCP_NODELAY client | " + " | ".join(cells) + " | ≥ 0.90 |")
     return "\n".join(lines + ratio_lines + cpu_report(summ, cols, receivers, nodelays))
+
+
+def _paired_ratios(results: list[Result], pacs: str, size: str, conc: int) -> str:
+    """pacs's ack rate over Orthanc's, each run against the Orthanc measured minutes before it in the same run (the
+    receivers are interleaved), then their median: the machine's speed drifts by up to 2x within a run here, and a
+    ratio of the two medians can pair a fast minute of one with a slow minute of the other."""
+    def rates(receiver: str) -> dict[int, float]:
+        return {r.run: r.sent / r.ack_s for r in results if r.receiver == receiver and r.size == size
+                and r.conc == conc and r.nodelay and r.ack_s and not r.mismatch}
+
+    ours, anchor = rates(pacs), rates("orthanc")
+    ratios = [ours[run] / anchor[run] for run in sorted(ours) if run in anchor]
+    if not ratios:
+        return "–"
+    return f"{statistics.median(ratios):.2f}× ({' · '.join(f'{ratio:.2f}' for ratio in ratios)})"
 
 
 def cpu_report(summ: dict, cols: list[tuple[str, int]], receivers: list[str], nodelays: list[bool]) -> list[str]:
