@@ -140,6 +140,12 @@ class ObjectStore(Protocol):
         on it (duplicate decisions, S3 metadata, a local store's journal checks its records by it)."""
         ...
 
+    def put_claim(self, key: str, content: bytes) -> PutResult:
+        """``put_new(key, content, sha256, durable=False)`` for a claim whose content many claims share (the folder
+        template of shared.storage.claims): a local folder keeps one file per content and names it once more for
+        each claim (shared.storage.claim_anchors) instead of writing a file per claim."""
+        ...
+
     def put_hint(self, key: str, data: bytes) -> None:
         """Store a small object (a marker), replacing any; durability follows the next durable put_new."""
         ...

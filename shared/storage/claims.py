@@ -3,13 +3,15 @@
 A key is no longer a function of the SOP Instance UID alone (the ``date`` layout, ``timestamp`` names, a PatientID
 that differs between two sends), so duplicate detection cannot rely on ``put_new`` of the key alone. Before the
 object is written, ingest writes a small claim ``.claims/<2 hex>/<SOPInstanceUID>`` with ``put_new`` whose content
-is the chosen key. ``put_new`` never overwrites, so the first claim wins, and every later send of that SOP
+is the chosen key, or, for the usual key ``<folder>/<SOPInstanceUID>.dcm``, the folder's template ``<folder>/*.dcm``
+with ``put_claim`` (the claims of one folder then share one file in a local folder: shared.storage.claim_anchors).
+``put_new`` never overwrites, so the first claim wins, and every later send of that SOP
 Instance UID (another day, another PatientID, another process) reads the claim and writes to the claimed key, where
 ``put_new`` answers IDENTICAL or CONFLICT as before. The claim is not flushed by itself: the object's durable
 ``put_new`` flushes it too (in a local folder, the journal flush that precedes the object's name). A crash before
 that flush can leave a claim that is empty (its name on disk, not its content): the next send of the SOP Instance
-UID takes it over, as nothing was acknowledged under it. Everything lives in the object store (the source of truth): duplicates are detected with
-the index database down.
+UID takes it over, as nothing was acknowledged under it. Everything lives in the object store (the source of
+truth): duplicates are detected with the index database down.
 
 An object stored before claims existed sits under the legacy key ``StudyUID/SeriesUID/SOPInstanceUID.dcm``; when
 no claim exists that key is probed first and, if it holds an object, claimed (so old objects keep their place).
@@ -34,6 +36,7 @@ from shared.uids import require_uid
 CLAIMS_PREFIX = ".claims/"
 DELETING_PREFIX = ".deleting/"
 DELETING_MARK = "deleting:"
+_TEMPLATE_NAME = "*.dcm"  # a claim "<folder>/*.dcm" names "<folder>/<its SOP Instance UID>.dcm"
 
 
 class _UnreadableClaim(Exception):
@@ -67,6 +70,22 @@ class DeletionEntry:
     listed_at: datetime
 
 
+def _template_of(sop_instance_uid: str, key: str) -> str | None:
+    """The content shared by the claims of ``key``'s folder, if ``key`` is ``<folder>/<SOPInstanceUID>.dcm``."""
+    folder, _, name = key.rpartition("/")
+    if name != f"{sop_instance_uid}.dcm":
+        return None
+    return f"{folder}/{_TEMPLATE_NAME}" if folder else _TEMPLATE_NAME
+
+
+def _key_of(sop_instance_uid: str, content: str) -> str:
+    """The key a claim's content names (InvalidKey if it names none)."""
+    folder, _, name = content.rpartition("/")
+    if name == _TEMPLATE_NAME:
+        name = f"{require_uid(sop_instance_uid, 'SOP Instance UID')}.dcm"
+    return validate_key(f"{folder}/{name}" if folder else name)
+
+
 class ClaimRegistry:
     def __init__(self, store: ObjectStore) -> None:
         self._store = store
@@ -83,7 +102,7 @@ class ClaimRegistry:
         try:
             content = self._store.get(claim_key(sop_instance_uid)).decode("ascii")
             deleting = content.startswith(DELETING_MARK)
-            return validate_key(content.removeprefix(DELETING_MARK)), deleting
+            return _key_of(sop_instance_uid, content.removeprefix(DELETING_MARK)), deleting
         except ObjectNotFound:
             return None, False
         except (UnicodeDecodeError, InvalidKey) as exc:
@@ -95,10 +114,15 @@ class ClaimRegistry:
             proposed, fresh = legacy, False
         else:
             fresh = True
-        content = proposed.encode("ascii")
+        template = _template_of(sop_instance_uid, proposed)
         # Not flushed on its own: the durable put_new of the object that follows flushes it too (shared.storage).
-        result = self._store.put_new(claim_key(sop_instance_uid), content, hashlib.sha256(content).hexdigest(),
-                                     durable=False)
+        if template is not None:
+            content = template.encode("ascii")
+            result = self._store.put_claim(claim_key(sop_instance_uid), content)
+        else:
+            content = proposed.encode("ascii")
+            result = self._store.put_new(claim_key(sop_instance_uid), content, hashlib.sha256(content).hexdigest(),
+                                         durable=False)
         if result.outcome is PutOutcome.CREATED:
             return Claim(proposed, fresh)
         if result.outcome is PutOutcome.IDENTICAL:

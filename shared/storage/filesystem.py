@@ -23,6 +23,7 @@ would slow every file creation of the next minutes.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import stat
 import threading
@@ -50,6 +51,7 @@ from shared.storage.base import (
     validate_key,
 )
 from shared.storage import direct_io
+from shared.storage.claim_anchors import ClaimAnchors, NoAnchor
 from shared.storage.file_stamp import file_stamp
 from shared.storage.journal import JOURNAL_FOLDER, PUT_HINT, PUT_NEW, SETTLE_SECONDS, Journal, Record
 from shared.storage.sync_barrier import SyncBarrier
@@ -200,6 +202,7 @@ class FilesystemObjectStore:
         self._barrier = barrier or SyncBarrier(root)
         self._journal = Journal(os.path.join(self._root, JOURNAL_FOLDER), self._barrier.sync, self._replay)
         self._spares = SpareFiles(os.path.join(self._root, SPARE_FOLDER))
+        self._anchors = ClaimAnchors(self._root)
 
     def _path(self, key: str) -> str:
         return os.path.join(self._root, validate_key(key))
@@ -313,6 +316,27 @@ class FilesystemObjectStore:
             if durable:
                 self._barrier.sync()
         return None
+
+    def put_claim(self, key: str, content: bytes) -> PutResult:
+        """A claim as another name of the anchor of its content (shared.storage.claim_anchors): no new file; a claim
+        whose anchor cannot take one more link is a file of its own (``put_new``). Journaled as ``put_new``
+        journals it: recovery writes a claim it brings back as a file of its own."""
+        path = self._path(key)
+        sha256 = hashlib.sha256(content).hexdigest()
+        try:
+            self._ensure_dir(os.path.dirname(path))
+            with self._journal.writing() as segment:
+                segment.append(PUT_NEW, key, (content,), sha256)
+                try:
+                    self._anchors.link(content, path)
+                except FileExistsError:
+                    existing = _sha256_of_file(path)
+                    return PutResult(PutOutcome.IDENTICAL if existing == sha256 else PutOutcome.CONFLICT, existing)
+                except NoAnchor:
+                    return self.put_new(key, content, sha256, durable=False)
+        except OSError as exc:
+            raise _storage_error(exc) from exc
+        return PutResult(PutOutcome.CREATED, sha256)
 
     def put_hint(self, key: str, data: bytes) -> None:
         path = self._path(key)

@@ -205,6 +205,9 @@ class S3ObjectStore:
             data = data.joined()  # one body for the conditional PUT; S3's round trip dwarfs the copy
         return self._with_bucket(lambda: self._put_new(key, data, sha256))
 
+    def put_claim(self, key: str, content: bytes) -> PutResult:
+        return self.put_new(key, content, hashlib.sha256(content).hexdigest(), durable=False)
+
     def _with_bucket(self, write):  # type: ignore[no-untyped-def]
         """Run a write; if the bucket vanished (a store rebuilt empty), create it again and retry once."""
         self._ensure_bucket()

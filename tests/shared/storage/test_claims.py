@@ -171,3 +171,25 @@ def test_an_empty_claim_left_by_a_crash_is_taken_over_by_the_next_send(tmp_path:
     assert node.send(image, DAY_ONE) == (IngestOutcome.STORED, key)
     assert ClaimRegistry(store).read(image.SOPInstanceUID) == key
     assert node.send(image, DAY_TWO) == (IngestOutcome.IDENTICAL, key)
+
+
+def test_the_claims_of_one_folder_name_one_file_in_a_local_folder(tmp_path: Path) -> None:
+    store = FilesystemObjectStore(tmp_path / "objects")
+    node = Node(store)
+    node.policy = StoragePolicy("series", "sop_uid")
+    images = [make_image(patient_id="P1", study_uid="1.2.3", series_uid="1.2.3.4") for _ in range(3)]
+    keys = [node.send(image, DAY_ONE)[1] for image in images]
+    claims = [tmp_path / "objects" / claim_key(image.SOPInstanceUID) for image in images]
+    assert len({path.stat().st_ino for path in claims}) == 1 and claims[0].stat().st_nlink == 4  # and the anchor
+    assert claims[0].read_bytes() == f"{patient_component('P1')}/1.2.3/1.2.3.4/*.dcm".encode()
+    assert [ClaimRegistry(store).read(image.SOPInstanceUID) for image in images] == keys
+    assert [node.send(image, DAY_TWO)[0] for image in images] == [IngestOutcome.IDENTICAL] * 3
+
+
+def test_a_claim_names_the_key_of_its_own_instance_from_its_folder(store: ObjectStore) -> None:
+    node = Node(store)
+    image = make_image(patient_id="P1")
+    store.put_hint(claim_key(image.SOPInstanceUID), b"2026/11/20/*.dcm")  # a claim another day's send left
+    assert node.send(image, DAY_ONE) == (IngestOutcome.STORED, f"2026/11/20/{image.SOPInstanceUID}.dcm")
+    store.put_hint(claim_key(image.SOPInstanceUID), b"2026/11/20/../*.dcm")
+    assert ClaimRegistry(store).read(image.SOPInstanceUID) is None  # names no key of the scheme: unreadable

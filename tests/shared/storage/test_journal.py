@@ -244,6 +244,32 @@ def test_recover_brings_back_what_a_crash_of_the_machine_took(tmp_path: Path) ->
     assert segments(root) == []
 
 
+SHARED_CLAIMS_WRITER = """
+import hashlib, os, sys
+from pathlib import Path
+from shared.storage.filesystem import FilesystemObjectStore
+store = FilesystemObjectStore(Path(sys.argv[1]))
+for number in range(3):
+    store.put_claim(f".claims/ab/1.2.{number}", b"1.2/*.dcm")
+    data = f"object {number}".encode()
+    store.put_new(f"1.2/1.2.{number}.dcm", data, hashlib.sha256(data).hexdigest())
+os._exit(0)
+"""
+
+
+def test_recover_rewrites_the_claims_of_an_anchor_the_crash_tore(tmp_path: Path) -> None:
+    root = tmp_path / "objects"
+    subprocess.run([sys.executable, "-c", SHARED_CLAIMS_WRITER, str(root)], cwd=REPO, check=True, timeout=60,
+                   env={**os.environ, "PYTHONPATH": str(REPO)})
+    [anchor] = (root / ".anchors").iterdir()
+    assert anchor.stat().st_nlink == 4
+    anchor.write_bytes(b"1.2/")  # the claims' common file lost the end of its bytes, and with it all three claims
+    (root / ".claims/ab/1.2.1").unlink()  # and a claim lost its name
+    FilesystemObjectStore(root).recover()
+    for number in range(3):
+        assert (root / f".claims/ab/1.2.{number}").read_bytes() == b"1.2/*.dcm"
+
+
 def test_recover_keeps_an_object_another_send_wrote_under_the_key(tmp_path: Path) -> None:
     root = tmp_path / "objects"
     crashed_writer(root)
