@@ -2,7 +2,8 @@
 
 Durability (shared.storage.journal): every new file — object, claim, pending marker — is written unnamed
 (``O_TMPFILE``), recorded in the process's journal, and only then linked under its key, without a flush of its
-own. A durable ``put_new`` flushes the journal (``fdatasync`` of one file, shared by every thread storing at that
+own; a claim of a folder's template (``put_claim``) is journaled the same way and named as one more link of the
+template's anchor (shared.storage.claim_anchors) rather than written as a file. A durable ``put_new`` flushes the journal (``fdatasync`` of one file, shared by every thread storing at that
 moment) before the object gets its name: after a crash, the journal holds every object acknowledged since the last
 checkpoint, with the claim and marker written before it, and ``recover`` brings them back (a file whose name
 reached the disk before its bytes is rewritten). The checkpointer makes the files themselves durable in bulk
