@@ -325,19 +325,30 @@ class FilesystemObjectStore:
         path = self._path(key)
         sha256 = hashlib.sha256(content).hexdigest()
         try:
-            self._ensure_dir(os.path.dirname(path))
             with self._journal.writing() as segment:
                 segment.append(PUT_NEW, key, (content,), sha256)
                 try:
-                    self._anchors.link(content, path)
+                    self._link_claim(content, path)
+                    return PutResult(PutOutcome.CREATED, sha256)
                 except FileExistsError:
                     existing = _sha256_of_file(path)
                     return PutResult(PutOutcome.IDENTICAL if existing == sha256 else PutOutcome.CONFLICT, existing)
                 except NoAnchor:
-                    return self.put_new(key, content, sha256, durable=False)
+                    pass
         except OSError as exc:
             raise _storage_error(exc) from exc
-        return PutResult(PutOutcome.CREATED, sha256)
+        return self.put_new(key, content, sha256, durable=False)
+
+    def _link_claim(self, content: bytes, path: str) -> None:
+        directory = os.path.dirname(path)
+        self._ensure_dir(directory)
+        try:
+            self._anchors.link(content, path)
+        except FileNotFoundError:  # the folder vanished since it was cached (e.g. a remount): created again, once
+            with self._dirs_lock:
+                self._known_dirs.discard(directory)
+            self._ensure_dir(directory)
+            self._anchors.link(content, path)
 
     def put_hint(self, key: str, data: bytes) -> None:
         path = self._path(key)

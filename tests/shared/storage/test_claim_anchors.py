@@ -112,3 +112,12 @@ def test_anchors_are_not_objects(tmp_path: Path) -> None:
     store = FilesystemObjectStore(tmp_path)
     store.put_claim(claim("1.2.1"), TEMPLATE)
     assert [info.key for info in store.list("")] == [] and store.count("") == 0
+
+
+def test_a_claim_folder_removed_since_it_was_cached_is_made_again(tmp_path: Path) -> None:
+    store = FilesystemObjectStore(tmp_path)
+    store.put_claim(claim("1.2.1"), TEMPLATE)
+    (tmp_path / claim("1.2.1")).unlink()
+    (tmp_path / ".claims" / "ab").rmdir()
+    assert store.put_claim(claim("1.2.2"), TEMPLATE).outcome is PutOutcome.CREATED
+    assert store.get(claim("1.2.2")) == TEMPLATE
