@@ -51,6 +51,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from shared.abandoned_files import remove_abandoned
 from shared.file_writes import write_at
 from shared.storage import direct_io
 from shared.storage.sync_barrier import SyncBarrier
@@ -59,6 +60,7 @@ log = logging.getLogger(__name__)
 
 JOURNAL_FOLDER = ".journal"
 SEGMENT_SUFFIX = ".wal"
+_BEGINNING_SUFFIX = ".wal-new"  # a segment being created, until it is locked (a crash may leave one: removed later)
 CHECKPOINT_SECONDS = 1.0
 CHECKPOINT_BYTES = 64 << 20
 SETTLE_SECONDS = 10.0  # longest wait of ``settle`` for live segments to be checkpointed
@@ -156,9 +158,20 @@ class _Segment:
 
     def __init__(self, folder: str, number: int) -> None:
         self.number = number  # the order in which this process began its segments
-        self.path = os.path.join(folder, f"{os.getpid()}-{uuid.uuid4().hex}{SEGMENT_SUFFIX}")
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)  # live: recovery leaves it alone
+        name = f"{os.getpid()}-{uuid.uuid4().hex}"
+        self.path = os.path.join(folder, f"{name}{SEGMENT_SUFFIX}")
+        # Locked before it has the name recovery lists: another process's recovery (at its start, or a deletion's
+        # settle) that found it unlocked took it for a dead process's, removed it, and this process appended its
+        # records to a file without a name (seen in a benchmark: a C-STORE then failed, 0xA701).
+        beginning = os.path.join(folder, f"{name}{_BEGINNING_SUFFIX}")
+        self.fd = os.open(beginning, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX)  # live: recovery leaves it alone
+            os.rename(beginning, self.path)
+        except BaseException:
+            os.close(self.fd)
+            _unlink_quietly(beginning)
+            raise
         self.size = 0  # of the records
         self._zeroed = 0  # the file's length: zeros from ``size`` up to here
         self._zeroing = True  # until a large record or a disk without room for the zeros (see ZEROED_RECORD_MAX)
@@ -438,6 +451,7 @@ def _segments(folder: str) -> list[str]:
 
 
 def recover(folder: str, replay: Callable[[Record], None], flush_all: Callable[[], None]) -> int:
+    remove_abandoned(folder, lambda name: name.endswith(_BEGINNING_SUFFIX))  # empty: cut before its first record
     replayed = 0
     for path in _segments(folder):
         try:
@@ -462,6 +476,13 @@ def recover(folder: str, replay: Callable[[Record], None], flush_all: Callable[[
         finally:
             os.close(fd)
     return replayed
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _remove_segment(path: str) -> None:

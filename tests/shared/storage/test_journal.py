@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from shared import abandoned_files
+from shared.storage import journal
 from shared.storage.base import PutOutcome, StorageFull, StorageUnavailable
 from shared.storage.filesystem import FilesystemObjectStore
 from shared.storage.direct_io import DIRECT_ALIGNMENT
@@ -201,6 +203,41 @@ def test_durable_puts_of_several_threads_succeed_while_checkpoints_come_and_go(t
     store.close()
     assert failures == []
     assert len(list(store.list("1.2/"))) == 600
+
+
+def test_a_segment_being_created_is_never_taken_for_the_segment_of_a_process_that_is_gone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process's recovery (its start, a deletion's settle) that lists the folder while this process creates
+    a segment must not take it: it would replay and remove it, and this process's records would go to a file
+    without a name."""
+    root = tmp_path / "objects"
+    store, other_process = FilesystemObjectStore(root), FilesystemObjectStore(root)
+    flock = fcntl.flock
+    recovered: list[int] = []
+
+    def recovery_before_the_lock(fd: int, operation: int) -> None:
+        if operation == fcntl.LOCK_EX and not recovered:  # the new segment's own lock, about to be taken
+            recovered.append(other_process._journal.recover())
+        flock(fd, operation)
+
+    monkeypatch.setattr(journal.fcntl, "flock", recovery_before_the_lock)
+    store.put_new(KEY, b"object", sha(b"object"))
+    assert recovered == [0]
+    assert [record.key for path in segments(root) for record in read_records(str(path))] == [KEY]
+    assert [path.name for path in (root / JOURNAL_FOLDER).iterdir() if not path.name.endswith(".wal")] == []
+
+
+def test_recovery_removes_a_segment_a_crash_cut_before_it_was_locked(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "objects" / JOURNAL_FOLDER
+    folder.mkdir(parents=True)
+    (folder / "123-0abc.wal-new").write_bytes(b"")
+    store = FilesystemObjectStore(tmp_path / "objects")
+    store.recover()
+    assert (folder / "123-0abc.wal-new").exists()  # as young as one being created right now: left alone
+    monkeypatch.setattr(abandoned_files, "ABANDONED_SECONDS", -1.0)
+    store.recover()
+    assert not (folder / "123-0abc.wal-new").exists()
 
 
 WRITER = """
