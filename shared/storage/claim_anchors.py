@@ -81,8 +81,9 @@ class ClaimAnchors:
         return anchor
 
     def _write(self, anchor: str, content: bytes) -> None:
-        """The anchor holds ``content`` from now on (made durable by the next flush of the store, as claims are).
-        Written unnamed and then linked, so that no reader sees it part-written and no temporary file is left."""
+        """The anchor holds ``content`` from now on; durable with the store's next checkpoint, as the claims' names
+        are (until then their journal records stand for them). Written unnamed and then linked, so that no reader
+        sees it part-written and no temporary file is left."""
         os.makedirs(self._folder, exist_ok=True)
         for _ in range(3):
             try:
