@@ -36,49 +36,43 @@ class NoAnchor(Exception):
 class ClaimAnchors:
     def __init__(self, root: str) -> None:
         self._folder = os.path.join(root, ANCHORS_FOLDER)
-        self._checked: dict[bytes, str] = {}  # content -> the anchor this process checked and links to
+        self._checked: dict[bytes, tuple[int, str]] = {}  # content -> (generation, anchor) this process links to
         self._lock = threading.Lock()
 
     def link(self, content: bytes, path: str) -> None:
         """Name ``path`` as another link of the anchor of ``content``; FileExistsError if ``path`` exists."""
         for _ in range(3):
-            anchor = self._anchor(content)
+            generation, anchor = self._anchor(content)
             try:
                 os.link(anchor, path)
                 return
             except OSError as exc:
                 if exc.errno == errno.EMLINK:
-                    self._next_generation(content, anchor)
+                    self._checked_anchor(content, generation + 1)
                 elif exc.errno == errno.ENOENT and not os.path.exists(anchor):
                     self._forget(content)  # removed by hand: made again
                 else:
                     raise
         raise NoAnchor("no anchor could take another link")
 
-    def _anchor(self, content: bytes) -> str:
+    def _anchor(self, content: bytes) -> tuple[int, str]:
         with self._lock:
-            anchor = self._checked.get(content)
-        if anchor is None:
-            anchor = self._checked_anchor(content, 0)
-        return anchor
-
-    def _next_generation(self, content: bytes, full: str) -> None:
-        generation = int(full.rsplit("-", 1)[1]) + 1
-        self._checked_anchor(content, generation)
+            checked = self._checked.get(content)
+        return checked if checked is not None else self._checked_anchor(content, 0)
 
     def _forget(self, content: bytes) -> None:
         with self._lock:
             self._checked.pop(content, None)
 
-    def _checked_anchor(self, content: bytes, generation: int) -> str:
+    def _checked_anchor(self, content: bytes, generation: int) -> tuple[int, str]:
         anchor = os.path.join(self._folder, f"{hashlib.sha256(content).hexdigest()}-{generation}")
         if not _holds(anchor, content):
             self._write(anchor, content)
         with self._lock:
             if len(self._checked) >= _REMEMBERED_MAX:
                 self._checked.clear()
-            self._checked[content] = anchor
-        return anchor
+            self._checked[content] = (generation, anchor)
+        return generation, anchor
 
     def _write(self, anchor: str, content: bytes) -> None:
         """The anchor holds ``content`` from now on; durable with the store's next checkpoint, as the claims' names

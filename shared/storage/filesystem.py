@@ -3,10 +3,11 @@
 Durability (shared.storage.journal): every new file — object, claim, pending marker — is written unnamed
 (``O_TMPFILE``), recorded in the process's journal, and only then linked under its key, without a flush of its
 own; a claim of a folder's template (``put_claim``) is journaled the same way and named as one more link of the
-template's anchor (shared.storage.claim_anchors) rather than written as a file. A durable ``put_new`` flushes the journal (``fdatasync`` of one file, shared by every thread storing at that
-moment) before the object gets its name: after a crash, the journal holds every object acknowledged since the last
-checkpoint, with the claim and marker written before it, and ``recover`` brings them back (a file whose name
-reached the disk before its bytes is rewritten). The checkpointer makes the files themselves durable in bulk
+template's anchor (shared.storage.claim_anchors) rather than written as a file. A durable ``put_new`` flushes the
+journal (``fdatasync`` of one file, shared by every thread storing at that moment) before the object gets its name:
+after a crash, the journal holds every object acknowledged since the last checkpoint, with the claim and marker
+written before it, and ``recover`` brings them back (a file whose name reached the disk before its bytes is
+rewritten). The checkpointer makes the files themselves durable in bulk
 (``syncfs``, shared.storage.sync_barrier) and drops the segment.
 
 Objects larger than JOURNALED_MAX_BYTES (and data sets streamed from a spool file) are not written twice: their
@@ -32,7 +33,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from shared.abandoned_files import remove_abandoned
 from shared.digest import read_chunks, size_and_sha256
@@ -58,6 +59,7 @@ from shared.storage.journal import JOURNAL_FOLDER, PUT_HINT, PUT_NEW, SETTLE_SEC
 from shared.storage.sync_barrier import SyncBarrier
 
 _TMP_PREFIX = ".tmp-"
+_Written = TypeVar("_Written")
 # Where hints refill spare files at the ingest rate (pending markers) or now and then (deletion entries): small
 # folders, looked through for abandoned temporary files at each start. Claims are taken over by a hint too, rarely,
 # in folders that hold a claim per instance stored: not listed at each start.
@@ -248,15 +250,19 @@ class FilesystemObjectStore:
         """A new file's content, in a spare file if ``spare`` (only for hints: after a crash, journal replay
         rewrites a hint whatever its file holds, while the file of a put_new that holds other bytes than its
         record is taken for another send's object, which a spare's old content would imitate)."""
+        return self._in_folder(directory, lambda: self._new_file(directory, data, spare))
+
+    def _in_folder(self, directory: str, write: Callable[[], _Written]) -> _Written:
+        """``write`` into ``directory``, created first if needed; once again if the folder vanished since it was
+        cached (e.g. a remount)."""
         try:
             self._ensure_dir(directory)
-            return self._new_file(directory, data, spare)
+            return write()
         except FileNotFoundError:
-            # The folder vanished since it was cached (e.g. a remount): create it again, once.
             with self._dirs_lock:
                 self._known_dirs.discard(directory)
             self._ensure_dir(directory)
-            return self._new_file(directory, data, spare)
+            return write()
 
     def put_new(self, key: str, data: ObjectData, sha256: str, durable: bool = True) -> PutResult:
         path = self._path(key)
@@ -328,7 +334,7 @@ class FilesystemObjectStore:
             with self._journal.writing() as segment:
                 segment.append(PUT_NEW, key, (content,), sha256)
                 try:
-                    self._link_claim(content, path)
+                    self._in_folder(os.path.dirname(path), lambda: self._anchors.link(content, path))
                     return PutResult(PutOutcome.CREATED, sha256)
                 except FileExistsError:
                     existing = _sha256_of_file(path)
@@ -338,17 +344,6 @@ class FilesystemObjectStore:
         except OSError as exc:
             raise _storage_error(exc) from exc
         return self.put_new(key, content, sha256, durable=False)
-
-    def _link_claim(self, content: bytes, path: str) -> None:
-        directory = os.path.dirname(path)
-        self._ensure_dir(directory)
-        try:
-            self._anchors.link(content, path)
-        except FileNotFoundError:  # the folder vanished since it was cached (e.g. a remount): created again, once
-            with self._dirs_lock:
-                self._known_dirs.discard(directory)
-            self._ensure_dir(directory)
-            self._anchors.link(content, path)
 
     def put_hint(self, key: str, data: bytes) -> None:
         path = self._path(key)

@@ -36,6 +36,7 @@ replay brings back an object deleted after it was journaled.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -170,7 +171,8 @@ class _Segment:
             os.rename(beginning, self.path)
         except BaseException:
             os.close(self.fd)
-            _unlink_quietly(beginning)
+            with contextlib.suppress(OSError):
+                os.unlink(beginning)
             raise
         self.size = 0  # of the records
         self._zeroed = 0  # the file's length: zeros from ``size`` up to here
@@ -476,13 +478,6 @@ def recover(folder: str, replay: Callable[[Record], None], flush_all: Callable[[
         finally:
             os.close(fd)
     return replayed
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 def _remove_segment(path: str) -> None:
