@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from services.indexer.retry_policy import REPUBLISH_BACKOFF_SECONDS
 from shared.events import InstanceStored
 from shared.pending import PendingLedger
 from shared.storage import ObjectStore, StorageError
@@ -18,7 +19,6 @@ from shared.storage import ObjectStore, StorageError
 log = logging.getLogger(__name__)
 
 Publish = Callable[[list[dict[str, object]]], None]
-REPUBLISH_BACKOFF_SECONDS = 300.0  # an instance handed over again is not handed over again before this
 
 
 class Sweeper:
