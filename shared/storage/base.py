@@ -175,6 +175,16 @@ class ObjectStore(Protocol):
         """Remove the object; removing a missing key is not an error."""
         ...
 
+    def replace_claim(self, key: str, content: bytes) -> None:
+        """``put_hint`` over a claim written by ``put_claim``; a local folder also removes the anchor of the content
+        it replaces once no claim is linked to it any more."""
+        ...
+
+    def delete_claim(self, key: str) -> None:
+        """Remove a claim written by ``put_claim`` or ``replace_claim``, and with it an anchor left without claims
+        (see ``replace_claim``). Removing a missing key is not an error."""
+        ...
+
     def delete_hint(self, key: str) -> None:
         """Remove a marker written by put_hint, whose space a later write may reuse: a reader that still has it
         open may then read other content. Removing a missing key is not an error."""

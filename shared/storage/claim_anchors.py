@@ -13,17 +13,24 @@ generation. An anchor is written unnamed and then linked (``O_TMPFILE``; without
 claim is a file of its own), and is checked once per process before claims are linked to it: a crash may have left
 its name with part of its bytes. One that holds anything else than its content is replaced; the claims linked to
 the old one keep it, and their journal records (still there: no checkpoint made that anchor durable) rewrite them
-at recovery. An anchor whose claims were all removed stays: one small file per folder that ever held an instance.
+at recovery. Replacing or removing a claim (``FilesystemObjectStore.replace_claim``, ``delete_claim``: a deletion
+marks the claim, then removes it) removes the anchors of the content it held that no claim is linked to any more (a
+generation below one that still has claims waits for it), and so does a claim refused because its key is taken:
+a deleted folder leaves no anchor behind. A claim linked at that very moment by another process keeps its inode and
+content: it becomes a file of its own, and the next claim makes a new anchor.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
+import itertools
 import os
 import threading
 
 ANCHORS_FOLDER = ".anchors"
+MAX_CLAIM_BYTES = 4096  # a claim holds a key or a folder's template; anything longer is not one
 _O_TMPFILE = getattr(os, "O_TMPFILE", 0)
 _REMEMBERED_MAX = 10_000
 
@@ -55,6 +62,24 @@ class ClaimAnchors:
                     raise
         raise NoAnchor("no anchor could take another link")
 
+    def remove_unused(self, content: bytes) -> None:
+        """Remove the generations of the anchor of ``content`` that no claim is linked to, from the last one down to
+        the first that still has claims: the generations left stay numbered from 0 without a gap, as ``link`` walks
+        them."""
+        self._forget(content)
+        generations: list[tuple[str, int]] = []
+        for generation in itertools.count():
+            anchor = self._path_of(content, generation)
+            try:
+                generations.append((anchor, os.stat(anchor).st_nlink))
+            except FileNotFoundError:
+                break
+        for anchor, links in reversed(generations):
+            if links > 1:
+                return
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(anchor)
+
     def _anchor(self, content: bytes) -> tuple[int, str]:
         with self._lock:
             checked = self._checked.get(content)
@@ -65,7 +90,7 @@ class ClaimAnchors:
             self._checked.pop(content, None)
 
     def _checked_anchor(self, content: bytes, generation: int) -> tuple[int, str]:
-        anchor = os.path.join(self._folder, f"{hashlib.sha256(content).hexdigest()}-{generation}")
+        anchor = self._path_of(content, generation)
         if not _holds(anchor, content):
             self._write(anchor, content)
         with self._lock:
@@ -73,6 +98,9 @@ class ClaimAnchors:
                 self._checked.clear()
             self._checked[content] = (generation, anchor)
         return generation, anchor
+
+    def _path_of(self, content: bytes, generation: int) -> str:
+        return os.path.join(self._folder, f"{hashlib.sha256(content).hexdigest()}-{generation}")
 
     def _write(self, anchor: str, content: bytes) -> None:
         """The anchor holds ``content`` from now on; durable with the store's next checkpoint, as the claims' names

@@ -143,11 +143,11 @@ class ClaimRegistry:
     def mark_deleting(self, sop_instance_uid: str, key: str) -> None:
         """Before a deletion is decided: list it, then mark the claim (sends of the instance are refused)."""
         self._store.put_hint(deleting_key(sop_instance_uid), key.encode("ascii"))
-        self._store.put_hint(claim_key(sop_instance_uid), f"{DELETING_MARK}{validate_key(key)}".encode("ascii"))
+        self._store.replace_claim(claim_key(sop_instance_uid), f"{DELETING_MARK}{validate_key(key)}".encode("ascii"))
 
     def unmark_deleting(self, sop_instance_uid: str, key: str) -> None:
         """The deletion was not decided after all (its transaction rolled back): the claim names ``key`` again."""
-        self._store.put_hint(claim_key(sop_instance_uid), validate_key(key).encode("ascii"))
+        self._store.replace_claim(claim_key(sop_instance_uid), validate_key(key).encode("ascii"))
         self._store.delete(deleting_key(sop_instance_uid))
 
     def deletion_entries(self) -> list[DeletionEntry]:
@@ -163,5 +163,5 @@ class ClaimRegistry:
 
     def release(self, sop_instance_uid: str) -> None:
         """After the object is removed: the claim, then its deletion entry (if any)."""
-        self._store.delete(claim_key(sop_instance_uid))
+        self._store.delete_claim(claim_key(sop_instance_uid))
         self._store.delete(deleting_key(sop_instance_uid))

@@ -53,7 +53,7 @@ from shared.storage.base import (
     validate_key,
 )
 from shared.storage import direct_io
-from shared.storage.claim_anchors import ClaimAnchors, NoAnchor
+from shared.storage.claim_anchors import MAX_CLAIM_BYTES, ClaimAnchors, NoAnchor
 from shared.storage.file_stamp import file_stamp
 from shared.storage.journal import JOURNAL_FOLDER, PUT_HINT, PUT_NEW, SETTLE_SECONDS, Journal, Record
 from shared.storage.sync_barrier import SyncBarrier
@@ -338,6 +338,7 @@ class FilesystemObjectStore:
                     return PutResult(PutOutcome.CREATED, sha256)
                 except FileExistsError:
                     existing = _sha256_of_file(path)
+                    self._anchors.remove_unused(content)  # made by link() for nothing: the key was taken
                     return PutResult(PutOutcome.IDENTICAL if existing == sha256 else PutOutcome.CONFLICT, existing)
                 except NoAnchor:
                     pass
@@ -451,6 +452,33 @@ class FilesystemObjectStore:
             os.unlink(self._path(key))
         except FileNotFoundError:
             pass
+        except OSError as exc:
+            raise _storage_error(exc) from exc
+
+    def replace_claim(self, key: str, content: bytes) -> None:
+        replaced = self._claim_content(key)
+        self.put_hint(key, content)
+        if replaced is not None:
+            self._remove_unused_anchor(replaced)
+
+    def delete_claim(self, key: str) -> None:
+        removed = self._claim_content(key)
+        self.delete(key)
+        if removed is not None:
+            self._remove_unused_anchor(removed)
+
+    def _claim_content(self, key: str) -> bytes | None:
+        try:
+            with open(self._path(key), "rb") as stream:
+                return stream.read(MAX_CLAIM_BYTES + 1)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise _storage_error(exc) from exc
+
+    def _remove_unused_anchor(self, content: bytes) -> None:
+        try:
+            self._anchors.remove_unused(content)
         except OSError as exc:
             raise _storage_error(exc) from exc
 

@@ -309,6 +309,12 @@ class S3ObjectStore:
     def delete_hint(self, key: str) -> None:
         self.delete(key)
 
+    def replace_claim(self, key: str, content: bytes) -> None:
+        self.put_hint(key, content)
+
+    def delete_claim(self, key: str) -> None:
+        self.delete(key)
+
     def delete(self, key: str) -> None:
         validate_key(key)
         try:

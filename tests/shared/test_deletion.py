@@ -19,6 +19,7 @@ from shared.ingest import Ingest, IngestOutcome
 from shared.ingest_identify import identify
 from shared.runtime import Runtime
 from shared.storage import StorageUnavailable
+from shared.storage.claim_anchors import ANCHORS_FOLDER
 from shared.storage.claims import ClaimRegistry, InstanceBeingDeleted
 from tests.factory import dataset_start
 from tests.shared.test_retention import held, store_study
@@ -52,6 +53,7 @@ def test_between_the_decision_and_the_removal_a_resend_is_refused_and_after_it_s
     runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     study = store_study(runtime, count=2)
+    assert len(list((runtime.store.root / ANCHORS_FOLDER).iterdir())) == 1  # the claims of the study's series
     first, _ = instance_uids(runtime)
     first_part10 = stored_part10(runtime, first)
     real_remove = shared.deletion.remove_objects
@@ -68,6 +70,7 @@ def test_between_the_decision_and_the_removal_a_resend_is_refused_and_after_it_s
     assert outcome is not None and outcome[1] == 2 and seen == {"refused": True}
     assert held(runtime) == {"studies": set(), "instances": 0, "objects": 0, "claims": 0, "pending_deletions": 0}
     assert list(runtime.store.list(".deleting/")) == []
+    assert list((runtime.store.root / ANCHORS_FOLDER).iterdir()) == []  # no claim left: no anchor either
     assert send_bytes(runtime, first_part10) is IngestOutcome.STORED  # the deletion is over: a new instance
 
 

@@ -121,3 +121,68 @@ def test_a_claim_folder_removed_since_it_was_cached_is_made_again(tmp_path: Path
     (tmp_path / ".claims" / "ab").rmdir()
     assert store.put_claim(claim("1.2.2"), TEMPLATE).outcome is PutOutcome.CREATED
     assert store.get(claim("1.2.2")) == TEMPLATE
+
+
+def test_removing_the_last_claim_of_a_content_removes_its_anchor(tmp_path: Path) -> None:
+    store = FilesystemObjectStore(tmp_path)
+    for number in range(2):
+        store.put_claim(claim(f"1.2.{number}"), TEMPLATE)
+    store.delete_claim(claim("1.2.0"))
+    [anchor] = anchors(tmp_path)
+    assert anchor.stat().st_nlink == 2  # the other claim still holds it
+    store.delete_claim(claim("1.2.1"))
+    assert anchors(tmp_path) == [] and store.stat(claim("1.2.1")) is None
+    store.delete_claim(claim("1.2.1"))  # a missing claim: nothing to do
+    assert store.put_claim(claim("1.2.2"), TEMPLATE).outcome is PutOutcome.CREATED  # a new anchor
+    assert anchors(tmp_path)[0].stat().st_nlink == 2
+
+
+def test_generations_without_claims_are_removed_from_the_last_one_down(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    store = FilesystemObjectStore(tmp_path)
+    store.put_claim(claim("1.2.1"), TEMPLATE)
+    first = anchors(tmp_path)[0]
+    link = os.link
+
+    def full_first_anchor(source: str, destination: str, *args: object, **kwargs: object) -> None:
+        if source == str(first):
+            raise OSError(errno.EMLINK, "Too many links")
+        link(source, destination, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(claim_anchors.os, "link", full_first_anchor)
+    store.put_claim(claim("1.2.2"), TEMPLATE)  # in generation 1
+    store.delete_claim(claim("1.2.1"))
+    assert [path.name[-2:] for path in anchors(tmp_path)] == ["-0", "-1"]  # no gap below a generation in use
+    assert first.stat().st_nlink == 1
+    store.delete_claim(claim("1.2.2"))
+    assert anchors(tmp_path) == []
+
+
+def test_a_claim_linked_while_its_anchor_is_removed_keeps_its_content(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process links a claim between the check that the anchor has no claim and its removal."""
+    store, other_process = FilesystemObjectStore(tmp_path), FilesystemObjectStore(tmp_path)
+    store.put_claim(claim("1.2.1"), TEMPLATE)
+    unlink = os.unlink
+
+    def link_first(path: str, *args: object, **kwargs: object) -> None:
+        if ANCHORS_FOLDER in str(path):
+            other_process.put_claim(claim("1.2.2"), TEMPLATE)
+        unlink(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(claim_anchors.os, "unlink", link_first)
+    store.delete_claim(claim("1.2.1"))
+    monkeypatch.undo()
+    assert anchors(tmp_path) == [] and store.get(claim("1.2.2")) == TEMPLATE  # a file of its own now
+    assert other_process.put_claim(claim("1.2.3"), TEMPLATE).outcome is PutOutcome.CREATED  # a new anchor
+    assert anchors(tmp_path)[0].stat().st_nlink == 2 and store.get(claim("1.2.3")) == TEMPLATE
+
+
+def test_a_claim_replaced_by_a_deletion_mark_lets_its_anchor_go_and_a_send_meanwhile_leaves_none(
+        tmp_path: Path) -> None:
+    store = FilesystemObjectStore(tmp_path)
+    store.put_claim(claim("1.2.1"), TEMPLATE)
+    store.replace_claim(claim("1.2.1"), b"deleting:p-0123/1.2.3/1.2.3.4/1.2.1.dcm")
+    assert anchors(tmp_path) == []
+    assert store.put_claim(claim("1.2.1"), TEMPLATE).outcome is PutOutcome.CONFLICT  # the send is refused...
+    assert anchors(tmp_path) == []  # ...and the anchor it made on its way is gone
