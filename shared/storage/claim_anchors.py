@@ -66,7 +66,6 @@ class ClaimAnchors:
         """Remove the generations of the anchor of ``content`` that no claim is linked to, from the last one down to
         the first that still has claims: the generations left stay numbered from 0 without a gap, as ``link`` walks
         them."""
-        self._forget(content)
         generations: list[tuple[str, int]] = []
         for generation in itertools.count():
             anchor = self._path_of(content, generation)
@@ -77,6 +76,7 @@ class ClaimAnchors:
         for anchor, links in reversed(generations):
             if links > 1:
                 return
+            self._forget(content)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(anchor)
 
