@@ -27,6 +27,18 @@ def anchors(root: Path) -> list[Path]:
     return sorted((root / ANCHORS_FOLDER).iterdir())
 
 
+def fill_up(anchor: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """From now on ``anchor`` takes no more links (EMLINK), as when it reached the file system's limit."""
+    link = os.link
+
+    def refuse_full_anchor(source: str, destination: str, *args: object, **kwargs: object) -> None:
+        if source == str(anchor):
+            raise OSError(errno.EMLINK, "Too many links")
+        link(source, destination, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(claim_anchors.os, "link", refuse_full_anchor)
+
+
 def test_claims_of_one_content_are_links_of_one_anchor(tmp_path: Path) -> None:
     store = FilesystemObjectStore(tmp_path)
     for number in range(3):
@@ -51,14 +63,7 @@ def test_a_full_anchor_is_followed_by_the_next_generation(tmp_path: Path, monkey
     store = FilesystemObjectStore(tmp_path)
     store.put_claim(claim("1.2.1"), TEMPLATE)
     first = anchors(tmp_path)[0]
-    link = os.link
-
-    def full_first_anchor(source: str, destination: str, *args: object, **kwargs: object) -> None:
-        if source == str(first):
-            raise OSError(errno.EMLINK, "Too many links")
-        link(source, destination, *args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(claim_anchors.os, "link", full_first_anchor)
+    fill_up(first, monkeypatch)
     assert store.put_claim(claim("1.2.2"), TEMPLATE).outcome is PutOutcome.CREATED
     assert [path.name[-2:] for path in anchors(tmp_path)] == ["-0", "-1"]
     assert first.stat().st_nlink == 2 and anchors(tmp_path)[1].stat().st_nlink == 2
@@ -142,14 +147,7 @@ def test_generations_without_claims_are_removed_from_the_last_one_down(tmp_path:
     store = FilesystemObjectStore(tmp_path)
     store.put_claim(claim("1.2.1"), TEMPLATE)
     first = anchors(tmp_path)[0]
-    link = os.link
-
-    def full_first_anchor(source: str, destination: str, *args: object, **kwargs: object) -> None:
-        if source == str(first):
-            raise OSError(errno.EMLINK, "Too many links")
-        link(source, destination, *args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(claim_anchors.os, "link", full_first_anchor)
+    fill_up(first, monkeypatch)
     store.put_claim(claim("1.2.2"), TEMPLATE)  # in generation 1
     store.delete_claim(claim("1.2.1"))
     assert [path.name[-2:] for path in anchors(tmp_path)] == ["-0", "-1"]  # no gap below a generation in use
