@@ -12,6 +12,7 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
+from services.scp import listening
 from services.scp.listening import InheritedAssociationServer
 from services.scp.sockets import LowLatencyRequestHandler
 
@@ -50,7 +51,10 @@ class SharedSocket:
 
 
 @pytest.fixture
-def shared() -> Iterator[SharedSocket]:
+def shared(monkeypatch: pytest.MonkeyPatch) -> Iterator[SharedSocket]:
+    # The deferral per held connection, widened from milliseconds so that the order of the race does not depend on
+    # how soon a busy machine schedules the test's two threads.
+    monkeypatch.setattr(listening, "DEFER_PER_CONNECTION_SECONDS", 0.2)
     sockets = SharedSocket()
     yield sockets
     sockets.close()
