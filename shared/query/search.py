@@ -185,15 +185,11 @@ def _add_computed(session: Session, level: str, rows: list[dict[str, Any]], want
             values["NumberOfPatientRelatedInstances"] = _counts(session, select(
                 Instance.patient_fk, func.count(Instance.pk)).group_by(Instance.patient_fk), Instance.patient_fk, pks)
     elif level == "STUDY":
-        if "NumberOfStudyRelatedSeries" in wanted:
-            values["NumberOfStudyRelatedSeries"] = _counts(
-                session, select(Series.study_fk, func.count(Series.pk)).group_by(Series.study_fk), Series.study_fk, pks)
-        if "NumberOfStudyRelatedInstances" in wanted:
-            values["NumberOfStudyRelatedInstances"] = _counts(session, select(Series.study_fk, func.count(Instance.pk))
-                .join(Instance, Instance.series_fk == Series.pk).group_by(Series.study_fk), Series.study_fk, pks)
-        if "ModalitiesInStudy" in wanted:
-            values["ModalitiesInStudy"] = _distinct(
-                session, select(Series.study_fk, Series.modality).distinct(), Series.study_fk, pks)
+        summarised = wanted & _FROM_STUDY_SERIES
+        if summarised:
+            summary = _study_series_summary(session, pks)
+            for keyword in summarised:
+                values[keyword] = {study_pk: study[keyword] for study_pk, study in summary.items()}
         if "SOPClassesInStudy" in wanted:
             values["SOPClassesInStudy"] = _distinct(session, select(Series.study_fk, Instance.sop_class_uid)
                 .join(Instance, Instance.series_fk == Series.pk).distinct(), Series.study_fk, pks)
@@ -203,6 +199,25 @@ def _add_computed(session: Session, level: str, rows: list[dict[str, Any]], want
     for row in rows:
         for keyword, by_pk in values.items():
             row[keyword] = by_pk.get(row["_pk"], [] if keyword in ("ModalitiesInStudy", "SOPClassesInStudy") else 0)
+
+
+_FROM_STUDY_SERIES = {"NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances", "ModalitiesInStudy"}
+
+
+def _study_series_summary(session: Session, pks: list[int]) -> dict[int, dict[str, Any]]:
+    """Per study: NumberOfStudyRelatedSeries, NumberOfStudyRelatedInstances and ModalitiesInStudy, from one
+    statement (a row per series, with its instance count) rather than one per key."""
+    statement = (select(Series.study_fk, Series.modality, func.count(Instance.pk))
+                 .outerjoin(Instance, Instance.series_fk == Series.pk)
+                 .group_by(Series.pk, Series.study_fk, Series.modality))
+    series: dict[int, list[tuple[str | None, int]]] = defaultdict(list)
+    for chunk in _chunks(pks, 5000):
+        for study_pk, modality, instances in session.execute(statement.where(Series.study_fk.in_(chunk))):
+            series[study_pk].append((modality, int(instances)))
+    return {study_pk: {"NumberOfStudyRelatedSeries": len(rows),
+                       "NumberOfStudyRelatedInstances": sum(instances for _, instances in rows),
+                       "ModalitiesInStudy": sorted({modality for modality, _ in rows if modality})}
+            for study_pk, rows in series.items()}
 
 
 def _counts(session: Session, statement: Select[Any], owner: Any, pks: list[int]) -> dict[int, int]:
