@@ -169,6 +169,10 @@ def _json_matches(attributes: dict[str, Any], keyword: str, matcher: Matcher | S
     return any(matcher.matches_text(text, vr) for text in json_texts(element))
 
 
+# Computed keys of the study level that one statement over its series gives (_study_series_summary).
+_FROM_STUDY_SERIES = {"NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances", "ModalitiesInStudy"}
+
+
 def _add_computed(session: Session, level: str, rows: list[dict[str, Any]], wanted: set[str]) -> None:
     if not rows or not wanted:
         return
@@ -199,9 +203,6 @@ def _add_computed(session: Session, level: str, rows: list[dict[str, Any]], want
     for row in rows:
         for keyword, by_pk in values.items():
             row[keyword] = by_pk.get(row["_pk"], [] if keyword in ("ModalitiesInStudy", "SOPClassesInStudy") else 0)
-
-
-_FROM_STUDY_SERIES = {"NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances", "ModalitiesInStudy"}
 
 
 def _study_series_summary(session: Session, pks: list[int]) -> dict[int, dict[str, Any]]:
