@@ -6,7 +6,8 @@ return at once) for TRANSIENT_RETRY_SECONDS after its first failure, whatever th
 shorter than that ends with every task tried again within BACKOFF_MAX_SECONDS of the dependency's return. A task
 still failing then is dropped; the pending markers of its instances stay, and the sweeper hands them over again
 (services/indexer/sweeper.py). The sweeper waits REPUBLISH_BACKOFF_SECONDS before it hands an instance over a second
-time, longer than a task retries, so that a long outage keeps at most about one waiting task per instance.
+time, longer than a task retries, so that a long outage keeps at most two waiting tasks per instance: its own, and
+the one the sweeper made once its marker was older than ``sweep_grace_seconds``.
 
 (The earlier count of 8 retries, with a ceiling of 30 s, could end a task's retries within the first 10–30 s of an
 outage; its instances then waited up to the sweeper's 5 minutes after the database came back.)
