@@ -47,17 +47,24 @@ class ClaimAnchors:
         self._lock = threading.Lock()
 
     def link(self, content: bytes, path: str) -> None:
-        """Name ``path`` as another link of the anchor of ``content``; FileExistsError if ``path`` exists."""
+        """Name ``path`` as another link of the anchor of ``content``; FileExistsError if ``path`` exists (an anchor
+        made for it is removed again)."""
+        made = False
         for _ in range(3):
-            generation, anchor = self._anchor(content)
+            generation, anchor, written = self._anchor(content)
+            made = made or written
             try:
                 os.link(anchor, path)
                 return
+            except FileExistsError:
+                if made:
+                    self.remove_unused(content)
+                raise
             except OSError as exc:
                 if exc.errno == errno.EMLINK:
-                    self._checked_anchor(content, generation + 1)
+                    made = self._checked_anchor(content, generation + 1)[2] or made
                 elif exc.errno == errno.ENOENT and not os.path.exists(anchor):
-                    self._forget(content)  # removed by hand: made again
+                    self._forget(content)  # removed (by a deletion, or by hand): made again
                 else:
                     raise
         raise NoAnchor("no anchor could take another link")
@@ -80,24 +87,26 @@ class ClaimAnchors:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(anchor)
 
-    def _anchor(self, content: bytes) -> tuple[int, str]:
+    def _anchor(self, content: bytes) -> tuple[int, str, bool]:
+        """(generation, anchor, whether this call wrote it)."""
         with self._lock:
             checked = self._checked.get(content)
-        return checked if checked is not None else self._checked_anchor(content, 0)
+        return (*checked, False) if checked is not None else self._checked_anchor(content, 0)
 
     def _forget(self, content: bytes) -> None:
         with self._lock:
             self._checked.pop(content, None)
 
-    def _checked_anchor(self, content: bytes, generation: int) -> tuple[int, str]:
+    def _checked_anchor(self, content: bytes, generation: int) -> tuple[int, str, bool]:
         anchor = self._path_of(content, generation)
-        if not _holds(anchor, content):
+        written = not _holds(anchor, content)
+        if written:
             self._write(anchor, content)
         with self._lock:
             if len(self._checked) >= _REMEMBERED_MAX:
                 self._checked.clear()
             self._checked[content] = (generation, anchor)
-        return generation, anchor
+        return generation, anchor, written
 
     def _path_of(self, content: bytes, generation: int) -> str:
         return os.path.join(self._folder, f"{hashlib.sha256(content).hexdigest()}-{generation}")

@@ -338,7 +338,6 @@ class FilesystemObjectStore:
                     return PutResult(PutOutcome.CREATED, sha256)
                 except FileExistsError:
                     existing = _sha256_of_file(path)
-                    self._anchors.remove_unused(content)  # made by link() for nothing: the key was taken
                     return PutResult(PutOutcome.IDENTICAL if existing == sha256 else PutOutcome.CONFLICT, existing)
                 except NoAnchor:
                     pass
