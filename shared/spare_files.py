@@ -24,9 +24,9 @@ from __future__ import annotations
 import os
 import threading
 import time
-import uuid
 
 from shared.file_writes import write_at
+from shared.unique_names import unique_name
 
 SPARE_MAX_BYTES = 256 << 10  # a larger file is deleted: truncating it would cost its next writer more than a new one
 _RECOUNT_EVERY = 256
@@ -83,7 +83,7 @@ class SpareFiles:
         folder full or missing): the caller deletes it."""
         if size > SPARE_MAX_BYTES or not self._room_left():
             return False
-        name = uuid.uuid4().hex
+        name = unique_name()
         spare_path = os.path.join(self._folder, name)
         try:
             os.rename(path, spare_path)

@@ -94,6 +94,7 @@ def _dul_waiter(dul: Any, wakeup: _DulWakeup) -> Any:
             return  # read ahead already: nothing to wait for
         # A socket held by its sending thread (shared.dicom.own_responses) is that thread's to watch.
         sock = None if getattr(dul, "_pacs_socket_held", False) else getattr(dul.socket, "socket", None)
+        saw_readable = None
         # poll, not select: select refuses descriptors above 1023, which a busy listener reaches (and each refusal
         # would turn this wait into a busy loop).
         poller = select.poll()
@@ -105,6 +106,7 @@ def _dul_waiter(dul: Any, wakeup: _DulWakeup) -> Any:
             # The ACK for what arrives while we wait is decided on arrival: quick-ACK mode must be on now.
             quickack(sock)
             poller.register(sock, select.POLLIN)
+            saw_readable = getattr(dul.socket, "saw_readable", None)
         wakeup.sleeping = True
         try:
             if not dul.to_provider_queue.empty():
@@ -114,11 +116,14 @@ def _dul_waiter(dul: Any, wakeup: _DulWakeup) -> Any:
             return  # the socket was closed meanwhile: let the reactor notice
         finally:
             wakeup.sleeping = False
-        if any(fd == wakeup.fd for fd, _ in ready):
-            try:
-                os.eventfd_read(wakeup.fd)
-            except BlockingIOError:
-                pass
+        for fd, _ in ready:
+            if fd == wakeup.fd:
+                try:
+                    os.eventfd_read(wakeup.fd)
+                except BlockingIOError:
+                    pass
+            elif saw_readable is not None:
+                saw_readable()  # the reactor's readiness check need not poll again (services.scp.sockets)
 
     return wait
 

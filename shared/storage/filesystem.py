@@ -29,7 +29,6 @@ import hashlib
 import os
 import stat
 import threading
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -57,6 +56,7 @@ from shared.storage.claim_anchors import MAX_CLAIM_BYTES, ClaimAnchors, NoAnchor
 from shared.storage.file_stamp import file_stamp
 from shared.storage.journal import JOURNAL_FOLDER, PUT_HINT, PUT_NEW, SETTLE_SECONDS, Journal, Record
 from shared.storage.sync_barrier import SyncBarrier
+from shared.unique_names import unique_name
 
 _TMP_PREFIX = ".tmp-"
 _Written = TypeVar("_Written")
@@ -94,13 +94,13 @@ class _NewFile:
                 if exc.errno not in _NO_TMPFILE_ERRNOS:
                     raise
                 _no_tmpfile()
-        self.temp_path = os.path.join(directory, f"{_TMP_PREFIX}{uuid.uuid4().hex}")
+        self.temp_path = os.path.join(directory, f"{_TMP_PREFIX}{unique_name()}")
         self.fd = os.open(self.temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
 
     @classmethod
     def refilled(cls, spares: SpareFiles, directory: str, data: bytes) -> _NewFile | None:
         """``data`` in a spare file, or None when there is no spare."""
-        temp_path = os.path.join(directory, f"{_TMP_PREFIX}{uuid.uuid4().hex}")
+        temp_path = os.path.join(directory, f"{_TMP_PREFIX}{unique_name()}")
         if not spares.fill(temp_path, data):
             return None
         new = cls.__new__(cls)
@@ -141,7 +141,7 @@ class _NewFile:
         try:
             self.link(path)
         except FileExistsError:  # an unnamed file cannot be renamed over another: via a named one
-            temp = os.path.join(os.path.dirname(path), f"{_TMP_PREFIX}{uuid.uuid4().hex}")
+            temp = os.path.join(os.path.dirname(path), f"{_TMP_PREFIX}{unique_name()}")
             self._link_unnamed(temp)
             os.replace(temp, path)
 
