@@ -2,6 +2,12 @@
 
 A background thread reads both from the index database every 0.5 s (REST changes reach the service within
 that time, without a restart). ``current()`` returns the last snapshot: no I/O, safe on the C-STORE path.
+``fresh()`` (every new association) and the poll first read the database's config generation, one row that
+triggers raise with every change of either table (shared.db.models.ConfigGeneration), and read the configuration
+itself only when it moved: a read of everything cost 0.4 ms per association on SQLite with three modalities, 3 ms
+with a hundred. The poll still reads everything every FULL_READ_SECONDS, whatever the counter says (a database
+restored from a backup may hold another configuration at the same count), and where the counter cannot be read (a
+database not migrated yet) everything is read as before.
 When the database cannot be read the last good values stay in force, and they are kept in
 ``<data_dir>/config-cache.json`` so that a service started while the database is down still applies the last
 known configuration (invariant 3: config is cached). The cache holds what the database held (the keys set over
@@ -24,9 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.db.models import ConfigGeneration
 from shared.events import iso_utc, utc_now
 from shared.node_config import (
     ModalityEntry,
@@ -41,10 +49,12 @@ from shared.settings import Settings
 log = logging.getLogger(__name__)
 
 REFRESH_INTERVAL_SECONDS = 0.5
+FULL_READ_SECONDS = 30.0
 CONFIRM_RETRY_SECONDS = 1.0
 CACHE_FILE_NAME = "config-cache.json"
 CACHE_SCHEMA_VERSION = 1
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+_GENERATION = select(ConfigGeneration.__table__.c.generation).where(ConfigGeneration.__table__.c.id == 1)
 
 
 @dataclass(frozen=True)
@@ -184,6 +194,8 @@ class LiveConfig:
         self._first_refresh = threading.Event()
         self._thread: threading.Thread | None = None
         self._database_ok: bool | None = None
+        self._generation: int | None = None  # the config generation the snapshot was read at (None: unknown)
+        self._full_read_at = float("-inf")  # monotonic time of the last read of everything
         self._confirm_tried_at = 0.0  # monotonic time confirmed() last read the database itself
         self.refresh_failures = 0
 
@@ -197,7 +209,7 @@ class LiveConfig:
         return self._snapshot
 
     def confirmed(self) -> ConfigSnapshot:
-        """The configuration re-read from the database now.
+        """The configuration as the database holds it now (read again if its config generation moved).
 
         Used before refusing something (an unknown caller, a move destination, a service): a change made over
         REST an instant ago then takes effect at once, while the fast path never waits for the database.
@@ -208,15 +220,16 @@ class LiveConfig:
         if self._database_ok is False and now - self._confirm_tried_at < CONFIRM_RETRY_SECONDS:
             return self._snapshot
         self._confirm_tried_at = now
-        return self.refresh_now()
+        return self._refresh_if_changed()
 
     def fresh(self) -> tuple[ConfigSnapshot, bool]:
-        """What a new association runs with, and whether it was read from the database just now: re-read unless
-        the database is not known to answer (then the values in force, kept up to date by the poll). A change made
-        over REST applies to every association requested after it, whichever of the node's SCP processes takes it."""
+        """What a new association runs with, and whether it was checked against the database just now: the config
+        generation is read, and the configuration too if it moved, unless the database is not known to answer (then
+        the values in force, kept up to date by the poll). A change made over REST applies to every association
+        requested after it, whichever of the node's SCP processes takes it."""
         if self._database_ok is not True:
             return self._snapshot, False
-        return self.refresh_now(), True
+        return self._refresh_if_changed(), True
 
     # ---- loading ------------------------------------------------------------------------------------------
 
@@ -272,9 +285,25 @@ class LiveConfig:
         except OSError as exc:
             log.warning("live_config.cache_not_written error=%s", exc.__class__.__name__)
 
+    def _refresh_if_changed(self) -> ConfigSnapshot:
+        """The snapshot, read again from the database unless its config generation is the one it was read at."""
+        known = self._generation
+        if known is not None and self._database_ok is True and self._read_generation() == known:
+            return self._snapshot
+        return self.refresh_now()
+
+    def _read_generation(self) -> int | None:
+        """The database's config generation; None when it cannot be read (down, or not migrated yet)."""
+        try:
+            with self._sessions() as session:
+                return session.execute(_GENERATION).scalar()
+        except SQLAlchemyError:
+            return None
+
     def refresh_now(self) -> ConfigSnapshot:
         """Read the database now; on failure keep (and return) the values in force."""
         with self._refresh_lock:
+            generation = self._read_generation()  # before the rest: a change after it moves it again
             try:
                 with self._sessions() as session:
                     stored = {
@@ -295,6 +324,8 @@ class LiveConfig:
             if self._database_ok is False:
                 log.info("live_config.database_back")
             self._database_ok = True
+            self._generation = generation
+            self._full_read_at = time.monotonic()
             if stored != self._stored or self._snapshot.source != "database":
                 changed = stored != self._stored
                 self._apply(stored, "database")
@@ -314,7 +345,10 @@ class LiveConfig:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self.refresh_now()
+                if time.monotonic() - self._full_read_at >= FULL_READ_SECONDS:
+                    self.refresh_now()
+                else:
+                    self._refresh_if_changed()
             except Exception:  # never let the refresher die: the service would stop seeing changes
                 log.exception("live_config.refresh_failed")
             self._first_refresh.set()

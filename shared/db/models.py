@@ -198,6 +198,21 @@ class Modality(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class ConfigGeneration(Base):
+    """One row: a counter that every change of ``node_settings`` or ``modalities`` raises in its own transaction.
+
+    Database triggers raise it (migration 0011), so a change made by any writer counts: the API, a script, an
+    admin's SQL. A service compares it with the value its configuration was read at and reads the configuration
+    again only when it moved (shared.live_config). On SQLite, a batch migration that recreates either table drops its
+    triggers: such a migration must create them again (tests/shared/test_live_config.py fails without them).
+    """
+
+    __tablename__ = "config_generation"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    generation: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
 class Job(Base):
     """A set of C-STORE sub-operations to one destination: a C-MOVE, or a send asked over REST."""
 
