@@ -158,11 +158,14 @@ def metric_samples(node: Node) -> dict[tuple[str, tuple[tuple[str, str], ...]], 
 
 def test_metrics_count_what_the_listener_did(node: Node, session: dict[str, Any]) -> None:
     def moved() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
-        samples = metric_samples(node)  # counters travel in heartbeats: wait for one sent after the whole session,
-        stored = samples.get(("pacs_scp_instances_stored_total", ()), 0)  # whose last step is the refused association
+        # Counters travel in heartbeats, one per SCP process: the session's associations may have gone to different
+        # processes, so wait until the heartbeats carry every operation of the session, not only the last one's.
+        samples = metric_samples(node)
+        stored = samples.get(("pacs_scp_instances_stored_total", ()), 0)
+        echoed = samples.get(("pacs_scp_operations_total", (("operation", "c_echo"), ("outcome", "success"))), 0)
         found = samples.get(("pacs_scp_operations_total", (("operation", "c_find"), ("outcome", "success"))), 0)
         refused = samples.get(("pacs_scp_associations_rejected_total", (("reason", "called_aet_not_recognized"),)), 0)
-        return samples if stored >= STORED and found >= 1 and refused >= 1 else None
+        return samples if stored >= STORED and echoed >= 1 and found >= 1 and refused >= 1 else None
 
     samples = wait_until(moved, 15, "the listener's heartbeat to carry the counters")
     assert samples[("pacs_scp_operations_total", (("operation", "c_store"), ("outcome", "success")))] >= STORED
