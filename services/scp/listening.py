@@ -11,6 +11,11 @@ then went 4 + 0 or 3 + 1 now and then, one process bound by its GIL while the ot
 748 per second against ~1,000 with 2 + 2). So a process waits DEFER_PER_CONNECTION_SECONDS for each connection it
 holds before it accepts: one that holds fewer takes the connection first, and a process alone on its socket only
 starts an association a few milliseconds later.
+
+The plain listener (not TLS) starts each association from its accept loop, where socketserver would start a thread
+whose only work is to create the association and start the association's own thread: nothing on that path reads
+from the connection or waits for the peer (the A-ASSOCIATE-RQ is read by the association's DUL thread): two threads
+per association instead of three. The TLS listener keeps the thread: its handshake runs there (services.scp.tls).
 """
 
 from __future__ import annotations
@@ -56,7 +61,18 @@ class _InheritedListener:
         return connection, address
 
 
-class InheritedAssociationServer(_InheritedListener, ThreadedAssociationServer):
+class _StartedInline:
+    """Requests handled in the accept loop's thread (pynetdicom's handler only creates and starts the association)."""
+
+    def process_request(self, request: socket.socket, client_address: Any) -> None:
+        self.process_request_thread(request, client_address)  # type: ignore[attr-defined]
+
+
+class PlainAssociationServer(_StartedInline, ThreadedAssociationServer):
+    pass
+
+
+class InheritedAssociationServer(_InheritedListener, _StartedInline, ThreadedAssociationServer):
     pass
 
 
@@ -64,6 +80,7 @@ class InheritedTlsAssociationServer(_InheritedListener, TlsAssociationServer):
     pass
 
 
+_OWN = {ThreadedAssociationServer: PlainAssociationServer, TlsAssociationServer: TlsAssociationServer}
 _INHERITED = {ThreadedAssociationServer: InheritedAssociationServer, TlsAssociationServer: InheritedTlsAssociationServer}
 
 
@@ -73,6 +90,6 @@ Server = TypeVar("Server", bound=ThreadedAssociationServer)
 def listening_server(server_class: type[Server], listen_fd: int | None, *arguments: Any, **options: Any) -> Server:
     """A ``server_class`` that binds its port (``listen_fd`` None: `pacs scp`) or takes over ``listen_fd``."""
     if listen_fd is None:
-        return server_class(*arguments, **options)
+        return cast(Server, _OWN[server_class](*arguments, **options))
     return cast(Server, _INHERITED[server_class](listen_fd, *arguments, **options))
 

@@ -1,5 +1,6 @@
 """SCP processes sharing one listening socket (services/scp/listening.py): the one holding fewer connections takes
-the next, so a push's associations are spread over the processes rather than piled on one of them."""
+the next, so a push's associations are spread over the processes rather than piled on one of them. The plain
+listener starts each association from its accept loop, without a thread of its own."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from collections.abc import Iterator
 import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
 
 from services.scp import listening
-from services.scp.listening import InheritedAssociationServer
+from services.scp.listening import InheritedAssociationServer, listening_server
 from services.scp.sockets import LowLatencyRequestHandler
 
 
@@ -100,3 +102,38 @@ def test_connections_whose_association_ended_no_longer_count(shared: SharedSocke
         connection.close()
     shared.connect()
     assert race(holding_one, formerly_busy) == "second"
+
+
+@pytest.mark.parametrize("inherited", [False, True], ids=["own_port", "socket_of_pacs_serve"])
+def test_the_plain_listener_starts_each_association_from_its_accept_loop(inherited: bool) -> None:
+    """socketserver would start a thread per connection only to create the association and start its thread."""
+    listener = socket.create_server(("127.0.0.1", 0)) if inherited else None
+    ae = AE(ae_title="PACS")
+    ae.add_supported_context(Verification)
+    server = listening_server(ThreadedAssociationServer, os.dup(listener.fileno()) if listener else None, ae,
+                              ("127.0.0.1", 0), "PACS", ae.supported_contexts,
+                              request_handler=LowLatencyRequestHandler)
+    handled_in: list[threading.Thread] = []
+    handle = server.process_request_thread
+
+    def recorded(request: socket.socket, client_address: object) -> None:
+        handled_in.append(threading.current_thread())
+        handle(request, client_address)
+
+    server.process_request_thread = recorded  # type: ignore[method-assign]
+    ae._servers.append(server)  # as services.scp.server does (pynetdicom's shutdown takes it out)
+    accept_loop = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="accept-loop")
+    accept_loop.start()
+    try:
+        caller = AE(ae_title="CALLER")
+        caller.add_requested_context(Verification)
+        association = caller.associate("127.0.0.1", server.server_address[1], ae_title="PACS")
+        assert association.is_established
+        assert association.send_c_echo().Status == 0x0000
+        association.release()
+    finally:
+        server.shutdown()
+        accept_loop.join(timeout=5)
+        if listener is not None:
+            listener.close()
+    assert handled_in == [accept_loop]
