@@ -288,9 +288,10 @@ class LiveConfig:
     def _refresh_if_changed(self) -> ConfigSnapshot:
         """The snapshot, read again from the database unless its config generation is the one it was read at."""
         known = self._generation
-        if known is not None and self._database_ok is True and self._read_generation() == known:
-            return self._snapshot
-        return self.refresh_now()
+        if known is None or self._database_ok is not True:
+            return self.refresh_now()
+        current = self._read_generation()
+        return self._snapshot if current == known else self._read_everything(current)
 
     def _read_generation(self) -> int | None:
         """The database's config generation; None when it cannot be read (down, or not migrated yet)."""
@@ -302,8 +303,12 @@ class LiveConfig:
 
     def refresh_now(self) -> ConfigSnapshot:
         """Read the database now; on failure keep (and return) the values in force."""
+        return self._read_everything(self._read_generation())
+
+    def _read_everything(self, generation: int | None) -> ConfigSnapshot:
+        """Settings and modalities, recorded as read at ``generation``, which was read before them: a change made
+        after it has moved it again, so the next check reads them once more (never the other way round)."""
         with self._refresh_lock:
-            generation = self._read_generation()  # before the rest: a change after it moves it again
             try:
                 with self._sessions() as session:
                     stored = {
