@@ -185,6 +185,7 @@ class LiveConfig:
     ) -> None:
         self._defaults = defaults
         self._sessions = sessions
+        self._engine = sessions.kw["bind"]
         self._cache_path = cache_path
         self._interval = interval_seconds
         self._snapshot = ConfigSnapshot.build(defaults, (), "defaults")
@@ -296,8 +297,8 @@ class LiveConfig:
     def _read_generation(self) -> int | None:
         """The database's config generation; None when it cannot be read (down, or not migrated yet)."""
         try:
-            with self._sessions() as session:
-                return session.execute(_GENERATION).scalar()
+            with self._engine.connect() as connection:  # half the cost of a Session: read by every association
+                return connection.execute(_GENERATION).scalar()
         except SQLAlchemyError:
             return None
 

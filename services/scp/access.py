@@ -40,6 +40,7 @@ from pynetdicom import ALL_TRANSFER_SYNTAXES, register_uid
 from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
 from pynetdicom.service_class import ServiceClass, StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
+from sqlalchemy import insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -67,6 +68,7 @@ ASSOCIATION_CEILING = MAX_ASSOCIATIONS_LIMIT + 64
 MAX_REGISTERED_UNKNOWN_SOP_CLASSES = 1000
 AUDIT_BUFFER_CAPACITY = 1000
 AUDIT_FLUSH_SECONDS = 0.5
+AUDIT_EARLY_FLUSH_ROWS = AUDIT_BUFFER_CAPACITY // 4  # a burst that would fill the buffer is written before the tick
 
 _ADMITTED = "_pacs_admitted"
 
@@ -81,7 +83,13 @@ def printable_aet(value: object) -> str:
 
 
 class AuditBuffer:
-    """Audit rows written by a thread: ``record`` never blocks; full buffer or database down = dropped, counted."""
+    """Audit rows written by a thread: ``record`` never blocks; full buffer or database down = dropped, counted.
+
+    The thread writes what gathered every ``flush_seconds`` (sooner once AUDIT_EARLY_FLUSH_ROWS wait), in one
+    multi-row INSERT. Writing each association's rows as they came, through the ORM's unit of work, was a fifth of
+    the SCP's CPU while it answered associations back to back (py-spy --gil: 21.5 %), all of it in the GIL that
+    the associations need.
+    """
 
     def __init__(self, sessions: sessionmaker[Session], capacity: int = AUDIT_BUFFER_CAPACITY,
                  flush_seconds: float = AUDIT_FLUSH_SECONDS) -> None:
@@ -104,7 +112,9 @@ class AuditBuffer:
                 self.dropped += 1
                 return
             self._pending.append(row)
-        self._wake.set()
+            early = len(self._pending) >= AUDIT_EARLY_FLUSH_ROWS
+        if early:
+            self._wake.set()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="access-audit", daemon=True)
@@ -125,7 +135,7 @@ class AuditBuffer:
             return
         try:
             with self._sessions.begin() as session:
-                session.add_all([AuditEvent(**row) for row in batch])
+                session.execute(insert(AuditEvent), batch)
         except SQLAlchemyError as exc:
             self.dropped += len(batch)
             log.warning("access.audit_dropped count=%d total_dropped=%d error=%s", len(batch), self.dropped,

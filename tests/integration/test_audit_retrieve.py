@@ -110,9 +110,13 @@ def _drive(node: Node, workdir: Path, destination: StoreScp) -> tuple[str, list[
         events = audit(node)
         actions = {(event["action"], event["remote_aet"]) for event in events}
         wanted = {("c_move", WORKSTATION), ("c_get", WORKSTATION), ("c_get", LIMITED), ("c_find", LIMITED),
-                  ("request_refused", LIMITED), ("association", LIMITED), ("c_store", FULL), ("association", FULL)}
+                  ("request_refused", LIMITED), ("association", LIMITED), ("c_store", FULL), ("association", FULL),
+                  ("storage_full", FULL)}
         moves = [e for e in events if e["action"] == "association" and e["remote_aet"] == WORKSTATION]
-        return events if wanted <= actions and len(moves) == 2 else None
+        # The rows of the refused store come with the buffer's next write, maybe after those of earlier stores.
+        refused_store = any(e["action"] == "c_store" and e["remote_aet"] == FULL and e["outcome"] == "failure"
+                            for e in events)
+        return events if wanted <= actions and len(moves) == 2 and refused_store else None
 
     return study, wait_until(complete, 60, "the audit rows of the session")
 
