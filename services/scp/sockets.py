@@ -28,6 +28,7 @@ from services.scp.dimse_guard import guard_association_requests, guard_dimse_dec
 from services.scp.direct_store import DirectStore
 from services.scp.pdu_guard import PduLimits, check_header
 from services.scp.spooling import spool_received_datasets
+from shared.dicom.early_release import answer_release_in_dul_thread
 from shared.dicom.event_driven import make_event_driven
 from shared.dicom.message_writer import write_messages_directly
 from shared.dicom.pdu_reading import read_p_data_first
@@ -201,4 +202,5 @@ class LowLatencyRequestHandler(RequestHandler):
         route_requests = getattr(self.server, "route_requests", None)
         if route_requests is not None:
             route_requests(assoc)
+        answer_release_in_dul_thread(assoc)  # wraps the request routing: install after it
         return assoc
