@@ -33,8 +33,8 @@ from pynetdicom import evt
 from pynetdicom.pdu_primitives import A_RELEASE
 
 from services.scp.access import AuditBuffer, printable_aet
-from services.scp.direct_store import StoreRequestReceived
-from shared.dicom.message_writer import FindResponseSent, StoredObjectSent, StoreResponseSent
+from services.scp.direct_store import EchoRequestReceived, StoreRequestReceived
+from shared.dicom.message_writer import EchoResponseSent, FindResponseSent, StoredObjectSent, StoreResponseSent
 from shared.dicom.spooled import SpooledDataset
 from shared.events import iso_utc, utc_now
 
@@ -193,8 +193,8 @@ class AssociationTrail:
     def on_dimse_received(self, event: Any) -> None:
         state = self._state_of(event.assoc)
         message = event.message
-        if isinstance(message, StoreRequestReceived):  # read by services.scp.direct_store
-            kind: str | None = "c_store"
+        if isinstance(message, (StoreRequestReceived, EchoRequestReceived)):  # read by services.scp.direct_store
+            kind: str | None = message.kind
             size, message_id, sop_class = message.data_set_size, message.message_id, message.sop_class_uid
         else:
             size = _data_set_bytes(message)
@@ -219,7 +219,7 @@ class AssociationTrail:
         with self._lock:
             state.bytes_sent += size
             self.bytes_sent += size
-        if isinstance(message, (StoreResponseSent, FindResponseSent)):
+        if isinstance(message, (StoreResponseSent, FindResponseSent, EchoResponseSent)):
             status, message_id = message.response.status, message.response.message_id_being_responded_to
         elif type(message).__name__ in _RESPONSES:
             command = message.command_set

@@ -28,6 +28,7 @@ from pynetdicom._handlers import standard_dimse_sent_handler
 from pynetdicom.dimse import _RQ_TO_MESSAGE, _RSP_TO_MESSAGE
 from pynetdicom.dimse_primitives import C_STORE
 
+from shared.dicom.echo_response import EchoResponse, encode_echo_response
 from shared.dicom.find_response import FindResponse, encode_find_response, plain_find_response
 from shared.dicom.store_request import StoreRequest, StoreResponse, encode_command, encode_response
 
@@ -69,6 +70,15 @@ class StoreResponseSent:
     data_set = None
 
     def __init__(self, response: StoreResponse) -> None:
+        self.response = response
+
+
+class EchoResponseSent:
+    """What EVT_DIMSE_SENT reports for a C-ECHO response encoded without a pydicom command set."""
+
+    data_set = None
+
+    def __init__(self, response: EchoResponse) -> None:
         self.response = response
 
 
@@ -180,6 +190,11 @@ class MessageWriter:
         """A C-STORE response carrying only its status, encoded without a pydicom command set."""
         evt.trigger(self._association, evt.EVT_DIMSE_SENT, {"message": StoreResponseSent(response)})
         self._write_message(self._command_pdus(context_id, encode_response(response)))
+
+    def send_echo_response(self, context_id: int, response: EchoResponse) -> None:
+        """A C-ECHO response carrying only its status, encoded without a pydicom command set."""
+        evt.trigger(self._association, evt.EVT_DIMSE_SENT, {"message": EchoResponseSent(response)})
+        self._write_message(self._command_pdus(context_id, encode_echo_response(response)))
 
     def _send_find_response(self, context_id: int, response: FindResponse) -> None:
         """A C-FIND response encoded without a pydicom command set; its identifier is sent as encoded."""

@@ -144,6 +144,8 @@ def test_unknown_callers_get_1_1_3_while_a_registered_modality_still_stores(node
     wait_until(lambda: store_from(port, "CTSCANNER") == NOT_AUTHORIZED, PROPAGATION, "modality allow list")
     assert echo_status(port, calling_aet="CTSCANNER") == 0x0000
     assert storescu_answer(port, image, calling_aet="CTSCANNER") == "Unknown Status: 0x124"  # dcmtk's words
+    put_modality(node, "ct-scanner", "CTSCANNER", ["store"])  # and a C-ECHO is refused the same way
+    wait_until(lambda: echo_status(port, calling_aet="CTSCANNER") == NOT_AUTHORIZED, PROPAGATION, "echo refused")
 
     patch_config(node, unknown_callers_allowed=["echo", "store"])
     wait_until(lambda: store_from(port, "STRANGER") == 0x0000, PROPAGATION, "unknown callers store again")

@@ -1,4 +1,5 @@
-"""Plain C-STOREs are served by the DUL thread itself; every other message reaches pynetdicom as it arrived."""
+"""Plain C-STOREs and C-ECHOs are served by the DUL thread itself; every other message reaches pynetdicom as it
+arrived."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, Verification
 
-from services.scp.direct_store import DirectStore, DirectStoreServices, StoreRequestReceived
+from services.scp.direct_store import DirectStore, DirectStoreServices, EchoRequestReceived, StoreRequestReceived
 from services.scp.spooling import ReceivedSpool
 from shared.dicom import command_set
 from shared.dicom.pdata import fragments
@@ -75,6 +76,9 @@ class Recorder:
             raise OSError("connection reset")
         self.answers.append((context_id, response.status))
 
+    def send_echo_response(self, context_id: int, response: Any) -> None:
+        self.answers.append((context_id, response.status))
+
     def send_msg(self, response: Any, context_id: int) -> None:
         self.answers.append((context_id, response.Status))
 
@@ -133,13 +137,27 @@ def test_command_and_data_set_may_share_one_pdu(recorder: Recorder, tmp_path: Pa
     assert recorder.stored == [("1.2.3.4", b"data")]
 
 
-def test_an_echo_reaches_pynetdicom_as_received(recorder: Recorder, tmp_path: Path) -> None:
+def test_an_echo_is_answered_and_nothing_reaches_pynetdicom(recorder: Recorder, tmp_path: Path) -> None:
     direct = direct_path(recorder, tmp_path)
-    echo = item(3, True, True, ECHO_COMMAND)
-    assert items_of(direct.on_p_data(bytearray(echo))) == [echo]
+    assert direct.on_p_data(bytearray(item(3, True, True, ECHO_COMMAND))) is None
+    assert recorder.answers == [(3, 0x0000)]
     store = item(1, True, True, store_command())
     assert direct.on_p_data(bytearray(store + item(1, False, True, b"x"))) is None  # the path is still ours
     assert recorder.stored == [("1.2.3.4", b"x")]
+
+
+def test_an_echo_on_a_storage_context_reaches_pynetdicom_as_received(recorder: Recorder, tmp_path: Path) -> None:
+    direct = direct_path(recorder, tmp_path)
+    echo = item(1, True, True, ECHO_COMMAND)
+    assert items_of(direct.on_p_data(bytearray(echo))) == [echo]
+    assert recorder.answers == []
+
+
+def test_a_caller_not_allowed_to_echo_is_refused_with_0124(tmp_path: Path) -> None:
+    recorder = Recorder(allowed=False)
+    direct = direct_path(recorder, tmp_path)
+    assert direct.on_p_data(bytearray(item(3, True, True, ECHO_COMMAND))) is None
+    assert recorder.answers == [(3, 0x0124)]
 
 
 def test_a_message_with_a_data_set_passes_whole_until_its_last_fragment(recorder: Recorder,
@@ -204,12 +222,14 @@ def test_a_caller_not_allowed_to_store_is_refused_with_0124(tmp_path: Path) -> N
 
 def test_the_audit_trail_is_told_of_each_request(recorder: Recorder, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    seen: list[StoreRequestReceived] = []
+    seen: list[StoreRequestReceived | EchoRequestReceived] = []
     monkeypatch.setattr("services.scp.direct_store.evt.trigger",
                         lambda _assoc, _event, values: seen.append(values["message"]))
     direct = direct_path(recorder, tmp_path)
     direct.on_p_data(bytearray(item(1, True, True, store_command(message_id=5)) + item(1, False, True, b"abcd")))
-    assert [(m.message_id, m.sop_class_uid, m.data_set_size) for m in seen] == [(5, CTImageStorage, 4)]
+    direct.on_p_data(bytearray(item(3, True, True, ECHO_COMMAND)))
+    assert [(m.kind, m.message_id, m.sop_class_uid, m.data_set_size) for m in seen] == [
+        ("c_store", 5, CTImageStorage, 4), ("c_echo", 1, Verification, 0)]
 
 
 # ---- over the network, against a running node ------------------------------------------------------------------
