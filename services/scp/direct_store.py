@@ -15,11 +15,11 @@ path, through the association thread and two pydicom encodings of the response, 
 
 Only a request that is plainly a C-STORE-RQ we serve takes this path: established association, a complete valid
 command set on an accepted context whose abstract syntax is the request's storage SOP class, Message ID,
-Priority and UIDs present and valid. Every other message (a C-ECHO with a data set or on another context, C-FIND, C-MOVE, C-GET, N-ACTION, C-CANCEL, a
-C-STORE with anything unusual) and every PDU other than P-DATA-TF reaches pynetdicom unchanged, which answers it
-as before. Anything this reader does not fully understand (a malformed item, a data set fragment without a
-command, fragments of one message on several contexts) hands the bytes to pynetdicom and leaves the rest of the
-association to it.
+Priority and UIDs present and valid (for a C-ECHO-RQ: no data set, a Verification context, its Message ID). Every
+other message (C-FIND, C-MOVE, C-GET, N-ACTION, C-CANCEL, a C-STORE or C-ECHO with anything unusual) and every
+PDU other than P-DATA-TF reaches pynetdicom unchanged, which answers it as before. Anything this reader does not
+fully understand (a malformed item, a data set fragment without a command, fragments of one message on several
+contexts) hands the bytes to pynetdicom and leaves the rest of the association to it.
 """
 
 from __future__ import annotations
@@ -273,7 +273,6 @@ class DirectStore:
         response.AffectedSOPInstanceUID = command.sop_instance_uid
         response = StorageServiceClass(self._assoc).validate_status(status, response)
         self._writer.send_msg(response, receiving.context_id)
-
 
     def _answer_echo(self, context_id: int, request: EchoRequestReceived) -> None:
         assoc = self._assoc
