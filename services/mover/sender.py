@@ -25,6 +25,7 @@ from pynetdicom.presentation import build_context
 
 from services.mover.prepared import Framer, Prepared
 from services.mover.read_ahead import Loaded, ReadAhead
+from shared.dicom import uid_memo
 from shared.dicom.direct_responses import read_store_responses_directly
 from shared.dicom.event_driven import event_driven_requestors
 from shared.dicom.message_writer import MessageWriter, write_messages_directly, writer_of
@@ -227,6 +228,7 @@ class StoreSender:
         _config.STORE_SEND_CHUNKED_DATASET = True  # paths are streamed from disk, never loaded whole
         _config.LOG_HANDLER_LEVEL = "none"  # pynetdicom's log handlers format every PDU and message we send
         event_driven_requestors()  # its threads wait for the response on the socket, not in 0.1 ms sleeps
+        uid_memo.install()  # the UIDs of its A-ASSOCIATE-RQ and of the AC, converted once per value
         self._store = store
         self._spool_dir = spool_dir
         self._ae = AE(ae_title=destination.calling_ae_title)
