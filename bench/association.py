@@ -53,6 +53,8 @@ CALLING_AET = "BENCHASSOC"
 VERIFICATION = b"1.2.840.10008.1.1"
 IMPLICIT_LITTLE_ENDIAN = b"1.2.840.10008.1.2"
 APPLICATION_CONTEXT = b"1.2.840.10008.3.1.1.1"
+STORAGE_TRANSFER_SYNTAXES = (b"1.2.840.10008.1.2.1", IMPLICIT_LITTLE_ENDIAN, b"1.2.840.10008.1.2.2")
+MOST_STORAGE_CONTEXTS = 127  # context IDs are odd and at most 255; Verification takes 1, storage 3 to 255
 STEPS = ("associate", "echo", "release")
 NODES = ("storescp", "orthanc", "pacs")
 
@@ -61,9 +63,21 @@ def _item(item_type: int, body: bytes) -> bytes:
     return struct.pack(">BBH", item_type, 0, len(body)) + body
 
 
-def associate_rq(called_aet: str) -> bytes:
-    """An A-ASSOCIATE-RQ proposing Verification in Implicit VR Little Endian (PS3.8 9.3.2)."""
+def storage_sop_classes() -> list[bytes]:
+    """Storage SOP class UIDs from pydicom's dictionary, in UID order (what a sender proposes beside Verification)."""
+    from pydicom._uid_dict import UID_dictionary
+
+    return [uid.encode() for uid, (name, kind, *_rest) in sorted(UID_dictionary.items())
+            if kind == "SOP Class" and name.endswith("Storage") and uid.startswith("1.2.840.10008.5.1.4.1.1.")]
+
+
+def associate_rq(called_aet: str, storage_contexts: tuple[bytes, ...] = ()) -> bytes:
+    """An A-ASSOCIATE-RQ proposing Verification in Implicit VR Little Endian (PS3.8 9.3.2), then each storage SOP
+    class of ``storage_contexts`` with three transfer syntaxes, as dcmtk's storescu proposes them."""
     context = _item(0x20, bytes([1, 0, 0, 0]) + _item(0x30, VERIFICATION) + _item(0x40, IMPLICIT_LITTLE_ENDIAN))
+    for index, sop_class in enumerate(storage_contexts):
+        context += _item(0x20, bytes([2 * index + 3, 0, 0, 0]) + _item(0x30, sop_class)
+                         + b"".join(_item(0x40, syntax) for syntax in STORAGE_TRANSFER_SYNTAXES))
     user_information = _item(0x50, _item(0x51, struct.pack(">I", 16384)) + _item(0x52, b"1.2.826.0.1.3680043.9.1"))
     body = (struct.pack(">HH", 1, 0) + called_aet.encode().ljust(16) + CALLING_AET.encode().ljust(16) + bytes(32)
             + _item(0x10, APPLICATION_CONTEXT) + context + user_information)
@@ -103,12 +117,13 @@ def _read_exactly(connection: socket.socket, length: int) -> bytes:
     return data
 
 
-def one_association(port: int, called_aet: str) -> tuple[float, float, float]:
+def one_association(port: int, called_aet: str, storage_contexts: tuple[bytes, ...] = ()) -> tuple[float, float, float]:
     """Seconds from connect to A-ASSOCIATE-AC, for the C-ECHO, for the release."""
+    request = associate_rq(called_aet, storage_contexts)
     started = time.perf_counter()
     with socket.create_connection((HOST, port), timeout=10) as connection:
         connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        connection.sendall(associate_rq(called_aet))
+        connection.sendall(request)
         if _read_pdu(connection) != 0x02:
             raise RuntimeError(f"association with {called_aet} not accepted")
         associated = time.perf_counter()
@@ -178,9 +193,9 @@ def _nodelay_env() -> dict[str, str]:
     return dict(os.environ, TCP_NODELAY="1")  # dcmtk and Orthanc read it (PERFORMANCE.md)
 
 
-def report(nodes: list[Node], rounds: int, source: str, modalities: int) -> str:
+def report(nodes: list[Node], rounds: int, source: str, modalities: int, contexts: int) -> str:
     lines = [f"Association cost, {rounds} rounds, milliseconds, median · p95 (pacs: {source}, "
-             f"{modalities} registered modalities)", "",
+             f"{modalities} registered modalities; {contexts} presentation contexts proposed)", "",
              "| node | connect → A-ASSOCIATE-AC | C-ECHO-RQ → RSP | A-RELEASE-RQ → RP | all three |",
              "|---|---|---|---|---|"]
     for node in nodes:
@@ -199,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=200, help="associations per node (default 200)")
     parser.add_argument("--warm-up", type=int, default=10, help="associations per node before measuring")
     parser.add_argument("--modalities", type=int, default=0, help="modalities registered in pacs first (default 0)")
+    parser.add_argument("--contexts", type=int, default=1,
+                        help="presentation contexts proposed: Verification, then storage SOP classes with three "
+                             "transfer syntaxes each (default 1; dcmtk's storescu proposes 128 for one file)")
     parser.add_argument("--only", default=",".join(NODES), help=f"nodes to measure, from {','.join(NODES)}")
     parser.add_argument("--orthanc", default=shutil.which("Orthanc") or "/usr/sbin/Orthanc")
     add_source_argument(parser)
@@ -206,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     wanted = [name for name in args.only.split(",") if name]
     if set(wanted) - set(NODES):
         parser.error(f"--only takes names from {','.join(NODES)}")
+    if not 1 <= args.contexts <= MOST_STORAGE_CONTEXTS + 1:
+        parser.error(f"--contexts takes 1 to {MOST_STORAGE_CONTEXTS + 1}")
+    storage_contexts = tuple(storage_sop_classes()[:args.contexts - 1])
     source = configure_source(args.commit)
     workdir = Path(tempfile.mkdtemp(prefix="pacs-bench-assoc-"))
     nodes: list[Node] = []
@@ -221,11 +242,11 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(1.0)  # pacs's first configuration poll, Orthanc's start-up work
         for node in nodes:
             for _ in range(args.warm_up):
-                one_association(node.port, node.aet)
+                one_association(node.port, node.aet, storage_contexts)
         for _ in range(args.rounds):
             for node in nodes:
-                node.samples.append(one_association(node.port, node.aet))
-        print(report(nodes, args.rounds, source, args.modalities))
+                node.samples.append(one_association(node.port, node.aet, storage_contexts))
+        print(report(nodes, args.rounds, source, args.modalities, 1 + len(storage_contexts)))
         return 0
     finally:
         for node in nodes:
