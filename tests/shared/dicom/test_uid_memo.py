@@ -6,42 +6,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom.pdu import A_ASSOCIATE_RQ
-from pynetdicom.pdu_primitives import A_ASSOCIATE, ImplementationClassUIDNotification, MaximumLengthNotification
-from pynetdicom.presentation import PresentationContext, StoragePresentationContexts
-from pynetdicom.transport import AddressInformation
+from pynetdicom.pdu_primitives import A_ASSOCIATE
+from pynetdicom.presentation import PresentationContext
 
 from shared.dicom import uid_memo
+from tests.factory import association_request
 
 
 @pytest.fixture(autouse=True)
 def memo() -> Iterator[None]:
     uid_memo.install()
     yield
-
-
-def association_request(contexts: int) -> bytes:
-    """An A-ASSOCIATE-RQ as dcmtk's storescu sends it for one file: many storage contexts, three syntaxes each."""
-    primitive = A_ASSOCIATE()
-    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
-    primitive.calling_ae_title, primitive.called_ae_title = "STORESCU", "PACS"
-    primitive.calling_presentation_address = AddressInformation("127.0.0.1", 50000)
-    primitive.called_presentation_address = AddressInformation("127.0.0.1", 11112)
-    proposed = []
-    for index, template in enumerate(StoragePresentationContexts[:contexts]):
-        context = PresentationContext()
-        context.context_id = 2 * index + 1
-        context.abstract_syntax = template.abstract_syntax
-        context.transfer_syntax = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, "1.2.840.10008.1.2.2"]
-        proposed.append(context)
-    primitive.presentation_context_definition_list = proposed
-    maximum_length = MaximumLengthNotification()
-    maximum_length.maximum_length_received = 16384
-    implementation = ImplementationClassUIDNotification()
-    implementation.implementation_class_uid = "1.2.826.0.1.3680043.9.1"
-    primitive.user_information = [maximum_length, implementation]
-    return bytes(A_ASSOCIATE_RQ(primitive).encode())
 
 
 def decoded(encoded: bytes) -> A_ASSOCIATE:
