@@ -22,10 +22,6 @@ from pydicom.uid import (
     UltrasoundImageStorage,
     generate_uid,
 )
-from pynetdicom.pdu import A_ASSOCIATE_RQ
-from pynetdicom.pdu_primitives import A_ASSOCIATE, ImplementationClassUIDNotification, MaximumLengthNotification
-from pynetdicom.presentation import PresentationContext, StoragePresentationContexts
-from pynetdicom.transport import AddressInformation
 
 DATA_DIR = Path(__file__).with_name("data")
 COMPRESSED_SAMPLES = sorted(DATA_DIR.glob("*.dcm"))
@@ -187,26 +183,3 @@ def deeply_nested_dataset(depth: int) -> bytes:
     leaf = bytes.fromhex("0800 0001") + b"SH" + (4).to_bytes(2, "little") + b"LEAF"
     closing = bytes.fromhex("FEFF 0DE0") + b"\x00" * 4 + bytes.fromhex("FEFF DDE0") + b"\x00" * 4
     return encode_dataset(dataset, ExplicitVRLittleEndian) + opening * depth + leaf + closing * depth
-
-
-def association_request(contexts: int) -> bytes:
-    """An A-ASSOCIATE-RQ as dcmtk's storescu sends it for one file: many storage contexts, three syntaxes each."""
-    primitive = A_ASSOCIATE()
-    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
-    primitive.calling_ae_title, primitive.called_ae_title = "STORESCU", "PACS"
-    primitive.calling_presentation_address = AddressInformation("127.0.0.1", 50000)
-    primitive.called_presentation_address = AddressInformation("127.0.0.1", 11112)
-    proposed = []
-    for index, template in enumerate(StoragePresentationContexts[:contexts]):
-        context = PresentationContext()
-        context.context_id = 2 * index + 1
-        context.abstract_syntax = template.abstract_syntax
-        context.transfer_syntax = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, "1.2.840.10008.1.2.2"]
-        proposed.append(context)
-    primitive.presentation_context_definition_list = proposed
-    maximum_length = MaximumLengthNotification()
-    maximum_length.maximum_length_received = 16384
-    implementation = ImplementationClassUIDNotification()
-    implementation.implementation_class_uid = "1.2.826.0.1.3680043.9.1"
-    primitive.user_information = [maximum_length, implementation]
-    return bytes(A_ASSOCIATE_RQ(primitive).encode())

@@ -9,9 +9,10 @@ import socket
 import struct
 import time
 
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.pdu import A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import A_ASSOCIATE, ImplementationClassUIDNotification, MaximumLengthNotification
-from pynetdicom.presentation import build_context
+from pynetdicom.presentation import StoragePresentationContexts, build_context
 from pynetdicom.transport import AddressInformation
 
 A_ASSOCIATE_AC, A_ASSOCIATE_RJ, P_DATA_TF, A_RELEASE_RQ, A_ABORT = 0x02, 0x03, 0x04, 0x05, 0x07
@@ -20,9 +21,9 @@ IMPLICIT_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 
 
 def associate_rq(called_aet: str, calling_aet: str = "HOSTILE",
-                 contexts: tuple[tuple[str, str], ...] = ((VERIFICATION, IMPLICIT_LITTLE_ENDIAN),),
+                 contexts: tuple[tuple[str, str | tuple[str, ...]], ...] = ((VERIFICATION, IMPLICIT_LITTLE_ENDIAN),),
                  max_length: int = 16384) -> bytes:
-    """An A-ASSOCIATE-RQ PDU proposing ``contexts`` (abstract syntax, transfer syntax), ids 1, 3, 5, ..."""
+    """An A-ASSOCIATE-RQ PDU proposing ``contexts`` (abstract syntax, transfer syntax or syntaxes), ids 1, 3, 5, ..."""
     primitive = A_ASSOCIATE()
     primitive.application_context_name = "1.2.840.10008.3.1.1.1"
     primitive.calling_ae_title = calling_aet
@@ -31,7 +32,7 @@ def associate_rq(called_aet: str, calling_aet: str = "HOSTILE",
     primitive.called_presentation_address = AddressInformation("127.0.0.1", 104)
     proposed = []
     for number, (abstract, transfer) in enumerate(contexts):
-        context = build_context(abstract, [transfer])
+        context = build_context(abstract, [transfer] if isinstance(transfer, str) else list(transfer))
         context.context_id = 2 * number + 1
         proposed.append(context)
     primitive.presentation_context_definition_list = proposed
@@ -102,3 +103,11 @@ class RawConnection:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def storescu_like_associate_rq(called_aet: str, storage_contexts: int) -> bytes:
+    """An A-ASSOCIATE-RQ as dcmtk's storescu sends it for one file (it proposes 128): storage SOP classes with
+    Explicit VR Little Endian, Implicit VR Little Endian and Explicit VR Big Endian each."""
+    syntaxes = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian)
+    return associate_rq(called_aet, "STORESCU", tuple((str(context.abstract_syntax), syntaxes)
+                                                      for context in StoragePresentationContexts[:storage_contexts]))

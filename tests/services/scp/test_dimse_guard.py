@@ -10,7 +10,7 @@ import pytest
 from pynetdicom.pdu import A_ASSOCIATE_RQ
 
 from services.scp.dimse_guard import guard_association_requests
-from tests.factory import association_request
+from tests.raw_dicom import storescu_like_associate_rq
 
 
 def guarded_decoder() -> Any:
@@ -28,7 +28,7 @@ def test_the_state_machine_gets_the_primitive_built_while_decoding(monkeypatch: 
     built: list[Any] = []
     to_primitive = A_ASSOCIATE_RQ.to_primitive
     monkeypatch.setattr(A_ASSOCIATE_RQ, "to_primitive", lambda pdu: built.append(to_primitive(pdu)) or built[-1])
-    pdu, event = guarded_decoder()(bytearray(association_request(3)))
+    pdu, event = guarded_decoder()(bytearray(storescu_like_associate_rq("PACS", 3)))
     assert event == "Evt6" and len(built) == 1
     handed_over = pdu.to_primitive()  # what the state machine does (AE-6)
     assert handed_over is built[0] and len(built) == 1
@@ -37,7 +37,7 @@ def test_the_state_machine_gets_the_primitive_built_while_decoding(monkeypatch: 
 
 
 def test_a_request_its_primitive_refuses_fails_where_it_is_decoded() -> None:
-    encoded = bytearray(association_request(1))
+    encoded = bytearray(storescu_like_associate_rq("PACS", 1))
     application_context = 74  # after the PDU header, version, AE titles and reserved bytes (PS3.8 9.3.2)
     first_context = application_context + 4 + int.from_bytes(encoded[application_context + 2:application_context + 4])
     assert encoded[first_context] == 0x20  # a presentation context item; its ID follows its 4-byte header

@@ -4,10 +4,10 @@ on every association the listener accepts)."""
 
 from __future__ import annotations
 
-import socket
 import struct
 import threading
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,10 +18,10 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from services.scp.sockets import LowLatencyRequestHandler
+from shared.dicom.command_encoding import command_set, element, uid, us
+from tests.raw_dicom import A_ASSOCIATE_AC, A_RELEASE_RQ, P_DATA_TF, RawConnection, p_data
 
-VERIFICATION = b"1.2.840.10008.1.1"
-IMPLICIT_VR_LITTLE_ENDIAN = b"1.2.840.10008.1.2"
-A_ASSOCIATE_AC, P_DATA_TF, A_RELEASE_RP, A_ABORT = 0x02, 0x04, 0x06, 0x07
+A_RELEASE_RP = 0x06
 
 
 @dataclass
@@ -66,52 +66,24 @@ def server() -> Iterator[tuple[ThreadedAssociationServer, Observed]]:
     listener.shutdown()
 
 
-def _item(item_type: int, body: bytes) -> bytes:
-    return struct.pack(">BBH", item_type, 0, len(body)) + body
-
-
-def _associate_rq() -> bytes:
-    context = _item(0x20, bytes([1, 0, 0, 0]) + _item(0x30, VERIFICATION) + _item(0x40, IMPLICIT_VR_LITTLE_ENDIAN))
-    user_information = _item(0x50, _item(0x51, struct.pack(">I", 16384)) + _item(0x52, b"1.2.826.0.1.3680043.9.1"))
-    body = (struct.pack(">HH", 1, 0) + b"PACS".ljust(16) + b"TESTSCU".ljust(16) + bytes(32)
-            + _item(0x10, b"1.2.840.10008.3.1.1.1") + context + user_information)
-    return struct.pack(">BBI", 0x01, 0, len(body)) + body
-
-
 def _echo_rq(message_id: int) -> bytes:
-    def element(tag: int, value: bytes) -> bytes:
-        return struct.pack("<HHI", 0x0000, tag, len(value)) + value
-
-    elements = (element(0x0002, VERIFICATION + b"\x00") + element(0x0100, struct.pack("<H", 0x0030))
-                + element(0x0110, struct.pack("<H", message_id)) + element(0x0800, struct.pack("<H", 0x0101)))
-    command = element(0x0000, struct.pack("<I", len(elements))) + elements
-    pdv = struct.pack(">IBB", len(command) + 2, 1, 0x03) + command
-    return struct.pack(">BBI", 0x04, 0, len(pdv)) + pdv
+    command = command_set([element(0x0002, uid(Verification)), element(0x0100, us(0x0030)),
+                           element(0x0110, us(message_id)), element(0x0800, us(0x0101))])
+    return p_data(1, command=True, last=True, payload=command)
 
 
-RELEASE_RQ = struct.pack(">BBI", 0x05, 0, 4) + bytes(4)
+RELEASE_RQ = struct.pack(">BBI", A_RELEASE_RQ, 0, 4) + bytes(4)
 
 
-def _next_pdu_type(connection: socket.socket) -> int:
-    header = _read(connection, 6)
-    _read(connection, struct.unpack(">I", header[2:])[0])
-    return header[0]
+def _next_pdu_type(connection: RawConnection) -> int:
+    pdu = connection.read_pdu()
+    assert pdu is not None, "the listener closed the connection"
+    return pdu[0]
 
 
-def _read(connection: socket.socket, length: int) -> bytes:
-    data = b""
-    while len(data) < length:
-        chunk = connection.recv(length - len(data))
-        if not chunk:
-            raise ConnectionError("the server closed the connection")
-        data += chunk
-    return data
-
-
-def _associate(listener: ThreadedAssociationServer) -> socket.socket:
-    connection = socket.create_connection(listener.server_address[:2], timeout=10)
-    connection.sendall(_associate_rq())
-    assert _next_pdu_type(connection) == A_ASSOCIATE_AC
+def _associate(listener: ThreadedAssociationServer) -> RawConnection:
+    connection = RawConnection(listener.server_address[1])
+    assert connection.associate("PACS", calling_aet="TESTSCU") == A_ASSOCIATE_AC
     return connection
 
 
@@ -126,8 +98,8 @@ def _ends(observed: Observed, count: int) -> list[str]:
 
 def test_an_idle_association_s_release_is_answered_by_the_thread_that_read_it(server: Any) -> None:
     listener, observed = server
-    with _associate(listener) as connection:  # no request: nothing can be outstanding, whatever the timing
-        connection.sendall(RELEASE_RQ)
+    with closing(_associate(listener)) as connection:  # no request: nothing can be outstanding, whatever the timing
+        connection.send(RELEASE_RQ)
         assert _next_pdu_type(connection) == A_RELEASE_RP
     assert observed.release_answered_by_dul == [True]
     assert _ends(observed, 1) == ["released"]
@@ -136,10 +108,10 @@ def test_an_idle_association_s_release_is_answered_by_the_thread_that_read_it(se
 def test_a_request_still_being_served_is_answered_before_the_release(server: Any) -> None:
     listener, observed = server
     observed.echo_may_answer.clear()
-    with _associate(listener) as connection:
-        connection.sendall(_echo_rq(1))
+    with closing(_associate(listener)) as connection:
+        connection.send(_echo_rq(1))
         assert observed.echo_started.wait(10)
-        connection.sendall(RELEASE_RQ)  # without waiting for the echo's response
+        connection.send(RELEASE_RQ)  # without waiting for the echo's response
         threading.Event().wait(0.2)  # the release request is read while the echo is served
         observed.echo_may_answer.set()
         assert [_next_pdu_type(connection), _next_pdu_type(connection)] == [P_DATA_TF, A_RELEASE_RP]
@@ -152,10 +124,10 @@ def test_every_association_of_a_series_ends_released_with_one_answer_each(server
     either way one answer, and the association ends released."""
     listener, observed = server
     for message_id in range(1, 31):
-        with _associate(listener) as connection:
-            connection.sendall(_echo_rq(message_id))
+        with closing(_associate(listener)) as connection:
+            connection.send(_echo_rq(message_id))
             assert _next_pdu_type(connection) == P_DATA_TF
-            connection.sendall(RELEASE_RQ)
+            connection.send(RELEASE_RQ)
             assert _next_pdu_type(connection) == A_RELEASE_RP
     assert _ends(observed, 30) == ["released"] * 30
     assert len(observed.release_answered_by_dul) == 30

@@ -12,7 +12,7 @@ from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.presentation import PresentationContext
 
 from shared.dicom import uid_memo
-from tests.factory import association_request
+from tests.raw_dicom import storescu_like_associate_rq
 
 
 @pytest.fixture(autouse=True)
@@ -33,7 +33,7 @@ def contexts_of(primitive: A_ASSOCIATE) -> list[tuple[int, str, list[str]]]:
 
 
 def test_a_request_decodes_to_what_pynetdicom_alone_decodes(monkeypatch: pytest.MonkeyPatch) -> None:
-    encoded = association_request(128)
+    encoded = storescu_like_associate_rq("PACS", 128)
     with monkeypatch.context() as without_memo:
         for module in uid_memo._MODULES_USING_SET_UID:
             without_memo.setattr(module, "set_uid", uid_memo._pynetdicom_set_uid)
