@@ -74,19 +74,19 @@ def guard_association_requests(assoc: Any) -> None:
     decode = dul._decode_pdu
 
     def decode_whole(bytestream: bytearray) -> Any:
-        if bytestream[:1] == ASSOCIATION_REQUEST:
-            encoded = bytes(bytestream)
-            known = _decoded_requests.copy_of(encoded)
-            if known is not None:  # what pynetdicom's _decode_pdu does, but the decoding
-                evt.trigger(assoc, evt.EVT_DATA_RECV, {"data": encoded})
-                evt.trigger(assoc, evt.EVT_PDU_RECV, {"pdu": known})
-                _hand_over(known, known.to_primitive())
-                return known, ASSOCIATION_REQUEST_EVENT
-        pdu, event = decode(bytestream)
-        if isinstance(pdu, A_ASSOCIATE_RQ):
-            primitive = pdu.to_primitive()  # raises here, where a failed decoding is an invalid PDU
-            _decoded_requests.remember(bytes(bytestream), pdu)  # before the hand-over, which is this association's
-            _hand_over(pdu, primitive)
+        if bytestream[:1] != ASSOCIATION_REQUEST:
+            return decode(bytestream)
+        encoded = bytes(bytestream)
+        known = _decoded_requests.copy_of(encoded)
+        if known is not None:  # what pynetdicom's _decode_pdu does, but the decoding
+            evt.trigger(assoc, evt.EVT_DATA_RECV, {"data": encoded})
+            evt.trigger(assoc, evt.EVT_PDU_RECV, {"pdu": known})
+            _hand_over(known, known.to_primitive())
+            return known, ASSOCIATION_REQUEST_EVENT
+        pdu, event = decode(encoded)
+        primitive = pdu.to_primitive()  # raises here, where a failed decoding is an invalid PDU
+        _decoded_requests.remember(encoded, pdu)  # before the hand-over, which is this association's
+        _hand_over(pdu, primitive)
         return pdu, event
 
     dul._decode_pdu = decode_whole

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pynetdicom.sop_class import Verification
+
 from shared.dicom.command_encoding import command_set, element, uid, us
+from shared.dicom.command_set import NO_DATA_SET
 
 C_ECHO_RQ = 0x0030
 C_ECHO_RSP = 0x8030
-NO_DATA_SET = 0x0101
-VERIFICATION = "1.2.840.10008.1.1"
+VERIFICATION = str(Verification)
 
 
 @dataclass(frozen=True)
