@@ -83,8 +83,9 @@ class Settings(BaseSettings):
     indexer_concurrency: int = Field(1, ge=1, le=64, description="Indexer worker processes per `pacs indexer`.")
     indexer_batch_size: int = Field(200, ge=1, le=5000, description="Most instances one indexing task carries.")
     index_batch_wait_seconds: float = Field(
-        0.1, ge=0, le=10, description="How long the SCP gathers stored instances into one indexing task before it "
-        "sends it (longer: less indexer work per instance, later queryable); an association's end sends at once."
+        0.5, ge=0, le=10, description="How long the SCP gathers stored instances into one indexing task before it "
+        "sends it (longer: less indexer work per instance, later queryable); a full task (indexer_batch_size) and "
+        "an association's end send at once."
     )
     sweep_interval_seconds: float = Field(10.0, gt=0, description="How often the sweeper looks for unindexed objects.")
     sweep_grace_seconds: float = Field(

@@ -96,6 +96,23 @@ def test_a_batch_waits_for_the_events_that_arrive_within_its_linger(publishers: 
     assert broker.batches == [(TASK, [{"n": 1}, {"n": 2}])]
 
 
+def test_a_full_batch_leaves_without_waiting_for_the_linger(publishers: list[EventPublisher]) -> None:
+    broker = FakeBroker()
+    publisher = started(publishers, broker, linger=60, max_batch=5)
+    for n in range(4):
+        publisher.submit(TASK, {"n": n})
+    time.sleep(0.3)
+    assert broker.delivered() == []  # not full: waiting for more
+    publisher.submit(TASK, {"n": 4})
+    wait_until(lambda: broker.delivered() == [0, 1, 2, 3, 4], 5, "the full batch sent at once")
+    for n in range(5, 12):
+        publisher.submit(TASK, {"n": n})
+    wait_until(lambda: len(broker.delivered()) == 10, 5, "the next full batch sent at once")
+    assert [len(payloads) for _, payloads in broker.batches] == [5, 5]
+    time.sleep(0.3)
+    assert len(broker.delivered()) == 10  # the last two wait for more, or for a hurry
+
+
 def test_hurry_sends_what_is_buffered_without_waiting_for_more(publishers: list[EventPublisher]) -> None:
     broker = FakeBroker()
     publisher = started(publishers, broker, linger=60)
