@@ -54,8 +54,8 @@ class EventPublisher:
         self._buffer.append((task_name, payload))
         if buffered == 0:
             self._arrived.set()
-        elif buffered + 1 == self._max_batch:
-            self._hurry.set()  # a full batch need not wait for the linger
+        elif buffered + 1 >= self._max_batch and not self._hurry.is_set():
+            self._hurry.set()  # a full batch need not wait for the linger (>=: another thread's append may come first)
 
     def hurry(self) -> None:
         """Send what is buffered without waiting for more (an association ended: its instances are all here)."""
