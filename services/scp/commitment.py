@@ -9,7 +9,9 @@ committed, 2 when some are not, with the Failed SOP Sequence):
   the object store, with the SOP Class UID the requester names;
 - FailureReason 0x0119 (class-instance conflict): held, but under another SOP Class UID;
 - FailureReason 0x0112 (no such object instance): not held. An instance acknowledged but not yet indexed (its
-  pending marker exists) is waited for, at most ``commitment_wait_seconds`` (live configuration, 30 s).
+  pending marker exists) is waited for, at most ``commitment_wait_seconds`` (live configuration, 30 s). A request
+  makes this SCP process hand over at once the events it gathers for indexing (``index_batch_wait_seconds``):
+  instances stored on the same association would otherwise wait for more to come.
 
 The report goes on the association of the request while it is still open (no release asked for yet), otherwise
 on a new association to the requester's registered modality (host and port from /api/modalities, called with
@@ -24,6 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -205,8 +208,9 @@ class CommitmentService:
     """The N-ACTION handler and the senders of the N-EVENT-REPORT, for one SCP process."""
 
     def __init__(self, sessions: sessionmaker[Session], store: ObjectStore, live: LiveConfig, node_ae_title: str,
-                 audit: AuditBuffer) -> None:
+                 audit: AuditBuffer, hurry_indexing: Callable[[], None] = lambda: None) -> None:
         self._checker = CommitmentChecker(sessions, store)
+        self._hurry_indexing = hurry_indexing  # the SCP's publisher: send the events it gathers now
         self._live = live
         self._node_ae_title = node_ae_title
         self._audit = audit
@@ -264,6 +268,10 @@ class CommitmentService:
         with self._lock:
             pending = getattr(assoc, _PENDING_ATTRIBUTE, None) or []
             setattr(assoc, _PENDING_ATTRIBUTE, [])
+        if pending:
+            # Instances stored on this (still open) association may wait in the publisher for more to gather
+            # (index_batch_wait_seconds): the report waits for them to be indexed, so they go now.
+            self._hurry_indexing()
         for request in pending:
             self._pool.submit(self._run, assoc, request)
 

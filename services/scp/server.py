@@ -128,7 +128,7 @@ class ScpServer:
                                         self._publish_job, progress_doorbells(settings.data_dir),
                                         settings.move_stall_seconds)
         self.commitment_service = CommitmentService(runtime.sessions, runtime.store, live_config, settings.ae_title,
-                                                    self.access.audit)
+                                                    self.access.audit, self.publisher.hurry)
         self.ae = AE(ae_title=settings.ae_title)
         self.ae.maximum_pdu_size = settings.max_pdu_size
         self.ae.maximum_associations = ASSOCIATION_CEILING  # backstop; the live limit is access.AccessPolicy's

@@ -14,11 +14,11 @@ from typing import Any
 import httpx
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.uid import CTImageStorage, MRImageStorage, generate_uid
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import StorageCommitmentPushModel
 
-from tests.factory import SampleFile, make_image, save
+from tests.factory import SampleFile, make_image, save, with_file_meta
 from tests.node import Node, free_port, wait_until
 from tests.peers import push_files
 
@@ -147,6 +147,43 @@ def test_all_committed_on_a_new_association_when_the_requester_released(
 
     rows = wait_until(audited, 10, "the storage_commitment audit row")
     assert rows[0]["details"]["committed"] == 5 and rows[0]["remote_aet"] == REQUESTER
+
+
+def test_instances_stored_on_the_requesting_association_are_not_kept_waiting_to_be_indexed(
+    requester: Requester, tmp_path: Path
+) -> None:
+    """The SCP gathers stored instances for indexing for up to index_batch_wait_seconds (10 s here) unless their
+    association ends; a commitment request on that same association sends them at once, so the report can commit
+    them (waiting for them at most commitment_wait_seconds, 3 s here, would otherwise report them as missing)."""
+    node = Node(tmp_path, {"PACS_INDEX_BATCH_WAIT_SECONDS": "10", "PACS_SWEEP_GRACE_SECONDS": "120"})
+    node.service("serve")
+    with node.running():
+        register(node, "modality", REQUESTER, requester.port, ["echo", "store"])
+        assert httpx.patch(f"{node.api}/api/config", json={"commitment_wait_seconds": 3},
+                           timeout=10).status_code == 200
+        requester.ae.add_requested_context(CTImageStorage)
+        association = requester.ae.associate("127.0.0.1", node.dicom_port, ae_title=node.ae_title,
+                                             evt_handlers=requester.handlers)
+        assert association.is_established
+        try:
+            study, series = generate_uid(), generate_uid()
+            images = [make_image(CTImageStorage, study, series, patient_id="P-COMMIT-OPEN", instance_number=n + 1)
+                      for n in range(3)]
+            for image in images:
+                assert association.send_c_store(with_file_meta(image, ExplicitVRLittleEndian)).Status == 0x0000
+            information = Dataset()
+            information.TransactionUID = transaction = generate_uid()
+            information.ReferencedSOPSequence = [Dataset() for _ in images]
+            for item, image in zip(information.ReferencedSOPSequence, images):
+                item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = CTImageStorage, image.SOPInstanceUID
+            status, _ = association.send_n_action(information, 1, StorageCommitmentPushModel, WELL_KNOWN_INSTANCE)
+            assert int(status.Status) == 0x0000
+            event_type, report, _ = requester.report(timeout=60)
+        finally:
+            association.release()
+    assert (event_type, report.TransactionUID) == (1, transaction)
+    committed, failed = references_of(report)
+    assert committed == {image.SOPInstanceUID for image in images} and failed == {}
 
 
 def test_only_registered_modalities_allowed_to_store_may_request(
