@@ -83,9 +83,13 @@ class Settings(BaseSettings):
     indexer_concurrency: int = Field(1, ge=1, le=64, description="Indexer worker processes per `pacs indexer`.")
     indexer_batch_size: int = Field(200, ge=1, le=5000, description="Most instances one indexing task carries.")
     index_batch_wait_seconds: float = Field(
-        0.5, ge=0, le=10, description="How long the SCP gathers stored instances into one indexing task before it "
-        "sends it (longer: less indexer work per instance, later queryable); a full task (indexer_batch_size) and "
-        "an association's end send at once."
+        0.5, ge=0, le=10, description="Longest time the SCP gathers stored instances into one indexing task before it "
+        "sends it (longer: less indexer work per instance, later queryable); a full task (indexer_batch_size), a "
+        "pause of index_batch_quiet_seconds, an association's end and a storage commitment request send at once."
+    )
+    index_batch_quiet_seconds: float = Field(
+        0.05, gt=0, le=10, description="An indexing task the SCP gathers is sent once no stored instance arrived for "
+        "this long: an instance sent alone is indexed at once, a push fills its tasks."
     )
     sweep_interval_seconds: float = Field(10.0, gt=0, description="How often the sweeper looks for unindexed objects.")
     sweep_grace_seconds: float = Field(

@@ -112,7 +112,8 @@ class ScpServer:
         self.access = AccessPolicy(live_config, AuditBuffer(runtime.sessions), self._node_associations)
         self.trail = AssociationTrail(self.access.audit)
         self.publisher = EventPublisher(self._send_batch, settings.index_batch_wait_seconds,
-                                        max_batch=settings.indexer_batch_size)
+                                        max_batch=settings.indexer_batch_size,
+                                        quiet_seconds=settings.index_batch_quiet_seconds)
         # Storage layout, naming and limits: live (shared.ingest); the running totals for the limits refresh in
         # the background (shared.storage_usage), never on the C-STORE path.
         self.storage_usage = StorageUsage(runtime.sessions, runtime.store)

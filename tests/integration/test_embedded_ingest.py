@@ -93,9 +93,10 @@ def test_instance_metadata_answers_404_for_an_unknown_uid_and_422_for_a_malforme
 
 
 def test_instances_are_gathered_for_indexing_and_sent_when_their_association_ends(tmp_path: Path) -> None:
-    """The SCP gathers stored instances into one indexing task for up to index_batch_wait_seconds; the end of the
-    association that stored them sends them at once."""
-    node = Node(tmp_path, {"PACS_INDEX_BATCH_WAIT_SECONDS": "10", "PACS_SWEEP_GRACE_SECONDS": "60"})
+    """The SCP gathers stored instances into one indexing task for up to index_batch_wait_seconds (here with no
+    pause short enough to send it earlier); the end of the association that stored them sends them at once."""
+    node = Node(tmp_path, {"PACS_INDEX_BATCH_WAIT_SECONDS": "10", "PACS_INDEX_BATCH_QUIET_SECONDS": "10",
+                           "PACS_SWEEP_GRACE_SECONDS": "60"})
     node.service("serve")
     with node.running():
         with StoreClient(node.dicom_port) as client:

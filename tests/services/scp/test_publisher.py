@@ -46,7 +46,7 @@ def publishers() -> Iterator[list[EventPublisher]]:
 
 
 def started(publishers: list[EventPublisher], broker: FakeBroker, linger: float = LINGER,
-            **options: int) -> EventPublisher:
+            **options: float) -> EventPublisher:
     publisher = EventPublisher(broker, linger, **options)
     publisher.start()
     publishers.append(publisher)
@@ -111,6 +111,19 @@ def test_a_full_batch_leaves_without_waiting_for_the_linger(publishers: list[Eve
     assert [len(payloads) for _, payloads in broker.batches] == [5, 5]
     time.sleep(0.3)
     assert len(broker.delivered()) == 10  # the last two wait for more, or for a hurry
+
+
+def test_a_batch_leaves_once_its_stream_pauses(publishers: list[EventPublisher]) -> None:
+    broker = FakeBroker()
+    publisher = started(publishers, broker, linger=60, quiet_seconds=0.5)
+    for n in range(5):  # 50 ms apart: well within the quiet time, the batch keeps gathering
+        publisher.submit(TASK, {"n": n})
+        time.sleep(0.05)
+    wait_until(lambda: broker.delivered() == [0, 1, 2, 3, 4], 10, "the batch sent after the pause, not the linger")
+    assert [len(payloads) for _, payloads in broker.batches] == [5]
+    publisher.submit(TASK, {"n": 5})  # an instance sent alone
+    wait_until(lambda: len(broker.delivered()) == 6, 10, "the lone event sent after the pause")
+    assert [len(payloads) for _, payloads in broker.batches] == [5, 1]
 
 
 def test_hurry_sends_what_is_buffered_without_waiting_for_more(publishers: list[EventPublisher]) -> None:
