@@ -9,12 +9,12 @@ A batch waits up to ``linger_seconds`` (the setting ``index_batch_wait_seconds``
 coming, and leaves as soon as it is full (``max_batch``, the setting ``indexer_batch_size``) or once none arrived for
 ``quiet_seconds`` (``index_batch_quiet_seconds``): the indexer's cost per task (Celery, the broker, a transaction) is
 then spread over up to ``max_batch`` instances rather than a few, a fast push never waits for the linger, and an
-instance sent alone is handed over after the short pause (0.05 s: queryable ~0.06 s after its Success, where a
-0.5 s linger alone made it 0.51 s). Measured with four associations pushing 526 KB instances to `pacs serve` (bench/README.md,
-session 12): the machine's CPU per instance fell from 8.2–8.7 ms with a 20 ms wait to 6.2–7.3 ms with 100 ms, and
-the acknowledged rate rose from 202–220 to 241–285 per second; with small instances (session 22) a 0.5 s wait, full
-batches leaving at once, acknowledged ~15 % more than 0.1 s. When an association ends, ``hurry`` sends what is
-buffered at once: the last instances of a push are not kept waiting.
+instance sent alone is handed over after the short pause (0.05 s: queryable ~0.06 s after its Success, where a 0.5 s
+linger alone made it 0.51 s). Measured with four associations pushing 526 KB instances to `pacs serve` (bench/README.md,
+session 12): the machine's CPU per instance fell from 8.2–8.7 ms with a 20 ms wait to 6.2–7.3 ms with 100 ms, and the
+acknowledged rate rose from 202–220 to 241–285 per second; with small instances (session 22) a 0.5 s wait, full batches
+leaving at once, acknowledged ~15 % more than 0.1 s. When an association ends, ``hurry`` sends what is buffered at once:
+the last instances of a push are not kept waiting.
 """
 
 from __future__ import annotations

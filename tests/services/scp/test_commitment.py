@@ -152,9 +152,10 @@ def test_all_committed_on_a_new_association_when_the_requester_released(
 def test_instances_stored_on_the_requesting_association_are_not_kept_waiting_to_be_indexed(
     requester: Requester, tmp_path: Path
 ) -> None:
-    """The SCP gathers stored instances for indexing for up to index_batch_wait_seconds (10 s here, with no pause
-    short enough to send them earlier) unless their association ends; a commitment request on that same association sends them at once, so the report can commit
-    them (waiting for them at most commitment_wait_seconds, 3 s here, would otherwise report them as missing)."""
+    """The SCP gathers stored instances for indexing for up to index_batch_wait_seconds (10 s here, with no pause short
+    enough to send them earlier) unless their association ends; a commitment request on that same association sends them
+    at once, so the report can commit them (waiting for them at most commitment_wait_seconds, 3 s here, would otherwise
+    report them as missing)."""
     node = Node(tmp_path, {"PACS_INDEX_BATCH_WAIT_SECONDS": "10", "PACS_INDEX_BATCH_QUIET_SECONDS": "10",
                            "PACS_SWEEP_GRACE_SECONDS": "120"})
     node.service("serve")
