@@ -862,9 +862,9 @@ def _paired_ratios(results: list[Result], pacs: str, size: str, conc: int) -> st
 
 
 def cpu_report(summ: dict, cols: list[tuple[str, int]], receivers: list[str], nodelays: list[bool]) -> list[str]:
-    """CPU milliseconds per instance of each receiver's own processes (medians), the sender's beside them, and pacs
-    against Orthanc: on a machine whose speed drifts, a steadier comparison than instances/s, and what decides the
-    rate where the cores are the limit (C=4 here)."""
+    """CPU milliseconds per instance of each receiver's own processes (medians), the sender's beside them, pacs
+    against Orthanc, and each receiver against its own senders: on a machine whose speed drifts, steadier comparisons
+    than instances/s, and what decides the rate where the cores are the limit (C=4 here)."""
     def cpu(rx: str, s: str, c: int, nd: bool, m: str = "receiver_cpu_ms") -> float | None:
         v = summ.get((rx, s, c, nd))
         return v[m] if v else None
@@ -888,6 +888,14 @@ def cpu_report(summ: dict, cols: list[tuple[str, int]], receivers: list[str], no
                     a, b = cpu(pacs, s, c, nd), cpu("orthanc", s, c, nd)
                     cells.append(f"{a / b:.2f}×" if a and b else "–")
                 lines.append(f"| {pacs} / orthanc{suffix} | " + " | ".join(cells) + " |")
+        # The senders' CPU per instance moves with the machine's speed as the receivers' does (session 22: 0.29 to
+        # 0.39 ms per small instance between runs of one session): a receiver's CPU over its senders' compares runs.
+        for rx in (rx for rx in ("orthanc", *PACS_RECEIVERS) if rx in receivers):
+            cells = []
+            for s, c in cols:
+                own, sender = cpu(rx, s, c, nd), cpu(rx, s, c, nd, "sender_cpu_ms")
+                cells.append(f"{own / sender:.1f}" if own and sender else "–")
+            lines.append(f"| {rx} / its senders{suffix} | " + " | ".join(cells) + " |")
     return lines
 
 
