@@ -208,7 +208,7 @@ class CommitmentService:
     """The N-ACTION handler and the senders of the N-EVENT-REPORT, for one SCP process."""
 
     def __init__(self, sessions: sessionmaker[Session], store: ObjectStore, live: LiveConfig, node_ae_title: str,
-                 audit: AuditBuffer, hurry_indexing: Callable[[], None] = lambda: None) -> None:
+                 audit: AuditBuffer, hurry_indexing: Callable[[], None]) -> None:
         self._checker = CommitmentChecker(sessions, store)
         self._hurry_indexing = hurry_indexing  # the SCP's publisher: send the events it gathers now
         self._live = live

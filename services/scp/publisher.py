@@ -40,7 +40,7 @@ class EventPublisher:
         self._max_buffer = max_buffer
         self._buffer: deque[tuple[str, dict[str, object]]] = deque()
         self._arrived = threading.Event()  # set by the event that found the buffer empty
-        self._hurry = threading.Event()  # ends a batch's wait for more (an association ended, or a batch is full)
+        self._hurry = threading.Event()  # ends a batch's wait for more (``hurry``, or a full batch)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="event-publisher", daemon=True)
         self.dropped = 0
