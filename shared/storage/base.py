@@ -128,6 +128,28 @@ class StagedHint(Protocol):
         ...
 
 
+class StagedPut(Protocol):
+    """An object written by ``ObjectStore.stage_new``: ``publish`` it, once, whatever happens after the stage."""
+
+    result: PutResult  # as decided at the stage: CREATED (durable, named by publish), IDENTICAL or CONFLICT
+
+    def publish(self) -> PutResult:
+        """Under its key from now on; the outcome then: ``result``'s, with the stamp of a CREATED object, or
+        IDENTICAL or CONFLICT when another send of the key was named first. StorageError if it cannot be named:
+        the store names it later from what made it durable (a local store's journal)."""
+        ...
+
+
+@dataclass(frozen=True)
+class PutDone:
+    """A StagedPut whose object was named at the stage already."""
+
+    result: PutResult
+
+    def publish(self) -> PutResult:
+        return self.result
+
+
 class ObjectStore(Protocol):
     """Create, read, remove and list objects by key. Implementations are thread-safe."""
 
@@ -138,6 +160,12 @@ class ObjectStore(Protocol):
         earlier write of this store in this process; with ``durable=False`` only decided (the first writer wins)
         and made durable by the next durable put_new. ``sha256`` (hex) is the SHA-256 of ``data``: the store relies
         on it (duplicate decisions, S3 metadata, a local store's journal checks its records by it)."""
+        ...
+
+    def stage_new(self, key: str, data: ObjectData, sha256: str) -> StagedPut:
+        """A durable ``put_new`` in two steps: durable on return, and the outcome decided (the result's), but
+        possibly under its key only once ``publish`` is called (a local store writes the file then, off the path
+        that waits for the durable put). ``publish`` must be called, once, whatever happens in between."""
         ...
 
     def put_claim(self, key: str, content: bytes) -> PutResult:

@@ -14,7 +14,11 @@ Objects larger than JOURNALED_MAX_BYTES (and data sets streamed from a spool fil
 bytes are flushed before their name exists and the name after (two ``syncfs``, shared by concurrent writers).
 An object held in memory of DIRECT_MIN_BYTES or more (a CT slice) is written around the page cache, as its journal
 record is (shared.storage.direct_io): nothing reads those bytes back soon, and copying them into new page-cache
-pages was the SCP's largest cost for such objects on the benchmark machine.
+pages was the SCP's largest cost for such objects on the benchmark machine. Ingest stages such an object
+(``stage_new``): durable in the journal and its file's room reserved before the C-STORE answer, its file written
+and named after it (``publish``), so that the file's direct write (~0.8 ms here) overlaps the sender's next
+instance. No checkpoint drops the record before the name exists; a file that cannot be named then has its record
+kept and replayed (``Journal.keep_for_replay``).
 
 Where the file system has no ``O_TMPFILE``, a named temporary file (``.tmp-…``, skipped by ``list``) is written
 and linked instead. A hint removed with ``delete_hint`` (a resolved pending marker) keeps its inode in ``.spare/``
@@ -42,8 +46,10 @@ from shared.storage.base import (
     ObjectData,
     ObjectInfo,
     ObjectNotFound,
+    PutDone,
     PutOutcome,
     PutResult,
+    StagedPut,
     StorageFull,
     StorageUnavailable,
     chunks_of,
@@ -120,6 +126,16 @@ class _NewFile:
         for chunk in chunks_of(data):
             offset = write_at(self.fd, [chunk], offset)
 
+    def reserve(self, size: int) -> None:
+        """Allocate the room ``write_reserved`` fills: a full disk refuses it now (ENOSPC)."""
+        os.posix_fallocate(self.fd, 0, size)
+
+    def write_reserved(self, parts: Sequence[bytes]) -> None:
+        """The file's whole content, over its reserved room: whole blocks around the page cache (shared.storage.
+        direct_io), as ``write`` writes a large object."""
+        if not direct_io.write_new_file(self.fd, parts):
+            write_at(self.fd, parts, 0)
+
     def link(self, path: str) -> None:
         """Give the file its name; FileExistsError if the name is taken (never replaced)."""
         if self.temp_path is None:
@@ -158,6 +174,44 @@ class _NewFile:
                 os.unlink(self.temp_path)
             except OSError:
                 pass
+
+
+class _StagedObject:
+    """A journaled object whose file is written and named by ``publish`` (FilesystemObjectStore.stage_new)."""
+
+    def __init__(self, new: _NewFile, parts: Sequence[bytes], path: str, sha256: str, release: Callable[[], None],
+                 keep_for_replay: Callable[[], None]) -> None:
+        self.result = PutResult(PutOutcome.CREATED, sha256)
+        self._new, self._parts, self._path = new, parts, path
+        # The journal segment that holds the record, held until the file is named (no checkpoint drops the record
+        # before), and what keeps the record for a replay when the file cannot be named.
+        self._release, self._keep_for_replay = release, keep_for_replay
+        self._published: PutResult | None = None
+
+    def publish(self) -> PutResult:
+        if self._published is None:
+            self._published = self._name()
+        return self._published
+
+    def _name(self) -> PutResult:
+        new = self._new
+        try:
+            new.write_reserved(self._parts)
+            try:
+                new.link(self._path)  # atomic, and never replaces an existing object
+            except FileExistsError:  # another send of the key was named first: it keeps the key
+                existing = _sha256_of_file(self._path)
+                outcome = PutOutcome.IDENTICAL if existing == self.result.stored_sha256 else PutOutcome.CONFLICT
+                return PutResult(outcome, existing)
+            return PutResult(PutOutcome.CREATED, self.result.stored_sha256, new.stamp())
+        except BaseException as exc:
+            self._keep_for_replay()  # before the release: the record stays until it is named
+            if isinstance(exc, OSError):
+                raise _storage_error(exc) from exc
+            raise
+        finally:
+            new.close()
+            self._release()
 
 
 class _StagedFileHint:
@@ -293,6 +347,39 @@ class FilesystemObjectStore:
         finally:
             if new is not None:
                 new.close()
+
+    def stage_new(self, key: str, data: ObjectData, sha256: str) -> StagedPut:
+        """A journaled object written around the page cache (held in memory, DIRECT_MIN_BYTES up to
+        JOURNALED_MAX_BYTES) is durable in the journal on return, its file's room reserved (a full disk fails here,
+        before anyone is told it is stored); ``publish`` writes the file and names it. Measured here (526 KB
+        instances, one association): the file's direct write took ~0.8 ms of a ~5 ms round trip, and after the
+        answer it overlaps the sender's next instance. Other data (a small object's write through the page cache
+        costs little: deferred, four associations of 9.6 KB instances measured 2-11 % slower), and a key that
+        exists already (a re-send), are put at once."""
+        size = size_of(data)
+        parts = held_parts(data) if direct_io.DIRECT_MIN_BYTES <= size <= JOURNALED_MAX_BYTES else None
+        path = self._path(key)
+        if parts is None or os.path.exists(path):
+            return PutDone(self.put_new(key, data, sha256))
+        directory = os.path.dirname(path)
+        try:
+            new = self._in_folder(directory, lambda: _NewFile(directory))
+            try:
+                new.reserve(size)
+                segment = self._journal.hold()
+                try:
+                    segment.append(PUT_NEW, key, parts, sha256)
+                    self._journal.make_durable(segment)
+                except BaseException:
+                    self._journal.release(segment)
+                    raise
+            except BaseException:
+                new.close()
+                raise
+        except OSError as exc:
+            raise _storage_error(exc) from exc
+        return _StagedObject(new, parts, path, sha256, lambda: self._journal.release(segment),
+                             self._journal.keep_for_replay)
 
     def _link_journaled(self, kind: int, key: str, parts: Sequence[bytes], new: _NewFile, path: str,
                         durable: bool, sha256: str | None = None) -> str | None:

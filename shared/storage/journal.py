@@ -179,6 +179,7 @@ class _Segment:
         self._zeroing = True  # until a large record or a disk without room for the zeros (see ZEROED_RECORD_MAX)
         self.broken = False  # a failed write could not be cut off: no more appends here
         self.writers = 0  # threads between their append and the naming of their file
+        self.left_to_replay = False  # a file it records could not be named: kept for ``recover``, not removed
         self.barrier = SyncBarrier(folder, self._flush)
         self._write_lock = threading.Lock()
         self._direct_fd = direct_io.open_direct(self.path)  # None where the file system refuses O_DIRECT
@@ -281,6 +282,8 @@ class Journal:
         self._retired: list[_Segment] = []  # no longer appended to, not yet checkpointed
         self._checkpointing: list[_Segment] = []  # taken by the checkpoint under way, until it removed them
         self._segments_begun = 0
+        self._replays_asked = 0  # by keep_for_replay; the checkpointer replays what it kept until it caught up
+        self._replays_done = 0
         self._thread: threading.Thread | None = None
         self._stopping = False
         journal = weakref.ref(self)
@@ -314,6 +317,18 @@ class Journal:
                 self._state.notify_all()
         if segment.size >= self._checkpoint_bytes:
             self._due.set()
+
+    def keep_for_replay(self) -> None:
+        """A file journaled by a thread that still holds its segment could not be named: every segment not yet
+        checkpointed is kept, not removed, by its checkpoint and replayed by ``recover`` (this process's
+        checkpointer tries that after each checkpoint until it succeeds; the next start does otherwise), which
+        names the file and whatever was journaled beside it (replays are idempotent)."""
+        with self._state:
+            for segment in (self._current, *self._retired, *self._checkpointing):
+                if segment is not None:
+                    segment.left_to_replay = True
+            self._replays_asked += 1
+        self._due.set()
 
     def make_durable(self, segment: _Segment) -> None:
         """Return once everything this process journaled so far is durable: ``segment``'s records by its flush
@@ -365,7 +380,11 @@ class Journal:
             if self._stopping:
                 return
             try:
+                asked = self._replays_asked
                 self.checkpoint()
+                if asked != self._replays_done:
+                    self.recover()  # the segments kept for replay, closed (unlocked) by the checkpoint
+                    self._replays_done = asked
             except OSError as exc:
                 log.error("journal.checkpoint_failed error=%s (retried; the segment stays until then)",
                           exc.__class__.__name__)
@@ -393,7 +412,8 @@ class Journal:
         try:
             self._flush_all()
             for segment in segments:
-                _remove_segment(segment.path)
+                if not segment.left_to_replay:
+                    _remove_segment(segment.path)
                 segment.close()
         except BaseException:
             with self._state:

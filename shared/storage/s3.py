@@ -29,6 +29,7 @@ from shared.storage.base import (
     ObjectInfo,
     ObjectNotFound,
     PartedData,
+    PutDone,
     PutOutcome,
     PutResult,
     StorageError,
@@ -204,6 +205,10 @@ class S3ObjectStore:
         if isinstance(data, PartedData):
             data = data.joined()  # one body for the conditional PUT; S3's round trip dwarfs the copy
         return self._with_bucket(lambda: self._put_new(key, data, sha256))
+
+    def stage_new(self, key: str, data: ObjectData, sha256: str) -> PutDone:
+        """An acknowledged PUT is named already."""
+        return PutDone(self.put_new(key, data, sha256))
 
     def put_claim(self, key: str, content: bytes) -> PutResult:
         return self.put_new(key, content, hashlib.sha256(content).hexdigest(), durable=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -141,3 +142,59 @@ def test_a_failed_object_write_leaves_no_marker(store: FilesystemObjectStore, mo
     assert ledger.count() == 0
     store.close()  # a last checkpoint: no segment is still held by the dropped marker
     assert list((store.root / ".journal").glob("*.wal")) == []
+
+
+def test_a_large_object_is_named_after_the_answer_then_its_marker_then_its_event(
+        store: FilesystemObjectStore) -> None:
+    ledger = PendingLedger(store)
+    seen_when_submitted: list[tuple[bool, int]] = []
+    submitted: list[dict[str, Any]] = []
+
+    def submit(task: str, event: dict[str, Any]) -> None:
+        seen_when_submitted.append((store.stat(event["object_key"]) is not None, ledger.count()))
+        submitted.append(event)
+
+    ingest = Ingest(store, ledger, submit)
+    data = encode_dataset(make_image(rows=256, columns=256), ExplicitVRLittleEndian)  # 128 KiB of pixels
+    reception = Reception(remote_aet="MOD", called_aet="PACS", remote_ip="127.0.0.1", received_at=utc_now())
+
+    stored, finish = ingest.store_instance_first(identify(data, ExplicitVRLittleEndian), ExplicitVRLittleEndian,
+                                                 data, reception)
+    assert stored.outcome is IngestOutcome.STORED
+    assert store.stat(stored.object_key) is None and ledger.count() == 0  # durable in the journal: the answer may go
+    finish()
+
+    assert seen_when_submitted == [(True, 1)]
+    with store.open(stored.object_key) as stream:
+        assert stream.read().endswith(data) and InstanceStored.model_validate(submitted[0]).object_stamp == \
+            store.stamp(stream)
+
+
+def test_a_large_object_that_cannot_be_named_after_the_answer_is_left_with_its_marker_to_the_journal(
+        store: FilesystemObjectStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.storage import StorageUnavailable
+    from shared.storage.filesystem import _NewFile
+
+    ledger = PendingLedger(store)
+    submitted: list[str] = []
+    ingest = Ingest(store, ledger, lambda task, event: submitted.append(task))
+    data = encode_dataset(make_image(rows=256, columns=256), ExplicitVRLittleEndian)
+    reception = Reception(remote_aet="MOD", called_aet="PACS", remote_ip="127.0.0.1", received_at=utc_now())
+    stored, finish = ingest.store_instance_first(identify(data, ExplicitVRLittleEndian), ExplicitVRLittleEndian,
+                                                 data, reception)
+    write_reserved = _NewFile.write_reserved
+
+    def failing_write(self: _NewFile, parts: list[bytes]) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(_NewFile, "write_reserved", failing_write)
+    with pytest.raises(StorageUnavailable):
+        finish()
+    monkeypatch.setattr(_NewFile, "write_reserved", write_reserved)
+    assert submitted == [] and ledger.count() == 0  # nothing points the indexer at an object that is not there
+
+    deadline = time.monotonic() + 15  # the journal's checkpointer replays what it kept
+    while ledger.count() == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (marker,) = ledger.stale(older_than_seconds=-1)  # the sweeper's way to the index
+    assert marker.object_key == stored.object_key and store.get(stored.object_key).endswith(data)
