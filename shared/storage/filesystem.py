@@ -358,7 +358,7 @@ class FilesystemObjectStore:
         exists already (a re-send), are put at once."""
         size = size_of(data)
         parts = held_parts(data) if direct_io.DIRECT_MIN_BYTES <= size <= JOURNALED_MAX_BYTES else None
-        path = self._path(key)
+        path = self._path(key) if parts is not None else ""
         if parts is None or os.path.exists(path):
             return PutDone(self.put_new(key, data, sha256))
         directory = os.path.dirname(path)
