@@ -32,6 +32,11 @@ after it were never flushed, so nothing acknowledged depended on them. Replay ma
 the indexer had already removed: the instance is indexed again, which changes nothing (replays are idempotent).
 Deleting objects waits for ``settle`` (every segment that exists at that moment checkpointed or replayed), so no
 replay brings back an object deleted after it was journaled.
+
+A file whose record was flushed but which its writer could not name afterwards (a disk error after the C-STORE
+answer, shared.storage.filesystem.stage_new) makes the process keep every segment not yet checkpointed
+(``keep_for_replay``): their checkpoint closes them, unlocked, instead of removing them, and ``recover`` replays
+them, in this process after each checkpoint until it succeeds, or at the next start.
 """
 
 from __future__ import annotations
@@ -356,6 +361,7 @@ class Journal:
         self._state = threading.Condition()
         self._current, self._retired, self._thread, self._draining = None, [], None, 0
         self._checkpointing = []
+        self._replays_asked = self._replays_done = 0  # the parent's kept segments are its own to replay
 
     def _segment(self) -> _Segment:
         if self._current is None:
