@@ -35,16 +35,6 @@ def journaled_keys(root: Path) -> list[str]:
     return [record.key for path in sorted((root / JOURNAL_FOLDER).glob("*.wal")) for record in read_records(str(path))]
 
 
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    return tmp_path / "objects"
-
-
-@pytest.fixture
-def store(root: Path) -> FilesystemObjectStore:
-    return FilesystemObjectStore(root)
-
-
 def test_a_large_object_is_journaled_by_the_stage_and_named_by_publish(store: FilesystemObjectStore, root: Path,
                                                                       tmp_path: Path) -> None:
     require_stamps(tmp_path)
