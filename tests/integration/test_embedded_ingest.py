@@ -4,16 +4,18 @@ The tests share one node (module_node), each counting what it adds to it."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.uid import generate_uid
 
 from services.scp.spooling import SPOOL_ABOVE_BYTES
 from tests.factory import dataset_start, make_image, save, study_set
 from tests.node import Node, wait_until
 from tests.association_checks import storescu_answer
-from tests.peers import StoreClient, echoscu, push_files, received_by_storescp
+from tests.peers import StoreClient, echoscu, push_files, received_by_storescp, storescu
 from tests.stored import stored_object
 
 
@@ -70,6 +72,29 @@ def test_an_instance_larger_than_the_spool_limit_is_stored_from_disk_byte_identi
     assert stored_bytes[dataset_start(stored_bytes):] == sent_bytes[dataset_start(sent_bytes):]
     assert dcmread(stored).PixelData == image.PixelData
     assert [p for p in (module_node.data_dir / "spool").rglob("*") if p.is_file()] == []
+
+
+def test_ct_sized_slices_on_one_association_arrive_indexed_and_byte_identical(module_node: Node, tmp_path: Path) -> None:
+    """A CT slice's file is written after its Success (shared.storage.filesystem.stage_new): every slice is there,
+    complete, under its key, with the size and SHA-256 the index recorded."""
+    study, series = generate_uid(), generate_uid()
+    images = [make_image(study_uid=study, series_uid=series, instance_number=number + 1, rows=256, columns=256)
+              for number in range(30)]  # 128 KiB of pixels each
+    paths = [save(image, tmp_path / f"slice-{number}.dcm") for number, image in enumerate(images)]
+    held = module_node.settled_status()["counts"]["instances"]
+
+    result = storescu(module_node.dicom_port, paths)  # one association
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    status = module_node.wait_indexed(held + 30)
+    assert status["counts"]["instances"] == held + 30 and status["queue"]["dead_letter"] == 0
+    for image, path in zip(images, paths):
+        info = module_node.get(f"/api/instances/{image.SOPInstanceUID}").json()
+        stored = stored_object(module_node.data_dir, image.SOPInstanceUID).read_bytes()
+        assert info["size"] == info["stored_size"] == len(stored)
+        assert info["sha256"] == hashlib.sha256(stored).hexdigest()
+        sent = path.read_bytes()
+        assert stored[dataset_start(stored):] == sent[dataset_start(sent):]
 
 
 def test_resending_the_same_50_instances_changes_nothing(module_node: Node, tmp_path: Path) -> None:
