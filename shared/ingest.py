@@ -144,9 +144,16 @@ class Ingest:
             if marker is not None:
                 marker.drop()  # no object: no marker
             raise
-        finish = self._finisher(identity, transfer_syntax, received, stored_event, staged, marker)
+        decided: dict[PutResult, IngestOutcome] = {}  # a conflict's outcome costs a re-encoding: decided once
+
+        def outcome_of(result: PutResult) -> IngestOutcome:
+            if result not in decided:
+                decided[result] = self._outcome(identity, transfer_syntax, received, result)
+            return decided[result]
+
+        finish = self._finisher(stored_event, staged, marker, outcome_of)
         try:
-            outcome = self._outcome(identity, transfer_syntax, received, staged.result)
+            outcome = outcome_of(staged.result)
             if outcome is IngestOutcome.STORED and self._usage is not None:
                 self._usage.added(size)
         except BaseException:
@@ -163,8 +170,8 @@ class Ingest:
             return IngestOutcome.IDENTICAL
         return IngestOutcome.CONFLICT  # other content under the SOP Instance UID: the first is kept, audited
 
-    def _finisher(self, identity: InstanceIdentity, transfer_syntax: str, received: tuple[bytes, str] | None,
-                  stored_event: InstanceStored, staged: StagedPut, marker: StagedHint | None) -> Callable[[], None]:
+    def _finisher(self, stored_event: InstanceStored, staged: StagedPut, marker: StagedHint | None,
+                  outcome_of: Callable[[PutResult], IngestOutcome]) -> Callable[[], None]:
         """The object named (ObjectStore.stage_new), then the marker (a marker left by a send whose object was there
         already stays, as it did: the sweeper hands it to the indexer, which removes it), then the event submitted:
         the indexer removes the marker only after it exists. An object that cannot be named leaves its marker to the
@@ -180,9 +187,7 @@ class Ingest:
                 if marker is not None:
                     marker.publish()
             finally:  # a marker that could not be named leaves the event as the way to the index
-                outcome = IngestOutcome.STORED if result.outcome is PutOutcome.CREATED else self._outcome(
-                    identity, transfer_syntax, received, result)
-                self._hand_over(outcome, stored_event, result)
+                self._hand_over(outcome_of(result), stored_event, result)
 
         return finish
 

@@ -169,6 +169,7 @@ class _NewFile:
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
+            self.fd = -1  # its number may be another file's from now on
         if self.temp_path is not None:
             try:
                 os.unlink(self.temp_path)
@@ -187,9 +188,13 @@ class _StagedObject:
         # before), and what keeps the record for a replay when the file cannot be named.
         self._release, self._keep_for_replay = release, keep_for_replay
         self._published: PutResult | None = None
+        self._tried = False
 
     def publish(self) -> PutResult:
         if self._published is None:
+            if self._tried:  # its file is closed: the journal's replay names the object
+                raise StorageUnavailable("the object could not be named; the journal's replay names it")
+            self._tried = True
             self._published = self._name()
         return self._published
 

@@ -16,7 +16,7 @@ from shared.events import InstanceStored, Reception, utc_now
 from shared.ingest import Ingest, IngestOutcome
 from shared.ingest_identify import identify
 from shared.pending import PendingLedger
-from shared.queue import INDEX_INSTANCES_TASK
+from shared.queue import INDEX_INSTANCES_TASK, RECORD_DUPLICATE_TASK
 from shared.storage.filesystem import FilesystemObjectStore
 from tests.factory import encode_dataset, make_image
 from tests.stamps import require_stamps
@@ -198,3 +198,27 @@ def test_a_large_object_that_cannot_be_named_after_the_answer_is_left_with_its_m
         time.sleep(0.05)
     (marker,) = ledger.stale(older_than_seconds=-1)  # the sweeper's way to the index
     assert marker.object_key == stored.object_key and store.get(stored.object_key).endswith(data)
+
+
+def test_a_conflicting_re_send_is_decided_once(store: FilesystemObjectStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    submitted: list[str] = []
+    ingest = Ingest(store, PendingLedger(store), lambda task, event: submitted.append(task))
+    image = make_image()
+    data = encode_dataset(image, ExplicitVRLittleEndian)
+    reception = Reception(remote_aet="MOD", called_aet="PACS", remote_ip="127.0.0.1", received_at=utc_now())
+    ingest.store_instance(identify(data, ExplicitVRLittleEndian), ExplicitVRLittleEndian, data, reception)
+    image.PatientName = "Other^Content"
+    other = encode_dataset(image, ExplicitVRLittleEndian)
+    decisions: list[str] = []
+    decide = Ingest._stored_otherwise_encoded
+
+    def counted(*args: Any) -> bool:
+        decisions.append("decided")
+        return decide(*args)
+
+    monkeypatch.setattr(Ingest, "_stored_otherwise_encoded", staticmethod(counted))
+    conflict = ingest.store_instance(identify(other, ExplicitVRLittleEndian), ExplicitVRLittleEndian, other,
+                                     reception)
+
+    assert conflict.outcome is IngestOutcome.CONFLICT and decisions == ["decided"]  # re-encoding it costs: once
+    assert submitted == [INDEX_INSTANCES_TASK, RECORD_DUPLICATE_TASK]

@@ -132,6 +132,8 @@ def test_an_object_publish_cannot_name_is_named_by_the_journal_replay(store: Fil
     with pytest.raises(StorageUnavailable):
         staged.publish()
     monkeypatch.setattr(_NewFile, "write_reserved", write_reserved)
+    with pytest.raises(StorageUnavailable):
+        staged.publish()  # once: its file is closed, and the journal's replay names the object
     (root / ".pending/1.2.3.4.5.json").unlink()  # the indexer was done with it meanwhile
 
     deadline = time.monotonic() + 15  # the checkpointer replays the kept segments (every CHECKPOINT_SECONDS)
