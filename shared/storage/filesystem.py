@@ -86,6 +86,11 @@ def _sha256_of_file(path: str) -> str:
         return size_and_sha256(read_chunks(stream))[1]
 
 
+def _held_already(existing: str, sha256: str) -> PutResult:
+    """A put of content hashed ``sha256`` under a key that held content hashed ``existing``: nothing written."""
+    return PutResult(PutOutcome.IDENTICAL if existing == sha256 else PutOutcome.CONFLICT, existing)
+
+
 class _NewFile:
     """The content of a file about to get its name: an unnamed file (O_TMPFILE), a named temporary one, or a spare
     file refilled under a temporary name (``refilled``, shared.spare_files)."""
@@ -135,6 +140,15 @@ class _NewFile:
         direct_io), as ``write`` writes a large object."""
         if not direct_io.write_new_file(self.fd, parts):
             write_at(self.fd, parts, 0)
+
+    def link_new(self, path: str) -> str | None:
+        """Give the file its name, atomically and never over another (``link``); None, or the SHA-256 of the file
+        that had the name already."""
+        try:
+            self.link(path)
+        except FileExistsError:
+            return _sha256_of_file(path)
+        return None
 
     def link(self, path: str) -> None:
         """Give the file its name; FileExistsError if the name is taken (never replaced)."""
@@ -202,12 +216,9 @@ class _StagedObject:
         new = self._new
         try:
             new.write_reserved(self._parts)
-            try:
-                new.link(self._path)  # atomic, and never replaces an existing object
-            except FileExistsError:  # another send of the key was named first: it keeps the key
-                existing = _sha256_of_file(self._path)
-                outcome = PutOutcome.IDENTICAL if existing == self.result.stored_sha256 else PutOutcome.CONFLICT
-                return PutResult(outcome, existing)
+            existing = new.link_new(self._path)
+            if existing is not None:  # another send of the key was named first: it keeps the key
+                return _held_already(existing, self.result.stored_sha256)
             return PutResult(PutOutcome.CREATED, self.result.stored_sha256, new.stamp())
         except BaseException as exc:
             self._keep_for_replay()  # before the release: the record stays until it is named
@@ -346,7 +357,7 @@ class FilesystemObjectStore:
                 # Only an object (durable) is read by its stamp; a claim's would cost two system calls per instance.
                 stamp = new.stamp() if new is not None and durable else None
                 return PutResult(PutOutcome.CREATED, sha256, stamp)
-            return PutResult(PutOutcome.IDENTICAL if existing == sha256 else PutOutcome.CONFLICT, existing)
+            return _held_already(existing, sha256)
         except OSError as exc:
             raise _storage_error(exc) from exc
         finally:
@@ -364,8 +375,10 @@ class FilesystemObjectStore:
         pairs each, medians 0.85x and 0.88x)."""
         size = size_of(data)
         parts = held_parts(data) if direct_io.DIRECT_MIN_BYTES <= size <= JOURNALED_MAX_BYTES else None
-        path = self._path(key) if parts is not None else ""
-        if parts is None or os.path.exists(path):
+        if parts is None:
+            return PutDone(self.put_new(key, data, sha256))
+        path = self._path(key)
+        if os.path.exists(path):
             return PutDone(self.put_new(key, data, sha256))
         directory = os.path.dirname(path)
         try:
@@ -398,24 +411,17 @@ class FilesystemObjectStore:
             if kind == PUT_HINT:
                 new.replace(path)
                 return None
-            try:
-                new.link(path)  # atomic, and never replaces an existing object
-            except FileExistsError:
-                return _sha256_of_file(path)
-        return None
+            return new.link_new(path)
 
     def _link_flushed(self, new: _NewFile, path: str, durable: bool) -> str | None:
         """Name a file too large to journal: flushed before its name exists and after."""
         if durable:
             self._barrier.sync()
         try:
-            new.link(path)
-        except FileExistsError:
-            return _sha256_of_file(path)
+            return new.link_new(path)
         finally:
             if durable:
                 self._barrier.sync()
-        return None
 
     def put_claim(self, key: str, content: bytes) -> PutResult:
         """A claim as another name of the anchor of its content (shared.storage.claim_anchors): no new file; a claim
@@ -430,8 +436,7 @@ class FilesystemObjectStore:
                     self._in_folder(os.path.dirname(path), lambda: self._anchors.link(content, path))
                     return PutResult(PutOutcome.CREATED, sha256)
                 except FileExistsError:
-                    existing = _sha256_of_file(path)
-                    return PutResult(PutOutcome.IDENTICAL if existing == sha256 else PutOutcome.CONFLICT, existing)
+                    return _held_already(_sha256_of_file(path), sha256)
                 except NoAnchor:
                     pass
         except OSError as exc:
